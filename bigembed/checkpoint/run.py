@@ -1,0 +1,101 @@
+"""A RUN directory: its saved config, what DATA it trains on, its stats log.
+
+``config.json`` records the resolved config and a fingerprint of the DATA it was
+started on (entity counts, relations), so a resumed run can refuse a different
+graph or conflicting settings with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bigembed.config import flatten
+from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
+from bigembed.storage.atomic import atomic_write_json, read_json
+from bigembed.storage.data_manifest import DataManifest
+
+RUN_FORMAT = "bigembed-run"
+RUN_FORMAT_VERSION = 1
+
+# Keys a resumed run may change without --override: they do not change what is learnt.
+FREE_TO_CHANGE = {
+    "training.epochs",
+    "training.workers",
+    "checkpoint.interval_seconds",
+    "checkpoint.keep_versions",
+}
+# Keys no run may change, because the stored shards depend on them.
+NEVER_CHANGE = {"model.dim", "model.operator"}
+
+
+def data_fingerprint(data: DataManifest) -> dict[str, Any]:
+    return {
+        "path": os.path.abspath(data.path.parent),
+        "entity": data.entity,
+        "entity_counts": data.entity_counts,
+        "relations": data.relations,
+    }
+
+
+def is_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / "config.json").is_file()
+
+
+def write_run_config(run_dir: Path, config: dict[str, Any], data: DataManifest) -> None:
+    atomic_write_json(
+        Path(run_dir) / "config.json",
+        {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "config": config,
+         "data": data_fingerprint(data)},
+    )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such RUN directory (create one with `bigembed train`)")
+    path = run_dir / "config.json"
+    try:
+        raw = read_json(path, "run config")
+    except BigembedError as exc:
+        raise CheckpointError(f"{exc} (is {run_dir} a bigembed RUN directory?)") from None
+    if not isinstance(raw, dict) or raw.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{path}: not a bigembed run config")
+    if raw.get("format_version") != RUN_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: run format_version {raw.get('format_version')} is not supported")
+    return raw
+
+
+def check_same_data(run_dir: Path, saved: dict[str, Any], data: DataManifest) -> None:
+    want = saved["data"]
+    got = data_fingerprint(data)
+    for key in ("entity", "entity_counts", "relations"):
+        if want[key] != got[key]:
+            raise ConfigConflictError(
+                f"{run_dir}: was trained on {want['path']}, whose {key} differ from {got['path']}'s; "
+                "use the same DATA or a new RUN directory"
+            )
+
+
+def config_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(keys needing --override, keys that can never change) between two config dicts."""
+    old_flat, new_flat = flatten(saved), flatten(new)
+    changed = sorted(k for k in new_flat if old_flat.get(k) != new_flat[k])
+    fixed = [k for k in changed if k in NEVER_CHANGE]
+    needs = [k for k in changed if k not in FREE_TO_CHANGE and k not in NEVER_CHANGE]
+    return needs, fixed
+
+
+def describe_changes(keys: list[str], saved: dict[str, Any], new: dict[str, Any]) -> str:
+    old_flat, new_flat = flatten(saved), flatten(new)
+    return ", ".join(f"{k} (saved {json.dumps(old_flat.get(k))}, now {json.dumps(new_flat[k])})" for k in keys)
+
+
+def append_stats(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``RUN/stats.jsonl`` (after a crash a bucket's line may repeat)."""
+    record = {"time": round(time.time(), 3), **record}
+    with open(Path(run_dir) / "stats.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,255 @@
+"""Checkpoint versions in a RUN directory and the commit protocol.
+
+Layout::
+
+    RUN/CURRENT                         "v7": the last committed version
+    RUN/checkpoints/v7/manifest.json    shard paths + sha256 + training position
+    RUN/checkpoints/v7/emb_node_3.zarr  only the shards that changed since v6
+
+Commit protocol: shards of the new version are written (each fsynced, renamed
+into place), then the version's manifest (temp file, fsync, rename), then
+``CURRENT`` is replaced atomically. A crash at any instant leaves the previous
+version whole; folders newer than ``CURRENT`` are uncommitted and removed on
+the next start. Unchanged shards are referenced by path, never copied.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bigembed.errors import BigembedError, CheckpointError
+from bigembed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from bigembed.storage.shards import read_shard, write_shard
+
+CHECKPOINT_FORMAT = "bigembed-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+@dataclass
+class Position:
+    """Where training stands: the next bucket to train is ``bucket`` of ``epoch`` (0-based)."""
+
+    epoch: int = 0
+    bucket: int = 0
+
+
+@dataclass
+class VersionManifest:
+    version: int
+    parent: int | None
+    shards: dict[str, dict[str, Any]]  # key -> {"path", "sha256", "shape"}
+    position: Position
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "version": self.version,
+            "parent": self.parent,
+            "shards": self.shards,
+            "position": {"epoch": self.position.epoch, "bucket": self.position.bucket},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, path: Path, raw: Any) -> "VersionManifest":
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not a bigembed checkpoint manifest")
+        if raw.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: checkpoint format_version {raw.get('format_version')} is not supported "
+                f"(this bigembed reads {CHECKPOINT_FORMAT_VERSION})"
+            )
+        try:
+            pos = raw["position"]
+            known = {"format", "format_version", "version", "parent", "shards", "position"}
+            return cls(
+                version=int(raw["version"]),
+                parent=None if raw["parent"] is None else int(raw["parent"]),
+                shards=dict(raw["shards"]),
+                position=Position(int(pos["epoch"]), int(pos["bucket"])),
+                extra={k: v for k, v in raw.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: manifest has a missing or malformed field ({exc})") from None
+
+
+def version_dir(run_dir: Path, version: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"v{version}"
+
+
+def list_versions(run_dir: Path) -> list[int]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name)))
+
+
+def read_current(run_dir: Path) -> int | None:
+    """The committed version named by ``CURRENT``, or None when there is none."""
+    path = Path(run_dir) / "CURRENT"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    m = _VERSION_DIR.match(text)
+    if not m:
+        raise CheckpointError(f"{path}: expected a version like 'v3', got {text[:40]!r}")
+    return int(m.group(1))
+
+
+def read_manifest(run_dir: Path, version: int) -> VersionManifest:
+    path = version_dir(run_dir, version) / "manifest.json"
+    try:
+        raw = read_json(path, "checkpoint manifest")
+    except BigembedError as exc:
+        raise CheckpointError(str(exc)) from None
+    return VersionManifest.from_json(path, raw)
+
+
+def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str) -> np.ndarray:
+    """Read and verify one shard listed in ``manifest``."""
+    try:
+        entry = manifest.shards[key]
+    except KeyError:
+        raise CheckpointError(f"v{manifest.version}: manifest lists no shard {key!r}") from None
+    return read_shard(Path(run_dir) / entry["path"], entry["sha256"], tuple(entry["shape"]))
+
+
+def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
+    """Read every shard of ``manifest`` once, checking shape and checksum (one at a time)."""
+    for key in manifest.shards:
+        read_shard_of(run_dir, manifest, key)
+
+
+def load_good_version(run_dir: Path, warn: Callable[[str], None]) -> VersionManifest:
+    """The newest committed version whose shards all verify, falling back along parents."""
+    current = read_current(run_dir)
+    if current is None:
+        raise CheckpointError(f"{run_dir}/CURRENT: missing; this RUN has no committed checkpoint")
+    version: int | None = current
+    first_error: CheckpointError | None = None
+    while version is not None:
+        try:
+            manifest = read_manifest(run_dir, version)
+            verify_version(run_dir, manifest)
+            if first_error is not None:
+                warn(f"warning: {first_error}; falling back to v{version}")
+            return manifest
+        except CheckpointError as exc:
+            first_error = first_error or exc
+            try:
+                version = read_manifest(run_dir, version).parent
+            except CheckpointError:  # manifest itself unreadable: try the next older folder
+                older = [v for v in list_versions(run_dir) if v < version]
+                version = older[-1] if older else None
+    assert first_error is not None
+    raise CheckpointError(f"{first_error} (and no earlier version is intact)")
+
+
+def remove_uncommitted(run_dir: Path) -> None:
+    """Delete version folders newer than ``CURRENT``: leftovers of an interrupted commit."""
+    current = read_current(run_dir)
+    for v in list_versions(run_dir):
+        if current is None or v > current:
+            shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
+    for tmp in (Path(run_dir) / "checkpoints").glob(".*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class VersionWriter:
+    """Stages version ``base.version + 1`` (or a fresh v0) and commits it.
+
+    Shards written here replace the base's entries; all others are referenced.
+    """
+
+    def __init__(self, run_dir: Path, base: VersionManifest | None, version: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.base = base
+        self.version = version
+        self.folder = version_dir(run_dir, version)
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def shard_path(self, key: str) -> Path:
+        return self.folder / (key.replace("/", "_") + ".zarr")
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        path = self.shard_path(key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        checksum = write_shard(path, array)
+        self.written[key] = {
+            "path": str(path.relative_to(self.run_dir)),
+            "sha256": checksum,
+            "shape": list(array.shape),
+        }
+
+    def read(self, key: str) -> np.ndarray:
+        """The newest copy of ``key``: staged here, else the base version's."""
+        if key in self.written:
+            entry = self.written[key]
+            return read_shard(self.run_dir / entry["path"], entry["sha256"], tuple(entry["shape"]))
+        if self.base is None:
+            raise CheckpointError(f"no shard {key!r} staged and no base version")
+        return read_shard_of(self.run_dir, self.base, key)
+
+    def commit(self, position: Position, extra: dict[str, Any]) -> VersionManifest:
+        shards = dict(self.base.shards) if self.base else {}
+        shards.update(self.written)
+        manifest = VersionManifest(
+            version=self.version,
+            parent=self.base.version if self.base else None,
+            shards=shards,
+            position=Position(position.epoch, position.bucket),
+            extra=extra,
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.folder / "manifest.json", manifest.to_json())
+        fsync_dir(self.folder.parent)
+        atomic_write_bytes(self.run_dir / "CURRENT", f"v{self.version}\n".encode())
+        return manifest
+
+
+def collect_garbage(run_dir: Path, current: VersionManifest, keep: int) -> list[int]:
+    """Delete versions not among the newest ``keep`` of ``current``'s parent chain.
+
+    A folder survives while any kept manifest references a shard inside it.
+    Returns the versions deleted.
+    """
+    kept: list[VersionManifest] = [current]
+    while len(kept) < keep and kept[-1].parent is not None:
+        try:
+            kept.append(read_manifest(run_dir, kept[-1].parent))
+        except CheckpointError:
+            break
+    needed = {m.version for m in kept}
+    for m in kept:
+        for entry in m.shards.values():
+            match = re.match(r"checkpoints/v(\d+)/", entry["path"])
+            if match:
+                needed.add(int(match.group(1)))
+    deleted = []
+    for v in list_versions(run_dir):
+        if v < current.version and v not in needed:
+            shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
+            deleted.append(v)
+    return deleted
+
+
+def emb_key(entity: str, partition: int) -> str:
+    return f"emb/{entity}/{partition}"
+
+
+def adagrad_key(entity: str, partition: int) -> str:
+    return f"adagrad/{entity}/{partition}"
+
+
+RELATION_PARAMS_KEY = "relations/params"
+RELATION_ADAGRAD_KEY = "relations/adagrad"

@@ -1,0 +1,265 @@
+"""The ``bigembed`` command: one small click command per verb, no logic of its own.
+
+Heavy modules (torch, zarr) are imported inside the commands so ``--help`` is
+instant. A :class:`~bigembed.errors.BigembedError` becomes ``error: <message>`` on
+stderr and exit code 1; click's usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bigembed import __version__
+from bigembed.errors import BigembedError
+
+
+class BigembedGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BigembedError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the last committed checkpoint is intact; rerun to resume", err=True)
+            ctx.exit(130)
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _counter(desc: str, unit: str, total: int | None, show: bool):  # type: ignore[no-untyped-def]
+    from bigembed.progress import progress_bar
+
+    return progress_bar(total, desc, unit, show)
+
+
+@click.group(cls=BigembedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bigembed")
+def cli() -> None:
+    """Out-of-core graph embeddings, PyTorch-BigGraph style.
+
+    Typical use: bigembed import -> bigembed train -> bigembed eval / export.
+    """
+
+
+@cli.command("import")
+@click.argument("edges", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="DATA directory to create.")
+@click.option("-p", "--partitions", default=1, show_default=True, type=click.IntRange(min=1), help="Node partitions P.")
+@click.option("--split", "splits", multiple=True, metavar="NAME=FILE",
+              help="Another split sharing the dictionary, e.g. --split test=test.tsv (repeatable).")
+@click.option("--delimiter", default="\t", show_default="TAB", help="Field separator (use ',' for CSV).")
+@click.option("--columns", default="lhs,rel,rhs", show_default=True,
+              help="Column roles in order: lhs, rel, rhs, or _ to skip; 'lhs,rhs' for one relation.")
+@click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
+              help="'int': node ids are dense integers 0..N-1 and no dictionary is built.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the partition assignment.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
+def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tuple[str, ...], delimiter: str,
+               columns: str, ids: str, seed: int, overwrite: bool, progress: bool) -> None:
+    """Import edge files (TSV/CSV, optionally gzipped) into a partitioned DATA directory.
+
+    EDGES are the training edges; --split NAME=FILE adds evaluation splits.
+    """
+    from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+    from bigembed.partitioner.reader import ColumnSpec
+
+    sources = [Source("train", p) for p in edges]
+    for item in splits:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise click.BadParameter(f"expected NAME=FILE, got {item!r}", param_hint="--split")
+        sources.append(Source(name, Path(file)))
+    if not sources:
+        raise click.UsageError("give at least one edge file (EDGES or --split NAME=FILE)")
+    if delimiter == "\\t":
+        delimiter = "\t"
+    spec = ImportSpec(sources=sources, num_partitions=partitions, columns=ColumnSpec.parse(columns),
+                      delimiter=delimiter, ids=ids, seed=seed)
+    if out.exists() and not overwrite:
+        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
+    with _counter("reading (pass 1/2)", "edge", None, progress) as bar:
+        plan = plan_import(spec, bar.update)
+    _log(f"plan: {plan.summary()}")
+    total = sum(plan.edges_per_split.values())
+    with _counter("writing (pass 2/2)", "edge", total, progress) as bar:
+        write_plan(plan, out, overwrite=overwrite, progress=bar.update)
+    _log(f"wrote {out}")
+
+
+def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
+    from bigembed.config import parse_set_option
+
+    return dict(parse_set_option(s) for s in sets)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "run", required=True, type=click.Path(path_type=Path),
+              help="RUN directory; an existing one is resumed.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML or JSON config file.")
+@click.option("--dim", type=int, help="model.dim")
+@click.option("--epochs", type=int, help="training.epochs")
+@click.option("--lr", type=float, help="training.lr")
+@click.option("--batch-size", type=int, help="training.batch_size")
+@click.option("--negatives", type=int, help="training.negatives (uniform, per chunk)")
+@click.option("--workers", type=int, help="training.workers (0: one per core)")
+@click.option("--seed", type=int, help="training.seed")
+@click.option("--deterministic", is_flag=True, default=None, help="training.deterministic=true")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.margin=0.2.")
+@click.option("--override", is_flag=True, help="Resume even though settings differ from the saved run's.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
+def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
+          batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
+          deterministic: bool | None, sets: tuple[str, ...], override: bool, progress: bool) -> None:
+    """Train embeddings for DATA into RUN (or resume RUN where it stopped).
+
+    See `bigembed config-help` for every config key.
+    """
+    from bigembed.training import train as run_training
+
+    overrides: dict[str, Any] = _parse_sets(sets)
+    flags = {"model.dim": dim, "training.epochs": epochs, "training.lr": lr, "training.batch_size": batch_size,
+             "training.negatives": negatives, "training.workers": workers, "training.seed": seed,
+             "training.deterministic": deterministic}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    result = run_training(data, run, config_file, overrides, override, log=_log, show_progress=progress)
+    _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")
+
+
+@cli.command("eval")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Which imported split to rank.")
+@click.option("--negatives", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Sampled negatives per edge and side.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics here as JSON.")
+@click.option("--progress/--no-progress", default=True)
+def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_out: Path | None,
+             progress: bool) -> None:
+    """Link-prediction metrics (MRR, Hits@1/10, AUC) of RUN's last checkpoint on a split of DATA."""
+    from bigembed.checkpoint import read_current, read_manifest
+    from bigembed.checkpoint.run import read_run_config
+    from bigembed.config import build_config, flatten
+    from bigembed.evaluation import evaluate_sampled
+    from bigembed.storage.atomic import atomic_write_json
+    from bigembed.storage.data_manifest import read_data_manifest
+
+    saved = read_run_config(run)
+    dm = read_data_manifest(data)
+    dm.require_split(split)
+    version = read_current(run)
+    if version is None:
+        raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
+    manifest = read_manifest(run, version)
+    config = build_config(flatten(saved["config"]))
+    with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
+        metrics = evaluate_sampled(run, manifest, dm, config.model, split, negatives, seed, bar.update)
+    click.echo(f"{split}: {metrics['count']} edges, v{metrics['version']} ({metrics['epochs_done']} epochs), "
+               f"{metrics['protocol']}")
+    click.echo(f"  MRR {metrics['mrr']:.4f}  Hits@1 {metrics['hits@1']:.4f}  Hits@10 {metrics['hits@10']:.4f}  "
+               f"AUC {metrics['auc']:.4f}")
+    if json_out is not None:
+        atomic_write_json(json_out, metrics)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5"]), default="tsv", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--progress/--no-progress", default=True)
+def export(run: Path, out: Path, fmt: str, overwrite: bool, progress: bool) -> None:
+    """Export RUN's embeddings (last checkpoint), streaming one partition at a time."""
+    from bigembed.checkpoint import read_current, read_manifest
+    from bigembed.checkpoint.run import read_run_config
+    from bigembed.export import export_run
+    from bigembed.storage.data_manifest import read_data_manifest
+
+    saved = read_run_config(run)
+    dm = read_data_manifest(Path(saved["data"]["path"]))
+    version = read_current(run)
+    if version is None:
+        raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
+    manifest = read_manifest(run, version)
+    with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
+        export_run(run, manifest, dm, out, fmt, int(saved["config"]["model"]["dim"]), overwrite, bar.update)
+    _log(f"wrote {out} ({dm.num_entities} rows, v{version})")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(path: Path, as_json: bool) -> None:
+    """Describe a DATA or RUN directory."""
+    from bigembed.inspect import describe
+
+    facts = describe(path)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        for key, value in facts.items():
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder for train.tsv, valid.tsv, test.tsv.")
+@click.option("--nodes", default=10000, show_default=True, type=int)
+@click.option("--edges", default=100000, show_default=True, type=int)
+@click.option("--relations", default=3, show_default=True, type=int)
+@click.option("--communities", default=20, show_default=True, type=int)
+@click.option("--exponent", default=1.0, show_default=True, type=float, help="Power-law exponent of popularity.")
+@click.option("--noise", default=0.05, show_default=True, type=float, help="Fraction of random rhs.")
+@click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--progress/--no-progress", default=True)
+def generate(out: Path, nodes: int, edges: int, relations: int, communities: int, exponent: float, noise: float,
+             ids: str, seed: int, progress: bool) -> None:
+    """Generate a synthetic graph with planted communities and power-law degrees."""
+    from bigembed.generator import GraphSpec, write_graph
+
+    spec = GraphSpec(nodes=nodes, edges=edges, relations=relations, communities=communities,
+                     exponent=exponent, noise=noise, seed=seed, int_ids=ids == "int")
+    spec.validate()
+    with _counter("generating", "edge", edges, progress) as bar:
+        paths = write_graph(spec, out, progress=bar.update)
+    _log("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@cli.command("config-help")
+def config_help() -> None:
+    """Every config key with its type, default and meaning."""
+    from bigembed.config import schema_help
+
+    click.echo(schema_help())
+
+
+@cli.command()
+@click.option("-o", "--output", "out", default=Path("bigembed-demo"), show_default=True,
+              type=click.Path(path_type=Path), help="Folder for the demo's graph, DATA, RUN and export.")
+@click.option("--progress/--no-progress", default=True)
+def demo(out: Path, progress: bool) -> None:
+    """Run the whole path on a small built-in synthetic graph: generate, import, train, eval, export."""
+    from bigembed.demo import run_demo
+
+    metrics = run_demo(out, log=_log, show_progress=progress)
+    click.echo(f"demo: test MRR {metrics['mrr']:.3f} (a random embedding scores about "
+               f"{metrics['random_mrr']:.3f}); files in {out}")
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="bigembed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

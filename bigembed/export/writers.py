@@ -1,0 +1,136 @@
+"""Export formats: TSV, NumPy (.npy + names), HDF5 in PyTorch-BigGraph's checkpoint layout.
+
+Every format is written one partition at a time (only one partition's rows are
+ever in memory) into a temp folder that is renamed to OUT when complete.
+
+- ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``.
+- ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order.
+- ``h5``: PBG layout: ``embeddings_<entity>_<part>.v<N>.h5`` (dataset ``embeddings``,
+  attr ``format_version``), ``entity_names_<entity>_<part>.json``,
+  ``entity_count_<entity>_<part>.txt``, ``model.v<N>.h5`` and ``checkpoint_version.txt``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import h5py
+import numpy as np
+
+from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
+from bigembed.errors import BigembedError
+from bigembed.storage.atomic import atomic_replace_dir, fsync_tree
+from bigembed.storage.data_manifest import DataManifest
+from bigembed.storage.names import iter_names, names_dir
+
+FORMATS = ("tsv", "npy", "h5")
+ROWS = 65536
+Progress = Callable[[int], None]
+
+
+def partition_names(data: DataManifest, partition: int) -> Iterator[list[str]]:
+    """Names of a partition's rows in offset order, a chunk at a time."""
+    count = data.entity_counts[partition]
+    if data.id_kind == "int":
+        P = data.num_partitions
+        for start in range(0, count, ROWS):
+            stop = min(count, start + ROWS)
+            yield [str(o * P + partition) for o in range(start, stop)]
+    else:
+        yield from iter_names(names_dir(data.path.parent, data.entity, partition), count, ROWS)
+
+
+def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
+    with open(out / "embeddings.tsv", "w") as handle:
+        for p in range(data.num_partitions):
+            emb = read_shard_of(run, manifest, emb_key(data.entity, p))
+            start = 0
+            for names in partition_names(data, p):
+                block = emb[start : start + len(names)]
+                buf = io.StringIO()
+                np.savetxt(buf, block, fmt="%.7g", delimiter="\t")
+                rows = buf.getvalue().splitlines()
+                handle.write("".join(f"{n}\t{r}\n" for n, r in zip(names, rows)))
+                start += len(names)
+                if progress:
+                    progress(len(names))
+
+
+def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
+               progress: Progress | None) -> None:
+    matrix = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
+                                       shape=(data.num_entities, dim))
+    row = 0
+    with open(out / "names.txt", "w") as names_out:
+        for p in range(data.num_partitions):
+            emb = read_shard_of(run, manifest, emb_key(data.entity, p))
+            matrix[row : row + emb.shape[0]] = emb
+            row += emb.shape[0]
+            for names in partition_names(data, p):
+                names_out.write("".join(n + "\n" for n in names))
+                if progress:
+                    progress(len(names))
+            matrix.flush()
+    del matrix
+    _write_relations(run, manifest, data, out)
+
+
+def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, out: Path) -> None:
+    (out / "relations.txt").write_text("".join(r + "\n" for r in data.relations))
+    if RELATION_PARAMS_KEY in manifest.shards:
+        np.save(out / "relation_params.npy", read_shard_of(run, manifest, RELATION_PARAMS_KEY))
+
+
+def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
+    v = manifest.version
+    for p in range(data.num_partitions):
+        emb = read_shard_of(run, manifest, emb_key(data.entity, p))
+        with h5py.File(out / f"embeddings_{data.entity}_{p}.v{v}.h5", "w") as f:
+            f.attrs["format_version"] = 1
+            f.create_dataset("embeddings", data=emb)
+        names: list[str] = []
+        for chunk in partition_names(data, p):
+            names.extend(chunk)
+        (out / f"entity_names_{data.entity}_{p}.json").write_text(json.dumps(names))
+        (out / f"entity_count_{data.entity}_{p}.txt").write_text(f"{len(names)}\n")
+        if progress:
+            progress(len(names))
+    with h5py.File(out / f"model.v{v}.h5", "w") as f:
+        f.attrs["format_version"] = 1
+        if RELATION_PARAMS_KEY in manifest.shards:
+            f.create_dataset("model/relations/params", data=read_shard_of(run, manifest, RELATION_PARAMS_KEY))
+        f.attrs["relations"] = json.dumps(data.relations)
+    (out / "checkpoint_version.txt").write_text(f"{v}\n")
+
+
+def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, fmt: str, dim: int,
+               overwrite: bool = False, progress: Progress | None = None) -> None:
+    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``."""
+    if fmt not in FORMATS:
+        raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.exporting-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if fmt == "tsv":
+            _write_tsv(run, manifest, data, tmp, progress)
+        elif fmt == "npy":
+            _write_npy(run, manifest, data, tmp, dim, progress)
+        else:
+            _write_h5(run, manifest, data, tmp, progress)
+        fsync_tree(tmp)
+        atomic_replace_dir(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise BigembedError(f"{out}: export failed while writing ({exc.strerror or exc}); nothing was kept") from None
+        raise

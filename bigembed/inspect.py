@@ -1,0 +1,92 @@
+"""`bigembed info`: plain facts about a DATA or RUN directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bigembed.errors import BigembedError
+
+
+def _disk_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def describe_data(path: Path) -> dict[str, Any]:
+    from bigembed.storage.data_manifest import read_data_manifest
+
+    dm = read_data_manifest(path)
+    nonempty = {s: sum(1 for c in dm.bucket_counts[s].values() if c) for s in dm.splits()}
+    return {
+        "kind": "DATA",
+        "path": str(path),
+        "entity type": dm.entity,
+        "ids": dm.id_kind,
+        "nodes": dm.num_entities,
+        "partitions": dm.num_partitions,
+        "nodes per partition": dm.entity_counts,
+        "relations": len(dm.relations),
+        "buckets": dm.num_partitions ** 2,
+        "edges": {s: dm.num_edges(s) for s in dm.splits()},
+        "non-empty buckets": nonempty,
+        "size on disk": _human(_disk_bytes(path)),
+    }
+
+
+def describe_run(path: Path) -> dict[str, Any]:
+    from bigembed.checkpoint import read_current, read_manifest
+    from bigembed.checkpoint.run import read_run_config
+    from bigembed.checkpoint.versions import list_versions
+
+    saved = read_run_config(path)
+    config = saved["config"]
+    current = read_current(path)
+    facts: dict[str, Any] = {
+        "kind": "RUN",
+        "path": str(path),
+        "data": saved["data"]["path"],
+        "nodes": sum(saved["data"]["entity_counts"]),
+        "partitions": len(saved["data"]["entity_counts"]),
+        "dim": config["model"]["dim"],
+        "operator": config["model"]["operator"],
+        "epochs planned": config["training"]["epochs"],
+    }
+    if current is None:
+        facts["last version"] = None
+    else:
+        manifest = read_manifest(path, current)
+        P = len(saved["data"]["entity_counts"])
+        facts["last version"] = f"v{current}"
+        facts["epochs done"] = manifest.position.epoch
+        facts["next bucket"] = f"{manifest.position.bucket + 1} of {P * P} in epoch {manifest.position.epoch + 1}"
+        facts["finished"] = manifest.position.epoch >= config["training"]["epochs"]
+    facts["versions on disk"] = [f"v{v}" for v in list_versions(path)]
+    facts["size on disk"] = _human(_disk_bytes(path))
+    return facts
+
+
+def describe(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise BigembedError(f"{path}: no such directory (expected a DATA or RUN directory)")
+    if (path / "config.json").exists():
+        return describe_run(path)
+    if (path / "manifest.json").exists():
+        return describe_data(path)
+    raise BigembedError(f"{path}: neither a DATA directory (manifest.json) nor a RUN directory (config.json)")

@@ -1,0 +1,154 @@
+"""Pass 1 of an import: dictionaries, partition assignment, sizes (no writing)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bigembed.errors import InputFormatError
+from bigembed.partitioner.reader import ColumnSpec, read_chunks
+
+DEFAULT_RELATION = "edge"
+
+
+@dataclass(frozen=True)
+class Source:
+    split: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """What to import and how. ``ids`` is ``"string"`` (dictionary) or ``"int"`` (dense ids)."""
+
+    sources: list[Source]
+    num_partitions: int = 1
+    columns: ColumnSpec = field(default_factory=lambda: ColumnSpec.parse("lhs,rel,rhs"))
+    delimiter: str = "\t"
+    ids: str = "string"
+    seed: int = 0
+    entity: str = "node"
+    chunk_size: int = 500_000
+
+
+@dataclass
+class PartitionPlan:
+    """Everything pass 2 needs: node -> (partition, offset), relation names, sizes.
+
+    ``partition_of``/``offset_of``: (num_entities,) arrays indexed by the node's
+    dictionary index (string ids) or by the id itself (int ids).
+    """
+
+    spec: ImportSpec
+    node_index: dict[str, int] | None
+    relation_index: dict[str, int]
+    partition_of: np.ndarray
+    offset_of: np.ndarray
+    entity_counts: list[int]
+    edges_per_split: dict[str, int]
+
+    @property
+    def num_entities(self) -> int:
+        return int(self.partition_of.shape[0])
+
+    def partition_members(self, partition: int) -> np.ndarray:
+        """Dictionary indices of ``partition``'s nodes, in offset order."""
+        members = np.flatnonzero(self.partition_of == partition)
+        return members[np.argsort(self.offset_of[members], kind="stable")]
+
+    def summary(self) -> str:
+        sizes = ", ".join(str(c) for c in self.entity_counts)
+        splits = ", ".join(f"{s}={n}" for s, n in self.edges_per_split.items())
+        return (
+            f"{self.num_entities} nodes ({self.spec.ids} ids) in {self.spec.num_partitions} "
+            f"partitions [{sizes}], {len(self.relation_index)} relations, edges: {splits}"
+        )
+
+
+Progress = Callable[[int], None]
+
+
+def _parse_int_ids(tokens: list[str], path: Path, first_line: int) -> np.ndarray:
+    try:
+        ids = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        for i, tok in enumerate(tokens):
+            try:
+                int(tok)
+            except ValueError:
+                raise InputFormatError(
+                    f"{path}: node id {tok!r} near line {first_line + i} is not an integer "
+                    "(drop --ids int to use string ids)"
+                ) from None
+        raise InputFormatError(f"{path}: integer node id out of range near line {first_line}") from None
+    if ids.size and ids.min() < 0:
+        bad = int(np.flatnonzero(ids < 0)[0])
+        raise InputFormatError(
+            f"{path}: negative node id {tokens[bad]!r} near line {first_line + bad} (--ids int needs ids >= 0)"
+        )
+    return ids
+
+
+def plan_import(spec: ImportSpec, progress: Progress | None = None) -> PartitionPlan:
+    """Pass 1: read every source once, build the dictionaries and assign partitions."""
+    if spec.num_partitions < 1:
+        raise InputFormatError(f"--partitions must be >= 1, got {spec.num_partitions}")
+    if spec.ids not in ("string", "int"):
+        raise InputFormatError(f"--ids must be 'string' or 'int', got {spec.ids!r}")
+    node_index: dict[str, int] = {}
+    relation_index: dict[str, int] = {}
+    max_id = -1
+    edges_per_split: dict[str, int] = {}
+    for source in spec.sources:
+        count = 0
+        for chunk in read_chunks(source.path, spec.columns, spec.delimiter, spec.chunk_size):
+            if spec.ids == "int":
+                for tokens in (chunk.lhs, chunk.rhs):
+                    ids = _parse_int_ids(tokens, source.path, chunk.first_line)
+                    max_id = max(max_id, int(ids.max()))
+            else:
+                setdefault = node_index.setdefault
+                for name in chunk.lhs:
+                    setdefault(name, len(node_index))
+                for name in chunk.rhs:
+                    setdefault(name, len(node_index))
+            if chunk.rel is not None:
+                for name in set(chunk.rel):
+                    relation_index.setdefault(name, len(relation_index))
+            count += len(chunk.lhs)
+            if progress:
+                progress(len(chunk.lhs))
+        if count == 0:
+            raise InputFormatError(f"{source.path}: no edges (the file is empty or only comments)")
+        edges_per_split[source.split] = edges_per_split.get(source.split, 0) + count
+    if spec.columns.rel is None:
+        relation_index = {DEFAULT_RELATION: 0}
+    else:
+        # Relation indices in sorted-name order, so they do not depend on file order.
+        relation_index = {name: i for i, name in enumerate(sorted(relation_index))}
+    num = max_id + 1 if spec.ids == "int" else len(node_index)
+    P = spec.num_partitions
+    if spec.ids == "int":
+        rank = np.arange(num, dtype=np.int64)
+    else:
+        rank = np.random.default_rng(spec.seed).permutation(num).astype(np.int64)
+    partition_of = (rank % P).astype(np.int32)
+    offset_of = rank // P
+    counts = [len(range(p, num, P)) for p in range(P)]
+    return PartitionPlan(
+        spec=spec,
+        node_index=node_index if spec.ids == "string" else None,
+        relation_index=relation_index,
+        partition_of=partition_of,
+        offset_of=offset_of,
+        entity_counts=counts,
+        edges_per_split=edges_per_split,
+    )
+
+
+def source_record(source: Source) -> dict[str, object]:
+    return {"split": source.split, "path": os.path.abspath(source.path), "bytes": source.path.stat().st_size}

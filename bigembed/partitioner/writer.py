@@ -1,0 +1,132 @@
+"""Pass 2 of an import: write names per partition and edges per bucket, atomically.
+
+Everything is written under a temp folder beside DATA and renamed into place only
+when complete, so a failed or interrupted import leaves no half-written DATA.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+import numpy as np
+
+from bigembed.errors import BigembedError, InputFormatError
+from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, source_record
+from bigembed.partitioner.reader import EdgeChunk, read_chunks
+from bigembed.storage.atomic import atomic_replace_dir, atomic_write_json, fsync_tree
+from bigembed.storage.data_manifest import DATA_FORMAT, DATA_FORMAT_VERSION
+from bigembed.storage.edges import Bucket, EdgeArrays, append_edges, bucket_dir
+from bigembed.storage.names import names_dir, write_names
+
+
+def _chunk_to_global(plan: PartitionPlan, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map a chunk's tokens to (lhs index, rhs index, rel index) arrays."""
+    if plan.node_index is None:
+        lhs = _parse_int_ids(chunk.lhs, path, chunk.first_line)
+        rhs = _parse_int_ids(chunk.rhs, path, chunk.first_line)
+    else:
+        index = plan.node_index
+        lhs = np.fromiter((index[n] for n in chunk.lhs), dtype=np.int64, count=len(chunk.lhs))
+        rhs = np.fromiter((index[n] for n in chunk.rhs), dtype=np.int64, count=len(chunk.rhs))
+    if chunk.rel is None:
+        rel = np.zeros(len(chunk.lhs), dtype=np.int32)
+    else:
+        rindex = plan.relation_index
+        rel = np.fromiter((rindex[r] for r in chunk.rel), dtype=np.int32, count=len(chunk.rel))
+    return lhs, rhs, rel
+
+
+def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, rhs: np.ndarray,
+                  rel: np.ndarray, counts: dict[str, int]) -> None:
+    P = plan.spec.num_partitions
+    lp = plan.partition_of[lhs].astype(np.int64)
+    rp = plan.partition_of[rhs].astype(np.int64)
+    bucket_id = lp * P + rp
+    order = np.argsort(bucket_id, kind="stable")
+    sizes = np.bincount(bucket_id, minlength=P * P)
+    start = 0
+    for b in np.flatnonzero(sizes):
+        sel = order[start : start + sizes[b]]
+        start += sizes[b]
+        bucket = Bucket(int(b // P), int(b % P))
+        folder = bucket_dir(root, split, bucket)
+        folder.mkdir(parents=True, exist_ok=True)
+        append_edges(
+            folder,
+            EdgeArrays(plan.offset_of[lhs[sel]], plan.offset_of[rhs[sel]], rel[sel]),
+        )
+        counts[bucket.key] = counts.get(bucket.key, 0) + int(sizes[b])
+
+
+def _write_names(plan: PartitionPlan, root: Path) -> None:
+    all_names = list(plan.node_index) if plan.node_index is not None else None
+    for p in range(plan.spec.num_partitions):
+        folder = names_dir(root, plan.spec.entity, p)
+        if all_names is None:
+            folder.mkdir(parents=True, exist_ok=True)  # int ids: name = offset * P + p
+            continue
+        members = plan.partition_members(p)
+        write_names(folder, [all_names[i] for i in members])
+
+
+def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> dict[str, object]:
+    spec = plan.spec
+    return {
+        "format": DATA_FORMAT,
+        "format_version": DATA_FORMAT_VERSION,
+        "entities": {
+            spec.entity: {
+                "ids": spec.ids,
+                "num_partitions": spec.num_partitions,
+                "counts": plan.entity_counts,
+            }
+        },
+        "relations": [
+            {"name": name, "lhs": spec.entity, "rhs": spec.entity}
+            for name in sorted(plan.relation_index, key=plan.relation_index.__getitem__)
+        ],
+        "splits": {
+            split: {"num_edges": sum(c.values()), "buckets": dict(sorted(c.items()))}
+            for split, c in bucket_counts.items()
+        },
+        "sources": [source_record(s) for s in spec.sources],
+        "seed": spec.seed,
+    }
+
+
+def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
+               progress: Progress | None = None) -> dict[str, object]:
+    """Pass 2: write DATA at ``out``; returns the manifest written."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        bucket_counts: dict[str, dict[str, int]] = {}
+        for source in plan.spec.sources:
+            counts = bucket_counts.setdefault(source.split, {})
+            for chunk in read_chunks(source.path, plan.spec.columns, plan.spec.delimiter,
+                                     plan.spec.chunk_size):
+                lhs, rhs, rel = _chunk_to_global(plan, chunk, source.path)
+                _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts)
+                if progress:
+                    progress(len(chunk.lhs))
+        _write_names(plan, tmp)
+        manifest = _manifest(plan, bucket_counts)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        fsync_tree(tmp)
+        atomic_replace_dir(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise BigembedError(f"{out}: import failed while writing ({exc.strerror or exc}); nothing was kept") from None
+        raise
+    return manifest
+
+

@@ -1,0 +1,79 @@
+"""Edge buckets on disk: one folder per (split, lhs partition, rhs partition).
+
+Each bucket holds mmap-ninja NumPy memmaps ``lhs``, ``rhs`` (int64 local offsets)
+and ``rel`` (int32 relation index). Buckets are appended to chunk by chunk while
+importing and read back zero-copy as torch tensors while training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mmap_ninja import numpy as ninja_np
+
+from bigembed.errors import DataLayoutError
+
+COLUMNS = {"lhs": np.int64, "rhs": np.int64, "rel": np.int32}
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A (lhs partition, rhs partition) pair."""
+
+    lhs: int
+    rhs: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.lhs}_{self.rhs}"
+
+
+@dataclass(frozen=True)
+class EdgeArrays:
+    """The edges of one bucket: ``lhs``/``rhs``: (n,) int64 local offsets, ``rel``: (n,) int32."""
+
+    lhs: np.ndarray
+    rhs: np.ndarray
+    rel: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.lhs.shape[0])
+
+
+def bucket_dir(data_dir: Path, split: str, bucket: Bucket) -> Path:
+    return Path(data_dir) / "edges" / split / bucket.key
+
+
+def append_edges(folder: Path, edges: EdgeArrays) -> None:
+    """Append ``edges`` to the bucket in ``folder``, creating it on first use."""
+    for name, dtype in COLUMNS.items():
+        array = np.ascontiguousarray(getattr(edges, name), dtype=dtype)
+        column = folder / name
+        if (column / "data.ninja").exists():
+            ninja_np.extend_dir(column, array)
+        else:
+            ninja_np.from_ndarray(column, array).flush()
+
+
+def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int) -> EdgeArrays:
+    """Memory-map a bucket's edges; ``count`` (from the manifest) is checked against the files."""
+    if count == 0:
+        return EdgeArrays(
+            np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+        )
+    folder = bucket_dir(data_dir, split, bucket)
+    arrays = {}
+    for name, dtype in COLUMNS.items():
+        try:
+            arr = ninja_np.open_existing(folder / name, mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataLayoutError(f"{folder / name}: cannot open edge column ({exc})") from None
+        if arr.shape != (count,) or arr.dtype != dtype:
+            raise DataLayoutError(
+                f"{folder / name}: expected {count} {np.dtype(dtype).name} values "
+                f"as the manifest says, got shape {arr.shape} {arr.dtype}"
+            )
+        arrays[name] = arr
+    return EdgeArrays(**arrays)

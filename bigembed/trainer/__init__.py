@@ -1,0 +1,10 @@
+"""The trainer: model pieces, negative sampling, row-wise Adagrad and the per-bucket loop.
+
+It works on tensors handed to it and never touches files.
+"""
+
+from bigembed.trainer.batch import Model
+from bigembed.trainer.bucket import BucketStats, BucketTrainer, bucket_seed
+from bigembed.trainer.state import PartitionState, RelationState
+
+__all__ = ["BucketStats", "BucketTrainer", "Model", "PartitionState", "RelationState", "bucket_seed"]

@@ -1,0 +1,21 @@
+"""Negative sampling: uniform rows of a partition, shared by every edge of a chunk."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: torch.Generator) -> Tensor:
+    """(num_chunks, per_chunk) int64 row indices drawn uniformly from ``[0, num_rows)``."""
+    if per_chunk == 0 or num_rows == 0:
+        return torch.empty(num_chunks, 0, dtype=torch.long)
+    return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator)
+
+
+def in_chunk_mask(chunk: int, total: int) -> Tensor:
+    """(chunk, total) bool: True where candidate ``j < chunk`` is the edge's own positive (j == i)."""
+    mask = torch.zeros(chunk, total, dtype=torch.bool)
+    idx = torch.arange(chunk)
+    mask[idx, idx] = True
+    return mask

@@ -1,0 +1,223 @@
+"""`bigembed train`: start or resume a run, composing the separate units.
+
+start/resume (checkpoint) -> order buckets (scheduler) -> load partitions (buffer)
+-> train bucket (trainer) -> write back + commit (checkpoint). Each unit lives in
+its own package; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bigembed.checkpoint import (
+    RELATION_ADAGRAD_KEY,
+    RELATION_PARAMS_KEY,
+    Position,
+    VersionManifest,
+    VersionWriter,
+    adagrad_key,
+    collect_garbage,
+    emb_key,
+    load_good_version,
+    remove_uncommitted,
+)
+from bigembed.checkpoint.run import (
+    NEVER_CHANGE,
+    append_stats,
+    check_same_data,
+    config_conflicts,
+    describe_changes,
+    is_run,
+    read_run_config,
+    write_run_config,
+)
+from bigembed.config import Config, config_to_dict, flatten, load_config
+from bigembed.errors import BigembedError, ConfigConflictError
+from bigembed.progress import progress_bar
+from bigembed.scheduler import PartitionBuffer, order_buckets
+from bigembed.storage.data_manifest import DataManifest, read_data_manifest
+from bigembed.storage.edges import read_edges
+from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed
+from bigembed.trainer.bucket import resolve_workers
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: int
+    epochs_done: int
+    resumed_from: Position | None
+
+
+def _init_seed(seed: int, partition: int) -> int:
+    return int(np.random.SeedSequence([seed, 1_000_003, partition]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionManifest:
+    """Write config.json and version v0 (random initial embeddings), one partition at a time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, config_to_dict(config), data)
+    writer = VersionWriter(run_dir, None, 0)
+    for p, rows in enumerate(data.entity_counts):
+        gen = torch.Generator().manual_seed(_init_seed(config.training.seed, p))
+        state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen)
+        writer.write(emb_key(data.entity, p), state.emb.numpy())
+        writer.write(adagrad_key(data.entity, p), state.adagrad.numpy())
+    params = Model.from_config(config.model).operator.init_params(len(data.relations), config.model.dim)
+    if params is not None:
+        writer.write(RELATION_PARAMS_KEY, params.numpy())
+        writer.write(RELATION_ADAGRAD_KEY, np.zeros(params.shape, np.float32))
+    return writer.commit(Position(0, 0), {"epochs_done": 0})
+
+
+def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
+                    overrides: dict[str, Any], override: bool) -> tuple[Config, bool]:
+    """The config to use and whether the run already exists (refusing conflicts)."""
+    if not is_run(run_dir):
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise BigembedError(f"{run_dir}: exists and is not a bigembed RUN directory; choose another -o")
+        return load_config(config_file, overrides), False
+    saved = read_run_config(run_dir)
+    check_same_data(run_dir, saved, data)
+    config = load_config(config_file, overrides, base=flatten(saved["config"]))
+    needs, fixed = config_conflicts(saved["config"], config_to_dict(config))
+    if fixed:
+        raise ConfigConflictError(
+            f"{run_dir}: cannot change {describe_changes(fixed, saved['config'], config_to_dict(config))} "
+            "in an existing run (the stored shards depend on it); start a new RUN directory"
+        )
+    if needs and not override:
+        raise ConfigConflictError(
+            f"{run_dir}: settings differ from the saved run: "
+            f"{describe_changes(needs, saved['config'], config_to_dict(config))}; "
+            "pass --override to continue with the new values, or drop them"
+        )
+    assert not NEVER_CHANGE & set(needs)
+    write_run_config(run_dir, config_to_dict(config), data)
+    return config, True
+
+
+class _Session:
+    """Mutable state of one training session: the staged version and the buffer."""
+
+    def __init__(self, run_dir: Path, data: DataManifest, config: Config, base: VersionManifest) -> None:
+        self.run_dir, self.data, self.config = run_dir, data, config
+        self.base = base
+        self.writer = VersionWriter(run_dir, base, base.version + 1)
+        self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(2, self._load, self._store)
+        self.relations = self._load_relations()
+        self.last_commit = time.monotonic()
+
+    def _load(self, p: int) -> PartitionState:
+        emb = self.writer.read(emb_key(self.data.entity, p))
+        ada = self.writer.read(adagrad_key(self.data.entity, p))
+        return PartitionState(torch.from_numpy(emb), torch.from_numpy(ada))
+
+    def _store(self, p: int, state: PartitionState) -> None:
+        self.writer.write(emb_key(self.data.entity, p), state.emb.numpy())
+        self.writer.write(adagrad_key(self.data.entity, p), state.adagrad.numpy())
+
+    def _load_relations(self) -> RelationState:
+        if RELATION_PARAMS_KEY not in self.base.shards:
+            return RelationState(None, None)
+        return RelationState(
+            torch.from_numpy(self.writer.read(RELATION_PARAMS_KEY)),
+            torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)),
+        )
+
+    def commit(self, position: Position) -> VersionManifest:
+        self.buffer.flush()
+        if self.relations.params is not None:
+            assert self.relations.adagrad is not None
+            self.writer.write(RELATION_PARAMS_KEY, self.relations.params.numpy())
+            self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.numpy())
+        manifest = self.writer.commit(position, {"epochs_done": position.epoch})
+        collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions)
+        self.base = manifest
+        self.writer = VersionWriter(self.run_dir, manifest, manifest.version + 1)
+        self.last_commit = time.monotonic()
+        return manifest
+
+
+def _epoch_order(config: Config, P: int, epoch: int) -> list:
+    return order_buckets(P, config.training.bucket_order, np.random.default_rng([config.training.seed, epoch]))
+
+
+def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
+                 show_progress: bool) -> None:
+    config, data = session.config, session.data
+    order = _epoch_order(config, data.num_partitions, epoch)
+    total = sum(data.edge_count("train", b) for b in order)
+    done = sum(data.edge_count("train", b) for b in order[:start])
+    loss_sum = 0.0
+    with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
+                      initial=done) as bar:
+        for k in range(start, len(order)):
+            bucket = order[k]
+            count = data.edge_count("train", bucket)
+            if count:
+                session.buffer.acquire([bucket.lhs, bucket.rhs])
+                edges = read_edges(data.path.parent, "train", bucket, count)
+                stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
+                                             session.relations, bucket_seed(config.training.seed, epoch, k))
+                loss_sum += stats.loss
+                append_stats(session.run_dir, {
+                    "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs,
+                    "edges": stats.edges, "loss": stats.loss / max(1, stats.edges),
+                    "seconds": round(stats.seconds, 4),
+                    "edges_per_s": round(stats.edges / max(stats.seconds, 1e-9), 1),
+                })
+                bar.update(count)
+                bar.set_postfix(bucket=f"{k + 1}/{len(order)}", loss=f"{stats.loss / max(1, count):.4f}")
+            last = k + 1 == len(order)
+            position = Position(epoch + 1, 0) if last else Position(epoch, k + 1)
+            due = time.monotonic() - session.last_commit >= config.checkpoint.interval_seconds
+            if last or due:
+                manifest = session.commit(position)
+                if not last:
+                    log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(order)}")
+    log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
+        f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}")
+
+
+def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
+          overrides: dict[str, Any] | None = None, override: bool = False,
+          log: Log = print, show_progress: bool = True) -> TrainResult:
+    """Train (or resume training of) ``run_dir`` on the DATA at ``data_dir``."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    data = read_data_manifest(data_dir)
+    data.require_split("train")
+    config, exists = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
+    resumed: Position | None = None
+    if exists:
+        remove_uncommitted(run_dir)
+        base = load_good_version(run_dir, log)
+        resumed = base.position
+        epochs = config.training.epochs
+        if base.position.epoch >= epochs:
+            log(f"{run_dir}: already trained {base.position.epoch} epochs (v{base.version}); "
+                "nothing to do (raise --epochs to train further)")
+            return TrainResult(base.version, base.position.epoch, resumed)
+        log(f"resuming {run_dir} from v{base.version}: epoch {base.position.epoch + 1}, "
+            f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2}")
+    else:
+        base = _create_run(run_dir, config, data)
+        log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
+            f"{data.num_edges('train')} training edges, dim {config.model.dim}, "
+            f"{resolve_workers(config.training)} worker(s)")
+    session = _Session(run_dir, data, config, base)
+    trainer = BucketTrainer(Model.from_config(config.model), config.training)
+    try:
+        for epoch in range(base.position.epoch, config.training.epochs):
+            start = base.position.bucket if epoch == base.position.epoch else 0
+            _train_epoch(session, trainer, epoch, start, log, show_progress)
+    finally:
+        trainer.close()
+    return TrainResult(session.base.version, session.base.position.epoch, resumed)
