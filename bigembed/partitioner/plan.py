@@ -111,11 +111,11 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
                     ids = _parse_int_ids(tokens, source.path, chunk.first_line)
                     max_id = max(max_id, int(ids.max()))
             else:
+                # First-appearance order in the file, independent of the chunk size.
                 setdefault = node_index.setdefault
-                for name in chunk.lhs:
-                    setdefault(name, len(node_index))
-                for name in chunk.rhs:
-                    setdefault(name, len(node_index))
+                for a, b in zip(chunk.lhs, chunk.rhs):
+                    setdefault(a, len(node_index))
+                    setdefault(b, len(node_index))
             if chunk.rel is not None:
                 for name in set(chunk.rel):
                     relation_index.setdefault(name, len(relation_index))

@@ -1,0 +1,81 @@
+"""The commit protocol: references not copies, garbage collection, fallback on damage."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigembed.checkpoint import Position, VersionWriter, collect_garbage, load_good_version, read_current, remove_uncommitted
+from bigembed.checkpoint.versions import list_versions, read_manifest, version_dir
+from bigembed.errors import CheckpointError
+
+
+def commit(run: Path, base, version: int, arrays: dict[str, np.ndarray]):
+    writer = VersionWriter(run, base, version)
+    for key, arr in arrays.items():
+        writer.write(key, arr)
+    return writer.commit(Position(version, 0), {})
+
+
+def damage(run: Path, manifest, key: str) -> None:
+    shard = run / manifest.shards[key]["path"]
+    chunk = next(p for p in shard.rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[0] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+def test_unchanged_shards_are_referenced_not_copied(tmp_path):
+    a, b = np.ones((3, 2), np.float32), np.zeros((4, 2), np.float32)
+    v0 = commit(tmp_path, None, 0, {"emb/n/0": a, "emb/n/1": b})
+    v1 = commit(tmp_path, v0, 1, {"emb/n/1": b + 1})
+    assert v1.shards["emb/n/0"]["path"].startswith("checkpoints/v0/")
+    assert v1.shards["emb/n/1"]["path"].startswith("checkpoints/v1/")
+    assert not (version_dir(tmp_path, 1) / "emb_n_0.zarr").exists()
+    assert read_current(tmp_path) == 1
+
+
+def test_garbage_collection_keeps_referenced_folders(tmp_path):
+    x = np.ones((2, 2), np.float32)
+    m = commit(tmp_path, None, 0, {"a": x, "b": x})
+    for v in range(1, 5):
+        m = commit(tmp_path, m, v, {"b": x * v})
+        collect_garbage(tmp_path, m, keep=2)
+    # v0 still holds "a" (never rewritten); v1..v2 are no longer needed.
+    assert list_versions(tmp_path) == [0, 3, 4]
+
+
+def test_damaged_current_falls_back_to_parent_and_says_so(tmp_path):
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    v0 = commit(tmp_path, None, 0, {"a": x})
+    v1 = commit(tmp_path, v0, 1, {"a": x + 1})
+    damage(tmp_path, v1, "a")
+    warnings = []
+    good = load_good_version(tmp_path, warnings.append)
+    assert good.version == 0
+    assert len(warnings) == 1 and "checkpoints/v1/a.zarr" in warnings[0] and "falling back to v0" in warnings[0]
+
+
+def test_no_intact_version_is_a_one_line_error_naming_the_shard(tmp_path):
+    v0 = commit(tmp_path, None, 0, {"a": np.ones((3, 2), np.float32)})
+    damage(tmp_path, v0, "a")
+    with pytest.raises(CheckpointError) as info:
+        load_good_version(tmp_path, print)
+    assert "checkpoints/v0/a.zarr" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_uncommitted_version_is_removed(tmp_path):
+    v0 = commit(tmp_path, None, 0, {"a": np.ones((2, 2), np.float32)})
+    writer = VersionWriter(tmp_path, v0, 1)
+    writer.write("a", np.zeros((2, 2), np.float32))  # crash before commit
+    remove_uncommitted(tmp_path)
+    assert list_versions(tmp_path) == [0]
+    assert read_manifest(tmp_path, 0).version == 0
+
+
+def test_staged_shard_is_read_back_before_commit(tmp_path):
+    v0 = commit(tmp_path, None, 0, {"a": np.ones((2, 2), np.float32)})
+    writer = VersionWriter(tmp_path, v0, 1)
+    np.testing.assert_array_equal(writer.read("a"), np.ones((2, 2)))
+    writer.write("a", np.full((2, 2), 7, np.float32))
+    np.testing.assert_array_equal(writer.read("a"), np.full((2, 2), 7))

@@ -1,0 +1,167 @@
+"""End to end: training learns planted structure, resumes after kill -9, refuses conflicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigembed.checkpoint import read_current, read_manifest, read_shard_of
+from bigembed.checkpoint.versions import list_versions
+from bigembed.config import load_config
+from bigembed.errors import ConfigConflictError
+from bigembed.evaluation import evaluate_sampled
+from bigembed.generator import GraphSpec, write_graph
+from bigembed.storage.data_manifest import read_data_manifest
+from bigembed.training import train
+from tests.checkpoint.test_versions import damage
+from tests.conftest import import_files
+
+pytestmark = pytest.mark.slow
+
+SPEC = GraphSpec(nodes=1500, edges=30000, relations=3, communities=15, seed=3)
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory) -> dict[str, Path]:
+    return write_graph(SPEC, tmp_path_factory.mktemp("graph"))
+
+
+@pytest.fixture(scope="module")
+def data4(graph, tmp_path_factory) -> Path:
+    return import_files(tmp_path_factory.mktemp("d4") / "data", graph, 4)
+
+
+@pytest.fixture(scope="module")
+def data1(graph, tmp_path_factory) -> Path:
+    return import_files(tmp_path_factory.mktemp("d1") / "data", graph, 1)
+
+
+def final_arrays(run: Path) -> dict[str, np.ndarray]:
+    manifest = read_manifest(run, read_current(run))
+    return {key: read_shard_of(run, manifest, key) for key in manifest.shards}
+
+
+def test_mrr(run: Path, data: Path, overrides: dict) -> float:
+    manifest = read_manifest(run, read_current(run))
+    model = load_config(overrides=overrides).model
+    return evaluate_sampled(run, manifest, read_data_manifest(data), model, "test", 100)["mrr"]
+
+
+test_mrr.__test__ = False  # a helper, not a test
+
+OVERRIDES = {"model.dim": 32, "training.epochs": 5}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_partitioned_training_beats_random_and_matches_one_partition(tmp_path, data1, data4):
+    train(data4, tmp_path / "random", None, {**OVERRIDES, "training.epochs": 0}, log=quiet)
+    train(data4, tmp_path / "p4", None, OVERRIDES, log=quiet)
+    train(data1, tmp_path / "p1", None, OVERRIDES, log=quiet)
+    random_mrr = test_mrr(tmp_path / "random", data4, OVERRIDES)
+    mrr4 = test_mrr(tmp_path / "p4", data4, OVERRIDES)
+    mrr1 = test_mrr(tmp_path / "p1", data1, OVERRIDES)
+    assert random_mrr < 0.1
+    assert mrr4 > random_mrr + 0.15, (mrr4, random_mrr)
+    assert abs(mrr1 - mrr4) < 0.05, (mrr1, mrr4)
+
+
+def cli_train(data: Path, run: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bigembed.cli.main", "train", str(data), "-o", str(run), "--dim", "16",
+           "--epochs", "3", "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_after(proc: subprocess.Popen, stats: Path, lines: int, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` once ``stats`` has at least ``lines`` lines; fail if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stats.exists() and stats.read_text().count("\n") >= lines:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_deterministic_kill_and_resume_is_bit_identical(tmp_path, data4):
+    args = ("--deterministic", "--set", "checkpoint.interval_seconds=0")
+    finish(cli_train(data4, tmp_path / "straight", *args))
+    run = tmp_path / "killed"
+    for lines in (3, 11, 26):  # three kills at different moments
+        kill_after(cli_train(data4, run, *args), run / "stats.jsonl", lines)
+    err = finish(cli_train(data4, run, *args))
+    assert "resuming" in err
+    a, b = final_arrays(tmp_path / "straight"), final_arrays(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_hogwild_kill_at_random_moments_resumes_to_completion(tmp_path, data4):
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    args = ("--workers", "2", "--set", "checkpoint.interval_seconds=0")
+    for _ in range(3):
+        kill_after(cli_train(data4, run, *args), run / "stats.jsonl", int(rng.integers(1, 40)))
+        # After any kill, the committed version is whole: every shard verifies.
+        manifest = read_manifest(run, read_current(run))
+        for key in manifest.shards:
+            read_shard_of(run, manifest, key)
+    finish(cli_train(data4, run, *args))
+    manifest = read_manifest(run, read_current(run))
+    assert manifest.position.epoch == 3
+    assert [v for v in list_versions(run) if v > manifest.version] == []
+
+
+def test_resume_refuses_conflicting_settings_unless_override(tmp_path, data4):
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    with pytest.raises(ConfigConflictError, match=r"training.lr \(saved 0.1, now 0.5\).*--override"):
+        train(data4, run, None, {"training.lr": 0.5, "training.epochs": 2}, log=quiet)
+    with pytest.raises(ConfigConflictError, match="cannot change model.dim"):
+        train(data4, run, None, {"model.dim": 9}, override=True, log=quiet)
+    messages: list[str] = []
+    train(data4, run, None, {"training.lr": 0.5, "training.epochs": 2}, override=True, log=messages.append)
+    assert any("resuming" in m for m in messages)
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["training"]["lr"] == 0.5 and saved["model"]["dim"] == 8
+    messages.clear()
+    train(data4, run, None, {}, log=messages.append)  # nothing given: saved settings, already done
+    assert any("already trained 2 epochs" in m for m in messages)
+
+
+def test_resume_with_a_different_graph_is_refused(tmp_path, data1, data4):
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    with pytest.raises(ConfigConflictError, match="entity_counts differ"):
+        train(data1, run, None, {"training.epochs": 2}, log=quiet)
+
+
+def test_damaged_shard_falls_back_to_previous_version(tmp_path, data4):
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 2}, log=quiet)
+    manifest = read_manifest(run, read_current(run))
+    key = next(k for k, e in manifest.shards.items() if e["path"].startswith(f"checkpoints/v{manifest.version}/"))
+    damage(run, manifest, key)
+    messages: list[str] = []
+    train(data4, run, None, {"training.epochs": 3}, log=messages.append)
+    assert any("checksum mismatch" in m and "falling back to v1" in m for m in messages), messages
+    assert read_manifest(run, read_current(run)).position.epoch == 3
