@@ -18,7 +18,7 @@ import zarr
 from bigembed.errors import CheckpointError
 from bigembed.storage.atomic import atomic_replace_dir, fsync_tree
 
-ROWS_PER_CHUNK = 65536
+CHUNK_BYTES = 8 << 20  # zarr chunk size; bounds the transient IO buffers
 
 
 def array_checksum(array: np.ndarray) -> str:
@@ -31,7 +31,8 @@ def write_shard(path: Path, array: np.ndarray) -> str:
     array = np.ascontiguousarray(array)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    chunks = (min(ROWS_PER_CHUNK, max(1, array.shape[0])),) + array.shape[1:]
+    row_bytes = max(1, array.itemsize * (array.size // max(1, array.shape[0])))
+    chunks = (min(max(1024, CHUNK_BYTES // row_bytes), max(1, array.shape[0])),) + array.shape[1:]
     try:
         z = zarr.create_array(
             store=str(tmp),
@@ -41,8 +42,10 @@ def write_shard(path: Path, array: np.ndarray) -> str:
             compressors=None,
             overwrite=True,
         )
-        if array.size:
-            z[...] = array
+        # Chunk by chunk: a whole-array assignment encodes many chunks at once,
+        # which costs several chunks of extra memory.
+        for start in range(0, array.shape[0], chunks[0]):
+            z[start : start + chunks[0]] = array[start : start + chunks[0]]
         fsync_tree(tmp)
         atomic_replace_dir(tmp, path)
     except OSError as exc:
@@ -55,7 +58,10 @@ def read_shard(path: Path, checksum: str | None, shape: tuple[int, ...]) -> np.n
     """Read a shard, checking its shape and (when given) its checksum."""
     try:
         z = zarr.open_array(str(path), mode="r")
-        array = np.ascontiguousarray(z[...])
+        array = np.empty(z.shape, dtype=z.dtype)
+        step = z.chunks[0] if z.ndim else 1
+        for start in range(0, z.shape[0] if z.ndim else 0, step):
+            array[start : start + step] = z[start : start + step]
     except Exception as exc:  # zarr raises many types for a damaged store
         raise CheckpointError(f"{path}: shard is missing or damaged ({type(exc).__name__}: {exc})") from None
     if tuple(array.shape) != tuple(shape):

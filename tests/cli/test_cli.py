@@ -1,0 +1,204 @@
+"""Every verb through click's CliRunner: exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bigembed.checkpoint import emb_key, read_current, read_manifest, read_shard_of
+from bigembed.cli.main import cli
+from tests.checkpoint.test_versions import damage
+from tests.conftest import write_tiny_graph
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    train_f, test_f = root / "train.tsv", root / "test.tsv"
+    write_tiny_graph(train_f, seed=1, edges=400)
+    write_tiny_graph(test_f, seed=2, edges=50)
+    r = run("import", train_f, "--split", f"test={test_f}", "-o", root / "data", "-p", "3", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = run("train", root / "data", "-o", root / "run", "--dim", "8", "--epochs", "2", "--no-progress")
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def test_import_reports_the_plan(trained):
+    info = run("info", trained / "data", "--json")
+    facts = json.loads(info.output)
+    assert facts["kind"] == "DATA" and facts["partitions"] == 3 and facts["buckets"] == 9
+    assert facts["edges"] == {"train": 400, "test": 50}
+
+
+def test_train_says_started_then_resumes(trained, tmp_path):
+    r = run("train", trained / "data", "-o", tmp_path / "run", "--dim", "4", "--epochs", "1", "--no-progress")
+    assert r.exit_code == 0 and "started" in r.output
+    r = run("train", trained / "data", "-o", tmp_path / "run", "--epochs", "2", "--no-progress")
+    assert r.exit_code == 0 and "resuming" in r.output and "done: v2" in r.output
+
+
+def test_info_on_run(trained):
+    r = run("info", trained / "run")
+    assert r.exit_code == 0
+    assert "epochs done: 2" in r.output and "last version: v2" in r.output and "finished: True" in r.output
+
+
+def test_eval_prints_and_writes_json(trained, tmp_path):
+    out = tmp_path / "m.json"
+    r = run("eval", trained / "run", trained / "data", "--split", "test", "--negatives", "20", "--json", out,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "MRR" in r.output and "sampled (20 uniform negatives" in r.output
+    metrics = json.loads(out.read_text())
+    assert metrics["count"] == 50 and 0 < metrics["mrr"] <= 1 and set(metrics["rhs"]) >= {"mrr", "hits@10"}
+
+
+def test_eval_unknown_split(trained):
+    r = run("eval", trained / "run", trained / "data", "--split", "valid")
+    assert r.exit_code == 1 and "no split named 'valid'" in error_line(r)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5"])
+def test_export_rows_equal_nodes_and_match_the_checkpoint(trained, tmp_path, fmt):
+    out = tmp_path / "out"
+    r = run("export", trained / "run", "-o", out, "--format", fmt, "--no-progress")
+    assert r.exit_code == 0, r.output
+    run_dir = trained / "run"
+    manifest = read_manifest(run_dir, read_current(run_dir))
+    facts = json.loads(run("info", trained / "data", "--json").output)
+    parts = [read_shard_of(run_dir, manifest, emb_key("node", p)) for p in range(3)]
+    if fmt == "tsv":
+        lines = (out / "embeddings.tsv").read_text().splitlines()
+        assert len(lines) == facts["nodes"]
+        first = lines[0].split("\t")
+        assert len(first) == 9 and np.allclose([float(x) for x in first[1:]], parts[0][0], rtol=1e-6)
+        assert len({line.split("\t")[0] for line in lines}) == facts["nodes"]
+    elif fmt == "npy":
+        matrix = np.load(out / "embeddings.npy")
+        names = (out / "names.txt").read_text().splitlines()
+        assert matrix.shape == (facts["nodes"], 8) and len(names) == facts["nodes"]
+        assert np.array_equal(matrix, np.concatenate(parts))
+    else:
+        v = manifest.version
+        for p in range(3):
+            with h5py.File(out / f"embeddings_node_{p}.v{v}.h5", "r") as f:
+                assert np.array_equal(f["embeddings"][...], parts[p])
+                assert f.attrs["format_version"] == 1
+            names = json.loads((out / f"entity_names_node_{p}.json").read_text())
+            assert len(names) == parts[p].shape[0]
+            assert int((out / f"entity_count_node_{p}.txt").read_text()) == len(names)
+        assert (out / "checkpoint_version.txt").read_text().strip() == str(v)
+
+
+def test_export_refuses_existing_output(trained, tmp_path):
+    (tmp_path / "out").mkdir()
+    r = run("export", trained / "run", "-o", tmp_path / "out")
+    assert r.exit_code == 1 and "already exists" in error_line(r)
+
+
+def test_damaged_shard_in_run_is_a_one_line_error(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", run_dir)
+    manifest = read_manifest(run_dir, read_current(run_dir))
+    damage(run_dir, manifest, emb_key("node", 1))
+    r = run("export", run_dir, "-o", tmp_path / "out", "--format", "npy")
+    assert r.exit_code == 1
+    assert "emb_node_1.zarr: shard checksum mismatch" in error_line(r)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    r = run("eval", run_dir, trained / "data")
+    assert r.exit_code == 1 and "emb_node_1.zarr" in error_line(r)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("a\tr\tb\nnot-enough\n", "e.tsv:2: expected at least 3 fields"), ("", "e.tsv: no edges"),
+     ("a\tr\n", "e.tsv:1: expected at least 3 fields")],
+)
+def test_import_bad_files(tmp_path, content, message):
+    (tmp_path / "e.tsv").write_text(content)
+    r = run("import", tmp_path / "e.tsv", "-o", tmp_path / "data", "--no-progress")
+    assert r.exit_code == 1 and message in error_line(r)
+    assert not (tmp_path / "data").exists()
+
+
+def test_import_missing_file(tmp_path):
+    r = run("import", tmp_path / "nope.tsv", "-o", tmp_path / "data")
+    assert r.exit_code == 1 and "nope.tsv: cannot open" in error_line(r)
+
+
+@pytest.mark.parametrize("args", [["import", "--bogus"], ["train", "x", "-o", "y", "--frobnicate"],
+                                  ["import", "a.tsv", "-o", "d", "--split", "novalue"], ["nosuchverb"]])
+def test_usage_errors_exit_2(args):
+    r = run(*args)
+    assert r.exit_code == 2
+
+
+def test_train_on_missing_data_dir(tmp_path):
+    r = run("train", tmp_path / "nothing", "-o", tmp_path / "run")
+    assert r.exit_code == 1 and "nothing: no such DATA directory" in error_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_bad_config_writes_nothing(trained, tmp_path):
+    r = run("train", trained / "data", "-o", tmp_path / "run", "--set", "training.lr=-1")
+    assert r.exit_code == 1 and "training.lr: must be > 0.0, got -1.0" in error_line(r)
+    r = run("train", trained / "data", "-o", tmp_path / "run", "--set", "model.colour=red")
+    assert r.exit_code == 1 and "model.colour: unknown key" in error_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_conflict_message(trained, tmp_path):
+    r = run("train", trained / "data", "-o", trained / "run", "--lr", "0.3", "--epochs", "3")
+    assert r.exit_code == 1 and "training.lr (saved 0.1, now 0.3)" in error_line(r)
+
+
+def test_info_on_other_directory(tmp_path):
+    r = run("info", tmp_path)
+    assert r.exit_code == 1 and "neither a DATA directory" in error_line(r)
+
+
+def test_generate_and_bad_generate(tmp_path):
+    r = run("generate", "-o", tmp_path / "g", "--nodes", "50", "--edges", "500", "--no-progress")
+    assert r.exit_code == 0 and (tmp_path / "g" / "train.tsv").exists()
+    r = run("generate", "-o", tmp_path / "h", "--nodes", "1")
+    assert r.exit_code == 1 and "--nodes must be >= 2" in error_line(r)
+
+
+def test_config_help_lists_keys():
+    r = run("config-help")
+    assert r.exit_code == 0 and "training.lr" not in r.output and "lr (float, default 0.1)" in r.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    r = run("demo", "-o", tmp_path / "demo", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "demo: test MRR" in r.output and (tmp_path / "demo" / "export" / "embeddings.tsv").exists()
+    r = run("demo", "-o", tmp_path)  # not a demo folder: refused, nothing deleted
+    assert r.exit_code == 1 and "was not made by `bigembed demo`" in error_line(r)
+    assert (tmp_path / "demo").exists()
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from bigembed.cli.main import cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
