@@ -16,7 +16,7 @@ import pytest
 from bigembed.checkpoint import read_current, read_manifest, read_shard_of
 from bigembed.checkpoint.versions import list_versions
 from bigembed.config import load_config
-from bigembed.errors import ConfigConflictError
+from bigembed.errors import CheckpointError, ConfigConflictError
 from bigembed.evaluation import evaluate_sampled
 from bigembed.generator import GraphSpec, write_graph
 from bigembed.storage.data_manifest import read_data_manifest
@@ -165,3 +165,33 @@ def test_damaged_shard_falls_back_to_previous_version(tmp_path, data4):
     train(data4, run, None, {"training.epochs": 3}, log=messages.append)
     assert any("checksum mismatch" in m and "falling back to v1" in m for m in messages), messages
     assert read_manifest(run, read_current(run)).position.epoch == 3
+
+
+def test_full_disk_during_commit_keeps_the_last_version_whole(tmp_path, data4, monkeypatch):
+    import errno
+
+    import bigembed.storage.shards as shards
+
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    good = read_manifest(run, read_current(run))
+    real_create = shards.zarr.create_array
+    calls = {"n": 0}
+
+    def flaky_create(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(shards.zarr, "create_array", flaky_create)
+    with pytest.raises(CheckpointError) as info:
+        train(data4, run, None, {"training.epochs": 2}, log=quiet)
+    assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+    assert ".zarr" in str(info.value)
+    assert read_current(run) == good.version
+    for key in good.shards:
+        read_shard_of(run, good, key)
+    monkeypatch.setattr(shards.zarr, "create_array", real_create)
+    train(data4, run, None, {"training.epochs": 2}, log=quiet)
+    assert read_manifest(run, read_current(run)).position.epoch == 2
