@@ -7,10 +7,13 @@ its own package; this module only wires them together.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +57,7 @@ class TrainResult:
     version: int
     epochs_done: int
     resumed_from: Position | None
+    stopped: bool = False
 
 
 def _init_seed(seed: int, partition: int) -> int:
@@ -114,6 +118,7 @@ class _Session:
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(2, self._load, self._store)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
+        self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
 
     def _load(self, p: int) -> PartitionState:
         emb = self.writer.read(emb_key(self.data.entity, p))
@@ -151,7 +156,8 @@ def _epoch_order(config: Config, P: int, epoch: int) -> list:
 
 
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
-                 show_progress: bool) -> None:
+                 show_progress: bool) -> bool:
+    """Train the rest of ``epoch`` from bucket ``start``; False when stopped by a signal."""
     config, data = session.config, session.data
     order = _epoch_order(config, data.num_partitions, epoch)
     total = sum(data.edge_count("train", b) for b in order)
@@ -179,12 +185,37 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
             last = k + 1 == len(order)
             position = Position(epoch + 1, 0) if last else Position(epoch, k + 1)
             due = time.monotonic() - session.last_commit >= config.checkpoint.interval_seconds
-            if last or due:
+            if last or due or session.stop_requested:
                 manifest = session.commit(position)
                 if not last:
                     log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(order)}")
+            if session.stop_requested:
+                return False
     log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
         f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}")
+    return True
+
+
+@contextmanager
+def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish the bucket, commit, stop. A second SIGINT aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if session.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        session.stop_requested = name
+        log(f"{name}: finishing the current bucket and committing (press Ctrl-C again to abort)")
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
@@ -215,9 +246,15 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     session = _Session(run_dir, data, config, base)
     trainer = BucketTrainer(Model.from_config(config.model), config.training)
     try:
-        for epoch in range(base.position.epoch, config.training.epochs):
-            start = base.position.bucket if epoch == base.position.epoch else 0
-            _train_epoch(session, trainer, epoch, start, log, show_progress)
+        with _stop_on_signals(session, log):
+            for epoch in range(base.position.epoch, config.training.epochs):
+                start = base.position.bucket if epoch == base.position.epoch else 0
+                if not _train_epoch(session, trainer, epoch, start, log, show_progress):
+                    pos = session.base.position
+                    log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
+                        f"{pos.epoch + 1}, bucket {pos.bucket + 1}; rerun the same command to resume")
+                    break
     finally:
         trainer.close()
-    return TrainResult(session.base.version, session.base.position.epoch, resumed)
+    return TrainResult(session.base.version, session.base.position.epoch, resumed,
+                       stopped=session.stop_requested is not None)

@@ -195,3 +195,23 @@ def test_full_disk_during_commit_keeps_the_last_version_whole(tmp_path, data4, m
     monkeypatch.setattr(shards.zarr, "create_array", real_create)
     train(data4, run, None, {"training.epochs": 2}, log=quiet)
     assert read_manifest(run, read_current(run)).position.epoch == 2
+
+
+def test_sigterm_finishes_the_bucket_and_commits(tmp_path, data4):
+    run = tmp_path / "run"
+    # Default interval (300 s): without the graceful stop, nothing after v0 would be committed.
+    proc = cli_train(data4, run, "--epochs", "50")
+    deadline = time.monotonic() + 120
+    while not ((run / "stats.jsonl").exists() and (run / "stats.jsonl").read_text().count("\n") >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGTERM: finishing the current bucket" in err and "rerun the same command to resume" in err
+    manifest = read_manifest(run, read_current(run))
+    trained = (run / "stats.jsonl").read_text().count("\n")
+    assert manifest.version >= 1
+    assert manifest.position.epoch * 16 + manifest.position.bucket >= trained  # nothing trained was lost
+    err = finish(cli_train(data4, run, "--epochs", "1"))
+    assert "already trained" in err or "resuming" in err

@@ -132,6 +132,8 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
              "training.deterministic": deterministic}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     result = run_training(data, run, config_file, overrides, override, log=_log, show_progress=progress)
+    if result.stopped:
+        raise SystemExit(130)
     _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")
 
 
@@ -154,8 +156,11 @@ def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_
     from bigembed.storage.atomic import atomic_write_json
     from bigembed.storage.data_manifest import read_data_manifest
 
+    from bigembed.checkpoint.run import check_same_data
+
     saved = read_run_config(run)
     dm = read_data_manifest(data)
+    check_same_data(run, saved, dm)
     dm.require_split(split)
     version = read_current(run)
     if version is None:
@@ -176,17 +181,22 @@ def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5"]), default="tsv", show_default=True)
+@click.option("--data", "data", type=click.Path(path_type=Path),
+              help="DATA directory, if it moved since training (default: the one RUN was trained on).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
-def export(run: Path, out: Path, fmt: str, overwrite: bool, progress: bool) -> None:
+def export(run: Path, out: Path, fmt: str, data: Path | None, overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint), streaming one partition at a time."""
     from bigembed.checkpoint import read_current, read_manifest
     from bigembed.checkpoint.run import read_run_config
     from bigembed.export import export_run
     from bigembed.storage.data_manifest import read_data_manifest
 
+    from bigembed.checkpoint.run import check_same_data
+
     saved = read_run_config(run)
-    dm = read_data_manifest(Path(saved["data"]["path"]))
+    dm = read_data_manifest(data if data is not None else Path(saved["data"]["path"]))
+    check_same_data(run, saved, dm)
     version = read_current(run)
     if version is None:
         raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")

@@ -202,3 +202,18 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_help_does_not_import_torch():
     code = "import sys; from bigembed.cli.main import cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_with_moved_data_and_eval_with_wrong_data(trained, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(trained / "data", moved / "data")
+    shutil.copytree(trained / "run", moved / "run")
+    r = run("export", moved / "run", "-o", tmp_path / "out", "--data", moved / "data", "--no-progress")
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other.tsv"
+    write_tiny_graph(other, seed=9, nodes=20)
+    assert run("import", other, "-o", tmp_path / "otherdata", "-p", "3").exit_code == 0
+    r = run("eval", trained / "run", tmp_path / "otherdata", "--split", "train")
+    assert r.exit_code == 1 and "entity_counts differ" in error_line(r)
