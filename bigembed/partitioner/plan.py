@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from bigembed.errors import InputFormatError
-from bigembed.partitioner.reader import ColumnSpec, read_chunks
+from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, read_chunks
 
 DEFAULT_RELATION = "edge"
 
@@ -72,7 +72,20 @@ class PartitionPlan:
 Progress = Callable[[int], None]
 
 
-def _parse_int_ids(tokens: list[str], path: Path, first_line: int) -> np.ndarray:
+def add_first_seen(index: dict[str, int], lhs: list[str], rhs: list[str]) -> None:
+    """Give unseen names the next ids, in first-appearance order (lhs then rhs, line by line).
+
+    The order does not depend on how the file is chunked. Works at C speed:
+    ``dict.fromkeys`` keeps the first occurrence of each name in order.
+    """
+    both: list[str] = [""] * (2 * len(lhs))
+    both[0::2] = lhs
+    both[1::2] = rhs
+    new = [name for name in dict.fromkeys(both) if name not in index]
+    index.update(zip(new, range(len(index), len(index) + len(new))))
+
+
+def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarray:
     try:
         ids = np.array(tokens, dtype=np.int64)
     except (ValueError, OverflowError):
@@ -81,14 +94,14 @@ def _parse_int_ids(tokens: list[str], path: Path, first_line: int) -> np.ndarray
                 int(tok)
             except ValueError:
                 raise InputFormatError(
-                    f"{path}: node id {tok!r} near line {first_line + i} is not an integer "
+                    f"{path}:{chunk.line_of(i)}: node id {tok!r} is not an integer "
                     "(drop --ids int to use string ids)"
                 ) from None
-        raise InputFormatError(f"{path}: integer node id out of range near line {first_line}") from None
+        raise InputFormatError(f"{path}:{chunk.first_line}: integer node id out of range in this chunk") from None
     if ids.size and ids.min() < 0:
         bad = int(np.flatnonzero(ids < 0)[0])
         raise InputFormatError(
-            f"{path}: negative node id {tokens[bad]!r} near line {first_line + bad} (--ids int needs ids >= 0)"
+            f"{path}:{chunk.line_of(bad)}: negative node id {tokens[bad]!r} (--ids int needs ids >= 0)"
         )
     return ids
 
@@ -108,14 +121,10 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
         for chunk in read_chunks(source.path, spec.columns, spec.delimiter, spec.chunk_size):
             if spec.ids == "int":
                 for tokens in (chunk.lhs, chunk.rhs):
-                    ids = _parse_int_ids(tokens, source.path, chunk.first_line)
+                    ids = _parse_int_ids(tokens, source.path, chunk)
                     max_id = max(max_id, int(ids.max()))
             else:
-                # First-appearance order in the file, independent of the chunk size.
-                setdefault = node_index.setdefault
-                for a, b in zip(chunk.lhs, chunk.rhs):
-                    setdefault(a, len(node_index))
-                    setdefault(b, len(node_index))
+                add_first_seen(node_index, chunk.lhs, chunk.rhs)
             if chunk.rel is not None:
                 for name in set(chunk.rel):
                     relation_index.setdefault(name, len(relation_index))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -47,12 +48,20 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class EdgeChunk:
-    """Parsed lines: parallel lists of raw lhs/rel/rhs tokens (rel is None for one relation)."""
+    """Parsed lines: parallel lists of raw lhs/rel/rhs tokens (rel is None for one relation).
+
+    ``lines`` holds each row's 1-based line number when blank or comment lines were
+    skipped inside the chunk; otherwise row ``i`` is line ``first_line + i``.
+    """
 
     lhs: list[str]
     rhs: list[str]
     rel: list[str] | None
     first_line: int
+    lines: list[int] | None = None
+
+    def line_of(self, row: int) -> int:
+        return self.lines[row] if self.lines is not None else self.first_line + row
 
 
 def open_text(path: Path) -> IO[str]:
@@ -66,6 +75,61 @@ def open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(stream, encoding="utf-8", newline="")
 
 
+def _fast_block(raw: list[str], columns: ColumnSpec, delimiter: str, first: int) -> EdgeChunk | None:
+    """Split a uniform block (same field count on every line, no comments) in C; else None."""
+    counts = [line.count(delimiter) for line in raw]
+    width = counts[0] + 1
+    if width < columns.width or min(counts) != max(counts):
+        return None
+    text = "".join(raw)
+    if text.startswith("#") or "\n#" in text or "\r" in text:
+        return None
+    if text.endswith("\n"):
+        text = text[:-1]
+    tokens = text.replace("\n", delimiter).split(delimiter)
+    if len(tokens) != width * len(raw):
+        return None
+    if " " in text:
+        tokens = [t.strip() for t in tokens]
+    lhs, rhs = tokens[columns.lhs :: width], tokens[columns.rhs :: width]
+    if "" in lhs or "" in rhs:
+        return None  # let the exact path report the line
+    rel = tokens[columns.rel :: width] if columns.rel is not None else None
+    return EdgeChunk(lhs, rhs, rel, first)
+
+
+def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, delimiter: str) -> EdgeChunk:
+    """Line by line: skips blank and comment lines, reports the exact line of a bad one."""
+    lhs: list[str] = []
+    rhs: list[str] = []
+    rel: list[str] = []
+    lines: list[int] = []
+    for line_no, line in enumerate(raw, start=first):
+        line = line.rstrip("\r\n")
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(delimiter)
+        if len(fields) < columns.width:
+            raise InputFormatError(
+                f"{path}:{line_no}: expected at least {columns.width} fields separated by "
+                f"{delimiter!r}, got {len(fields)}: {line[:80]!r}"
+            )
+        a, b = fields[columns.lhs].strip(), fields[columns.rhs].strip()
+        if not a or not b:
+            raise InputFormatError(f"{path}:{line_no}: empty node id: {line[:80]!r}")
+        lhs.append(a)
+        rhs.append(b)
+        if columns.rel is not None:
+            rel.append(fields[columns.rel].strip())
+        lines.append(line_no)
+    return EdgeChunk(lhs, rhs, rel if columns.rel is not None else None, first, lines)
+
+
+def _parse_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, delimiter: str) -> EdgeChunk:
+    """Parse a block of raw lines starting at line ``first``."""
+    return _fast_block(raw, columns, delimiter, first) or _exact_block(path, raw, first, columns, delimiter)
+
+
 def read_chunks(
     path: Path, columns: ColumnSpec, delimiter: str, chunk_size: int = 500_000
 ) -> Iterator[EdgeChunk]:
@@ -73,38 +137,18 @@ def read_chunks(
 
     Blank lines and lines starting with ``#`` are skipped.
     """
-    lhs: list[str] = []
-    rhs: list[str] = []
-    rel: list[str] = []
-    has_rel = columns.rel is not None
-    first = 1
     line_no = 0
     try:
         with open_text(path) as handle:
-            for line_no, line in enumerate(handle, start=1):
-                line = line.rstrip("\r\n")
-                if not line or line.startswith("#"):
-                    continue
-                fields = line.split(delimiter)
-                if len(fields) < columns.width:
-                    raise InputFormatError(
-                        f"{path}:{line_no}: expected at least {columns.width} fields separated by "
-                        f"{delimiter!r}, got {len(fields)}: {line[:80]!r}"
-                    )
-                a, b = fields[columns.lhs].strip(), fields[columns.rhs].strip()
-                if not a or not b:
-                    raise InputFormatError(f"{path}:{line_no}: empty node id: {line[:80]!r}")
-                lhs.append(a)
-                rhs.append(b)
-                if has_rel:
-                    rel.append(fields[columns.rel].strip())  # type: ignore[index]
-                if len(lhs) >= chunk_size:
-                    yield EdgeChunk(lhs, rhs, rel if has_rel else None, first)
-                    lhs, rhs, rel = [], [], []
-                    first = line_no + 1
+            while True:
+                raw = list(islice(handle, chunk_size))
+                if not raw:
+                    break
+                chunk = _parse_block(path, raw, line_no + 1, columns, delimiter)
+                line_no += len(raw)
+                if chunk.lhs:
+                    yield chunk
     except UnicodeDecodeError as exc:
-        raise InputFormatError(f"{path}:{line_no + 1}: not UTF-8 text ({exc.reason})") from None
+        raise InputFormatError(f"{path}: not UTF-8 text after line {line_no} ({exc.reason})") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputFormatError(f"{path}:{line_no + 1}: cannot read ({exc})") from None
-    if lhs:
-        yield EdgeChunk(lhs, rhs, rel if has_rel else None, first)
+        raise InputFormatError(f"{path}: cannot read after line {line_no} ({exc})") from None

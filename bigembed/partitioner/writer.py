@@ -25,17 +25,17 @@ from bigembed.storage.names import names_dir, write_names
 def _chunk_to_global(plan: PartitionPlan, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map a chunk's tokens to (lhs index, rhs index, rel index) arrays."""
     if plan.node_index is None:
-        lhs = _parse_int_ids(chunk.lhs, path, chunk.first_line)
-        rhs = _parse_int_ids(chunk.rhs, path, chunk.first_line)
+        lhs = _parse_int_ids(chunk.lhs, path, chunk)
+        rhs = _parse_int_ids(chunk.rhs, path, chunk)
     else:
         index = plan.node_index
-        lhs = np.fromiter((index[n] for n in chunk.lhs), dtype=np.int64, count=len(chunk.lhs))
-        rhs = np.fromiter((index[n] for n in chunk.rhs), dtype=np.int64, count=len(chunk.rhs))
+        lhs = np.fromiter(map(index.__getitem__, chunk.lhs), dtype=np.int64, count=len(chunk.lhs))
+        rhs = np.fromiter(map(index.__getitem__, chunk.rhs), dtype=np.int64, count=len(chunk.rhs))
     if chunk.rel is None:
         rel = np.zeros(len(chunk.lhs), dtype=np.int32)
     else:
         rindex = plan.relation_index
-        rel = np.fromiter((rindex[r] for r in chunk.rel), dtype=np.int32, count=len(chunk.rel))
+        rel = np.fromiter(map(rindex.__getitem__, chunk.rel), dtype=np.int32, count=len(chunk.rel))
     return lhs, rhs, rel
 
 

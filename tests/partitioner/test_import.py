@@ -102,8 +102,8 @@ def test_plan_is_a_value_before_anything_is_written(tmp_path, tiny_graph):
         ("a\tr\tb\nc\td\n", "lhs,rel,rhs", "string", "e.tsv:2: expected at least 3 fields"),
         ("", "lhs,rel,rhs", "string", "e.tsv: no edges"),
         ("# only a comment\n", "lhs,rel,rhs", "string", "e.tsv: no edges"),
-        ("1\tr\t2\nx\tr\t3\n", "lhs,rel,rhs", "int", "node id 'x' near line 2 is not an integer"),
-        ("1\tr\t-2\n", "lhs,rel,rhs", "int", "negative node id '-2'"),
+        ("1\tr\t2\nx\tr\t3\n", "lhs,rel,rhs", "int", "e.tsv:2: node id 'x' is not an integer"),
+        ("1\tr\t-2\n", "lhs,rel,rhs", "int", "e.tsv:1: negative node id '-2'"),
         ("a\tr\t\n", "lhs,rel,rhs", "string", "e.tsv:1: empty node id"),
     ],
 )
@@ -152,3 +152,10 @@ def test_edge_arrays_have_documented_dtypes(tmp_path, tiny_graph):
     data = import_files(tmp_path / "data", {"train": path}, 1)
     e = read_edges(data, "train", Bucket(0, 0), read_data_manifest(data).edge_count("train", Bucket(0, 0)))
     assert (e.lhs.dtype, e.rhs.dtype, e.rel.dtype) == (np.int64, np.int64, np.int32)
+
+
+def test_line_numbers_stay_exact_across_comments_and_chunks(tmp_path):
+    path = tmp_path / "e.tsv"
+    path.write_text("# header\na\tr\tb\n\nc\tr\td\n# more\ne\tr\tf\ng\tr\n")
+    with pytest.raises(InputFormatError, match=r"e.tsv:7: expected at least 3 fields"):
+        import_files(tmp_path / "data", {"train": path}, 1, chunk_size=3)
