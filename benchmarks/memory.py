@@ -37,16 +37,16 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     graph = args.work / "graph"
-    subprocess.run(BIGEMBED + ["generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges", str(args.edges),
+    subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges", str(args.edges),
                                "--ids", "int", "--communities", "100", "--no-progress"], check=True)
     table_mib = args.nodes * (args.dim + 1) * 4 / 2**20
     print(f"graph: {args.nodes} nodes, {args.edges} edges, dim {args.dim}: table {table_mib:.0f} MiB")
     rows = []
     for P in args.partitions:
         data, run_dir = args.work / f"data{P}", args.work / f"run{P}"
-        subprocess.run(BIGEMBED + ["import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P), "--ids", "int",
+        subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P), "--ids", "int",
                                    "--no-progress"], check=True)
-        wall, rss = run(BIGEMBED + ["train", str(data), "-o", str(run_dir), "--dim", str(args.dim), "--epochs", "1",
+        wall, rss = run([*BIGEMBED, "train", str(data), "-o", str(run_dir), "--dim", str(args.dim), "--epochs", "1",
                                     "--no-progress"])
         rows.append((P, wall, rss))
     print(f"{'P':>3} {'epoch wall s':>13} {'peak RSS MiB':>13} {'vs P=' + str(rows[0][0]):>8}")

@@ -10,7 +10,9 @@ import pytest
 from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
 
 
-def write_tiny_graph(path: Path, nodes: int = 37, relations: int = 3, edges: int = 211, seed: int = 5) -> list[tuple[str, str, str]]:
+def write_tiny_graph(
+    path: Path, nodes: int = 37, relations: int = 3, edges: int = 211, seed: int = 5
+) -> list[tuple[str, str, str]]:
     """A seeded random graph as TSV; returns the (lhs, rel, rhs) triples written."""
     rng = random.Random(seed)
     triples = [(f"v{rng.randrange(nodes)}", f"r{rng.randrange(relations)}", f"v{rng.randrange(nodes)}")

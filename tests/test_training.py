@@ -96,7 +96,7 @@ def kill_after(proc: subprocess.Popen, stats: Path, lines: int, timeout: float =
 
 
 def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return err
 
@@ -170,7 +170,7 @@ def test_damaged_shard_falls_back_to_previous_version(tmp_path, data4):
 def test_full_disk_during_commit_keeps_the_last_version_whole(tmp_path, data4, monkeypatch):
     import errno
 
-    import bigembed.storage.shards as shards
+    from bigembed.storage import shards
 
     run = tmp_path / "run"
     train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
@@ -206,7 +206,7 @@ def test_sigterm_finishes_the_bucket_and_commits(tmp_path, data4):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "SIGTERM: finishing the current bucket" in err and "rerun the same command to resume" in err
     manifest = read_manifest(run, read_current(run))

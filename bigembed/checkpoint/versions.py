@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class VersionManifest:
         }
 
     @classmethod
-    def from_json(cls, path: Path, raw: Any) -> "VersionManifest":
+    def from_json(cls, path: Path, raw: Any) -> VersionManifest:
         if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a bigembed checkpoint manifest")
         if raw.get("format_version") != CHECKPOINT_FORMAT_VERSION:
@@ -138,18 +139,19 @@ def load_good_version(run_dir: Path, warn: Callable[[str], None]) -> VersionMani
     version: int | None = current
     first_error: CheckpointError | None = None
     while version is not None:
+        trying: int = version
         try:
-            manifest = read_manifest(run_dir, version)
+            manifest = read_manifest(run_dir, trying)
             verify_version(run_dir, manifest)
             if first_error is not None:
-                warn(f"warning: {first_error}; falling back to v{version}")
+                warn(f"warning: {first_error}; falling back to v{trying}")
             return manifest
         except CheckpointError as exc:
             first_error = first_error or exc
             try:
-                version = read_manifest(run_dir, version).parent
+                version = read_manifest(run_dir, trying).parent
             except CheckpointError:  # manifest itself unreadable: try the next older folder
-                older = [v for v in list_versions(run_dir) if v < version]
+                older = [v for v in list_versions(run_dir) if v < trying]
                 version = older[-1] if older else None
     assert first_error is not None
     raise CheckpointError(f"{first_error} (and no earlier version is intact)")

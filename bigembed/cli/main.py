@@ -8,11 +8,14 @@ stderr and exit code 1; click's usage errors exit with 2.
 from __future__ import annotations
 
 import json
-import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from bigembed import __version__
 from bigembed.errors import BigembedError
@@ -34,7 +37,7 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _counter(desc: str, unit: str, total: int | None, show: bool):  # type: ignore[no-untyped-def]
+def _counter(desc: str, unit: str, total: int | None, show: bool) -> AbstractContextManager[tqdm]:
     from bigembed.progress import progress_bar
 
     return progress_bar(total, desc, unit, show)
@@ -150,13 +153,11 @@ def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_
              progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/10, AUC) of RUN's last checkpoint on a split of DATA."""
     from bigembed.checkpoint import read_current, read_manifest
-    from bigembed.checkpoint.run import read_run_config
+    from bigembed.checkpoint.run import check_same_data, read_run_config
     from bigembed.config import build_config, flatten
     from bigembed.evaluation import evaluate_sampled
     from bigembed.storage.atomic import atomic_write_json
     from bigembed.storage.data_manifest import read_data_manifest
-
-    from bigembed.checkpoint.run import check_same_data
 
     saved = read_run_config(run)
     dm = read_data_manifest(data)
@@ -188,11 +189,9 @@ def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_
 def export(run: Path, out: Path, fmt: str, data: Path | None, overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint), streaming one partition at a time."""
     from bigembed.checkpoint import read_current, read_manifest
-    from bigembed.checkpoint.run import read_run_config
+    from bigembed.checkpoint.run import check_same_data, read_run_config
     from bigembed.export import export_run
     from bigembed.storage.data_manifest import read_data_manifest
-
-    from bigembed.checkpoint.run import check_same_data
 
     saved = read_run_config(run)
     dm = read_data_manifest(data if data is not None else Path(saved["data"]["path"]))
@@ -272,4 +271,4 @@ def main() -> None:  # console-script entry point
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

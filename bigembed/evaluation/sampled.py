@@ -8,8 +8,9 @@ checkpoint, so the table never needs to fit in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,11 @@ from bigembed.trainer.bucket import plan_batches
 EVAL_BATCH = 1000
 
 
+RanksAndAuc = tuple[torch.Tensor, torch.Tensor]
+
+
 def _score_batch(model: Model, L: torch.Tensor, R: torch.Tensor, UL: torch.Tensor, UR: torch.Tensor,
-                 params: torch.Tensor | None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+                 params: torch.Tensor | None) -> tuple[RanksAndAuc, RanksAndAuc]:
     """Ranks/AUC for rhs- and lhs-corruption of one single-relation batch."""
     lhs_op = model.operator.apply(L, params)
     pos = model.comparator.positive(lhs_op, R)

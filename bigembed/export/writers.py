@@ -16,8 +16,8 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -132,5 +132,6 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise BigembedError(f"{out}: export failed while writing ({exc.strerror or exc}); nothing was kept") from None
+            reason = exc.strerror or exc
+            raise BigembedError(f"{out}: export failed while writing ({reason}); nothing was kept") from None
         raise

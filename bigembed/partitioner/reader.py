@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, cast
 
 from bigembed.errors import InputFormatError
 
@@ -28,7 +29,7 @@ class ColumnSpec:
     width: int
 
     @classmethod
-    def parse(cls, text: str) -> "ColumnSpec":
+    def parse(cls, text: str) -> ColumnSpec:
         names = [n.strip() for n in text.split(",")]
         positions: dict[str, int] = {}
         for i, name in enumerate(names):
@@ -71,7 +72,7 @@ def open_text(path: Path) -> IO[str]:
     except OSError as exc:
         raise InputFormatError(f"{path}: cannot open ({exc.strerror})") from None
     magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-    stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+    stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
     return io.TextIOWrapper(stream, encoding="utf-8", newline="")
 
 
@@ -84,8 +85,7 @@ def _fast_block(raw: list[str], columns: ColumnSpec, delimiter: str, first: int)
     text = "".join(raw)
     if text.startswith("#") or "\n#" in text or "\r" in text:
         return None
-    if text.endswith("\n"):
-        text = text[:-1]
+    text = text.removesuffix("\n")
     tokens = text.replace("\n", delimiter).split(delimiter)
     if len(tokens) != width * len(raw):
         return None

@@ -10,10 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-
 import numpy as np
 
-from bigembed.errors import BigembedError, InputFormatError
+from bigembed.errors import BigembedError
 from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, source_record
 from bigembed.partitioner.reader import EdgeChunk, read_chunks
 from bigembed.storage.atomic import atomic_replace_dir, atomic_write_json, fsync_tree
@@ -125,7 +124,8 @@ def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise BigembedError(f"{out}: import failed while writing ({exc.strerror or exc}); nothing was kept") from None
+            reason = exc.strerror or exc
+            raise BigembedError(f"{out}: import failed while writing ({reason}); nothing was kept") from None
         raise
     return manifest
 

@@ -62,7 +62,7 @@ def read_shard(path: Path, checksum: str | None, shape: tuple[int, ...]) -> np.n
         step = z.chunks[0] if z.ndim else 1
         for start in range(0, z.shape[0] if z.ndim else 0, step):
             array[start : start + step] = z[start : start + step]
-    except Exception as exc:  # zarr raises many types for a damaged store
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged store
         raise CheckpointError(f"{path}: shard is missing or damaged ({type(exc).__name__}: {exc})") from None
     if tuple(array.shape) != tuple(shape):
         raise CheckpointError(f"{path}: shard has shape {array.shape}, expected {shape}")

@@ -28,7 +28,7 @@ class Model:
     loss: Loss
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "Model":
+    def from_config(cls, config: ModelConfig) -> Model:
         return cls(
             make_operator(config.operator),
             make_comparator(config.comparator),

@@ -39,7 +39,9 @@ def bucket_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def plan_batches(rel: Tensor, batch_size: int, by_relation: bool, generator: torch.Generator) -> list[tuple[int, Tensor]]:
+def plan_batches(
+    rel: Tensor, batch_size: int, by_relation: bool, generator: torch.Generator
+) -> list[tuple[int, Tensor]]:
     """Cut a slab into shuffled batches of one relation each.
 
     ``rel``: (n,) relation indices. Returns ``(relation, positions)`` pairs where

@@ -7,6 +7,7 @@ functions; the zoo grows by adding a class and a registry entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -83,8 +84,12 @@ class RankingLoss:
         return hinge.sum()
 
 
-OPERATORS = {"none": NoneOperator, "translation": TranslationOperator, "diagonal": DiagonalOperator}
-COMPARATORS = {"dot": DotComparator}
+OPERATORS: dict[str, Callable[[], Operator]] = {
+    "none": NoneOperator,
+    "translation": TranslationOperator,
+    "diagonal": DiagonalOperator,
+}
+COMPARATORS: dict[str, Callable[[], Comparator]] = {"dot": DotComparator}
 
 
 def make_operator(name: str) -> Operator:

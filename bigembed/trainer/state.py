@@ -16,7 +16,7 @@ class PartitionState:
     adagrad: Tensor
 
     @classmethod
-    def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator) -> "PartitionState":
+    def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator) -> PartitionState:
         emb = torch.randn(num_rows, dim, generator=generator).mul_(scale)
         return cls(emb, torch.zeros(num_rows))
 

@@ -5,7 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigembed.checkpoint import Position, VersionWriter, collect_garbage, load_good_version, read_current, remove_uncommitted
+from bigembed.checkpoint import (
+    Position,
+    VersionWriter,
+    collect_garbage,
+    load_good_version,
+    read_current,
+    remove_uncommitted,
+)
 from bigembed.checkpoint.versions import list_versions, read_manifest, version_dir
 from bigembed.errors import CheckpointError
 
