@@ -7,24 +7,11 @@ Usage:  python benchmarks/memory.py [--nodes 1000000] [--edges 2000000] [--dim 1
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-BIGEMBED = [sys.executable, "-m", "bigembed.cli.main"]
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MiB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+from measure import BIGEMBED, run_measured
 
 
 def main() -> None:
@@ -37,17 +24,17 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     graph = args.work / "graph"
-    subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges", str(args.edges),
-                               "--ids", "int", "--communities", "100", "--no-progress"], check=True)
+    subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges",
+                    str(args.edges), "--ids", "int", "--communities", "100", "--no-progress"], check=True)
     table_mib = args.nodes * (args.dim + 1) * 4 / 2**20
     print(f"graph: {args.nodes} nodes, {args.edges} edges, dim {args.dim}: table {table_mib:.0f} MiB")
     rows = []
     for P in args.partitions:
         data, run_dir = args.work / f"data{P}", args.work / f"run{P}"
-        subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P), "--ids", "int",
-                                   "--no-progress"], check=True)
-        wall, rss = run([*BIGEMBED, "train", str(data), "-o", str(run_dir), "--dim", str(args.dim), "--epochs", "1",
-                                    "--no-progress"])
+        subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P),
+                        "--ids", "int", "--no-progress"], check=True)
+        wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run_dir), "--dim", str(args.dim),
+                                  "--epochs", "1", "--no-progress"])
         rows.append((P, wall, rss))
     print(f"{'P':>3} {'epoch wall s':>13} {'peak RSS MiB':>13} {'vs P=' + str(rows[0][0]):>8}")
     for P, wall, rss in rows:

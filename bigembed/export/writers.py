@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 
 from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
 from bigembed.errors import BigembedError
-from bigembed.storage.atomic import atomic_replace_dir, fsync_tree
+from bigembed.storage.atomic import atomic_output_dir
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.names import iter_names, names_dir
 
@@ -113,25 +111,10 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
     """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``."""
     if fmt not in FORMATS:
         raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.exporting-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_output_dir(out, "export", overwrite) as tmp:
         if fmt == "tsv":
             _write_tsv(run, manifest, data, tmp, progress)
         elif fmt == "npy":
             _write_npy(run, manifest, data, tmp, dim, progress)
         else:
             _write_h5(run, manifest, data, tmp, progress)
-        fsync_tree(tmp)
-        atomic_replace_dir(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            reason = exc.strerror or exc
-            raise BigembedError(f"{out}: export failed while writing ({reason}); nothing was kept") from None
-        raise

@@ -6,16 +6,13 @@ when complete, so a failed or interrupted import leaves no half-written DATA.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from bigembed.errors import BigembedError
 from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, source_record
 from bigembed.partitioner.reader import EdgeChunk, read_chunks
-from bigembed.storage.atomic import atomic_replace_dir, atomic_write_json, fsync_tree
+from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DATA_FORMAT, DATA_FORMAT_VERSION
 from bigembed.storage.edges import Bucket, EdgeArrays, append_edges, bucket_dir
 from bigembed.storage.names import names_dir, write_names
@@ -99,14 +96,7 @@ def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> 
 def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
                progress: Progress | None = None) -> dict[str, object]:
     """Pass 2: write DATA at ``out``; returns the manifest written."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_output_dir(out, "import", overwrite) as tmp:
         bucket_counts: dict[str, dict[str, int]] = {}
         for source in plan.spec.sources:
             counts = bucket_counts.setdefault(source.split, {})
@@ -119,14 +109,6 @@ def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
         _write_names(plan, tmp)
         manifest = _manifest(plan, bucket_counts)
         atomic_write_json(tmp / "manifest.json", manifest)
-        fsync_tree(tmp)
-        atomic_replace_dir(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            reason = exc.strerror or exc
-            raise BigembedError(f"{out}: import failed while writing ({reason}); nothing was kept") from None
-        raise
     return manifest
 
 

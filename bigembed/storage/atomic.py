@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,32 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
     else:
         os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_output_dir(out: Path, what: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``out``; on success fsync it and rename it to ``out``.
+
+    On any failure the temp folder is removed, so ``out`` is either the complete
+    new output, the old one untouched, or absent. ``what`` names the job in errors.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{what}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        atomic_replace_dir(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or exc
+            raise BigembedError(f"{out}: {what} failed while writing ({reason}); nothing was kept") from None
+        raise
 
 
 def read_json(path: Path, what: str) -> Any:
