@@ -210,7 +210,7 @@ def export(run: Path, out: Path, fmt: str, data: Path | None, overwrite: bool, p
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(path: Path, as_json: bool) -> None:
     """Describe a DATA or RUN directory."""
-    from bigembed.inspect import describe
+    from bigembed.describe import describe
 
     facts = describe(path)
     if as_json:

@@ -1,5 +1,6 @@
 """The trainer's math against direct formulas on tiny tensors."""
 
+import pytest
 import torch
 
 from bigembed.config import load_config
@@ -7,7 +8,7 @@ from bigembed.trainer import Model, PartitionState, RelationState
 from bigembed.trainer.adagrad import EPS, dense_adagrad_, row_adagrad_
 from bigembed.trainer.batch import batch_loss, train_batch
 from bigembed.trainer.bucket import plan_batches
-from bigembed.trainer.model import DiagonalOperator, RankingLoss, TranslationOperator
+from bigembed.trainer.model import OPERATORS, DiagonalOperator, RankingLoss, TranslationOperator
 
 
 def test_row_adagrad_matches_the_formula_with_repeated_rows():
@@ -46,26 +47,35 @@ def test_ranking_loss_with_mask():
     assert torch.isclose(RankingLoss(1.0)(pos, neg, mask), torch.tensor(3.2))
 
 
-def test_batch_loss_equals_a_direct_double_loop():
+@pytest.mark.parametrize("operator", sorted(OPERATORS))
+def test_batch_loss_equals_a_direct_double_loop(operator):
+    """Every registered operator: chunked, batched scoring equals the per-pair formula."""
     gen = torch.Generator().manual_seed(1)
     lhs = PartitionState(torch.randn(7, 4, generator=gen), torch.zeros(7))
     rhs = PartitionState(torch.randn(6, 4, generator=gen), torch.zeros(6))
     lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1]), torch.tensor([5, 4, 3, 2, 1])
-    model = Model.from_config(load_config(overrides={"model.margin": 0.3}).model)
-    loss, _, ul, ur = batch_loss(model, lhs, rhs, lhs_idx, rhs_idx, None, chunk_size=2, negatives=3,
+    model = Model.from_config(load_config(overrides={"model.margin": 0.3, "model.operator": operator}).model)
+    params = model.operator.init_params(1, 4)
+    if params is not None:
+        params = params[0] + torch.randn(4, generator=gen)  # away from the identity
+    loss, _, ul, ur = batch_loss(model, lhs, rhs, lhs_idx, rhs_idx, params, chunk_size=2, negatives=3,
                                  generator=torch.Generator().manual_seed(2))
+
+    def op(x):
+        return model.operator.apply(x, params)
+
     expected = 0.0
     chunks = [[0, 1], [2, 3], [4]]
     for c, members in enumerate(chunks):
         for i in members:
             L, R = lhs.emb[lhs_idx[i]], rhs.emb[rhs_idx[i]]
-            pos = L @ R
+            pos = op(L) @ R
             rhs_cands = [rhs.emb[rhs_idx[j]] for j in members if j != i] + [rhs.emb[k] for k in ur[c]]
             lhs_cands = [lhs.emb[lhs_idx[j]] for j in members if j != i] + [lhs.emb[k] for k in ul[c]]
             for cand in rhs_cands:
-                expected += max(0.0, 0.3 - pos + L @ cand)
+                expected += max(0.0, 0.3 - pos + op(L) @ cand)
             for cand in lhs_cands:
-                expected += max(0.0, 0.3 - pos + cand @ R)
+                expected += max(0.0, 0.3 - pos + op(cand) @ R)
     assert abs(float(loss.detach()) - float(expected)) < 1e-4
 
 
