@@ -29,6 +29,7 @@ from bigembed.checkpoint import (
     collect_garbage,
     emb_key,
     load_good_version,
+    read_current,
     remove_uncommitted,
 )
 from bigembed.checkpoint.run import (
@@ -41,8 +42,9 @@ from bigembed.checkpoint.run import (
     read_run_config,
     write_run_config,
 )
+from bigembed.checkpoint.versions import list_versions, version_dir
 from bigembed.config import Config, config_to_dict, flatten, load_config
-from bigembed.errors import BigembedError, ConfigConflictError
+from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
@@ -228,6 +230,16 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     data.require_split("train")
     config, exists = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
     resumed: Position | None = None
+    if exists and read_current(run_dir) is None:
+        committed = [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").exists()]
+        if committed:
+            raise CheckpointError(
+                f"{run_dir}/CURRENT: missing, but v{committed[-1]} has a manifest; "
+                f"write 'v{committed[-1]}' into {run_dir}/CURRENT to resume from it"
+            )
+        remove_uncommitted(run_dir)  # the first start was killed before v0 was committed
+        exists = False
+        log(f"{run_dir}: no version was ever committed (the first start was interrupted); starting over")
     if exists:
         remove_uncommitted(run_dir)
         base = load_good_version(run_dir, log)

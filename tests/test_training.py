@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,3 +216,26 @@ def test_sigterm_finishes_the_bucket_and_commits(tmp_path, data4):
     assert manifest.position.epoch * 16 + manifest.position.bucket >= trained  # nothing trained was lost
     err = finish(cli_train(data4, run, "--epochs", "1"))
     assert "already trained" in err or "resuming" in err
+
+
+def test_killed_before_the_first_commit_starts_over(tmp_path, data4):
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    # What a kill during v0's creation leaves: config.json, a half-written v0, no CURRENT.
+    (run / "CURRENT").unlink()
+    (run / "checkpoints" / "v0" / "manifest.json").unlink()
+    for v in list_versions(run)[1:]:
+        shutil.rmtree(run / "checkpoints" / f"v{v}")
+    messages: list[str] = []
+    train(data4, run, None, {"training.epochs": 1}, log=messages.append)
+    assert any("starting over" in m for m in messages)
+    assert read_manifest(run, read_current(run)).position.epoch == 1
+
+
+def test_lost_current_with_committed_versions_is_refused_not_deleted(tmp_path, data4):
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    (run / "CURRENT").unlink()
+    with pytest.raises(CheckpointError, match=r"CURRENT: missing, but v1 has a manifest; write 'v1' into"):
+        train(data4, run, None, {"training.epochs": 2}, log=quiet)
+    assert 1 in list_versions(run)
