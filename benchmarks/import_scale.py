@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--edges", type=int, nargs="+", default=[2_000_000, 20_000_000])
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--exponent", type=float, default=1.0, help="popularity exponent (0: every node equally likely)")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/import"))
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -29,7 +30,7 @@ def main() -> None:
     for edges in args.edges:
         graph, data = args.work / f"g{edges}", args.work / f"d{edges}"
         subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges", str(edges),
-                        "--no-progress"], check=True)
+                        "--exponent", str(args.exponent), "--no-progress"], check=True)
         size = (graph / "train.tsv").stat().st_size
         wall, rss = run_measured([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p",
                            str(args.partitions), "--no-progress"])

@@ -38,6 +38,7 @@ from bigembed.checkpoint.run import (
     check_same_data,
     config_conflicts,
     describe_changes,
+    exclusive_run,
     is_run,
     read_run_config,
     write_run_config,
@@ -88,7 +89,7 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
                     overrides: dict[str, Any], override: bool) -> tuple[Config, bool]:
     """The config to use and whether the run already exists (refusing conflicts)."""
     if not is_run(run_dir):
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
             raise BigembedError(f"{run_dir}: exists and is not a bigembed RUN directory; choose another -o")
         return load_config(config_file, overrides), False
     saved = read_run_config(run_dir)
@@ -224,11 +225,22 @@ def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
 def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
           overrides: dict[str, Any] | None = None, override: bool = False,
           log: Log = print, show_progress: bool = True) -> TrainResult:
-    """Train (or resume training of) ``run_dir`` on the DATA at ``data_dir``."""
+    """Train (or resume training of) ``run_dir`` on the DATA at ``data_dir``.
+
+    Holds ``RUN/.lock`` throughout, so a second trainer on the same RUN is refused.
+    """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     data = read_data_manifest(data_dir)
     data.require_split("train")
-    config, exists = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
+    if not is_run(run_dir):  # refuse bad settings before anything is created
+        _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
+    with exclusive_run(run_dir):
+        return _train_locked(data, run_dir, config_file, dict(overrides or {}), override, log, show_progress)
+
+
+def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
+                  override: bool, log: Log, show_progress: bool) -> TrainResult:
+    config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
     resumed: Position | None = None
     if exists and read_current(run_dir) is None:
         committed = [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").exists()]

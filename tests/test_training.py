@@ -239,3 +239,16 @@ def test_lost_current_with_committed_versions_is_refused_not_deleted(tmp_path, d
     with pytest.raises(CheckpointError, match=r"CURRENT: missing, but v1 has a manifest; write 'v1' into"):
         train(data4, run, None, {"training.epochs": 2}, log=quiet)
     assert 1 in list_versions(run)
+
+
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, data4):
+    from bigembed.checkpoint.run import exclusive_run
+    from bigembed.errors import BigembedError
+
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    # As if another `bigembed train` held the RUN:
+    with exclusive_run(run), pytest.raises(BigembedError, match=rf"is being trained by pid {os.getpid()}"):
+        train(data4, run, None, {"training.epochs": 2}, log=quiet)
+    train(data4, run, None, {"training.epochs": 2}, log=quiet)  # released: resumes
+    assert read_manifest(run, read_current(run)).position.epoch == 2

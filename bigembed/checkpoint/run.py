@@ -7,9 +7,12 @@ graph or conflicting settings with a clear message.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,34 @@ def config_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[s
 def describe_changes(keys: list[str], saved: dict[str, Any], new: dict[str, Any]) -> str:
     old_flat, new_flat = flatten(saved), flatten(new)
     return ", ".join(f"{k} (saved {json.dumps(old_flat.get(k))}, now {json.dumps(new_flat[k])})" for k in keys)
+
+
+@contextmanager
+def exclusive_run(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` so a second trainer on the same RUN is refused.
+
+    An advisory ``flock``: the kernel drops it when the holder exits in any way,
+    ``kill -9`` included, so a stale lock never blocks a resume.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BigembedError(
+                f"{run_dir}: is being trained by {holder}; wait for it or stop it before resuming"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def append_stats(run_dir: Path, record: dict[str, Any]) -> None:
