@@ -61,20 +61,20 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
 
 def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
                progress: Progress | None) -> None:
-    matrix = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32,
-                                       shape=(data.num_entities, dim))
-    row = 0
-    with open(out / "names.txt", "w") as names_out:
+    # Header first, then each partition's rows appended: a plain sequential write, so
+    # no page of the output stays mapped (a memmap's pages would count as resident).
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (data.num_entities, dim)}
+    with open(out / "embeddings.npy", "wb") as matrix, open(out / "names.txt", "w") as names_out:
+        np.lib.format.write_array_header_1_0(matrix, header)
         for p in range(data.num_partitions):
             emb = read_shard_of(run, manifest, emb_key(data.entity, p))
-            matrix[row : row + emb.shape[0]] = emb
-            row += emb.shape[0]
+            matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
+            del emb
             for names in partition_names(data, p):
                 names_out.write("".join(n + "\n" for n in names))
                 if progress:
                     progress(len(names))
-            matrix.flush()
-    del matrix
     _write_relations(run, manifest, data, out)
 
 

@@ -55,10 +55,11 @@ class PartitionPlan:
     def num_entities(self) -> int:
         return int(self.partition_of.shape[0])
 
-    def partition_members(self, partition: int) -> np.ndarray:
-        """Dictionary indices of ``partition``'s nodes, in offset order."""
-        members = np.flatnonzero(self.partition_of == partition)
-        return members[np.argsort(self.offset_of[members], kind="stable")]
+    def members_by_partition(self) -> list[np.ndarray]:
+        """For each partition, the dictionary indices of its nodes in offset order (one sort)."""
+        order = np.lexsort((self.offset_of, self.partition_of))
+        bounds = np.cumsum([0, *self.entity_counts])
+        return [order[bounds[p] : bounds[p + 1]] for p in range(self.spec.num_partitions)]
 
     def summary(self) -> str:
         sizes = ", ".join(str(c) for c in self.entity_counts)

@@ -58,14 +58,13 @@ def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, 
 
 
 def _write_names(plan: PartitionPlan, root: Path) -> None:
-    all_names = list(plan.node_index) if plan.node_index is not None else None
-    for p in range(plan.spec.num_partitions):
-        folder = names_dir(root, plan.spec.entity, p)
-        if all_names is None:
-            folder.mkdir(parents=True, exist_ok=True)  # int ids: name = offset * P + p
-            continue
-        members = plan.partition_members(p)
-        write_names(folder, [all_names[i] for i in members])
+    if plan.node_index is None:  # int ids: the name of offset o in partition p is o * P + p
+        for p in range(plan.spec.num_partitions):
+            names_dir(root, plan.spec.entity, p).mkdir(parents=True, exist_ok=True)
+        return
+    all_names = list(plan.node_index)
+    for p, members in enumerate(plan.members_by_partition()):
+        write_names(names_dir(root, plan.spec.entity, p), [all_names[i] for i in members.tolist()])
 
 
 def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> dict[str, object]:
