@@ -33,7 +33,6 @@ from bigembed.checkpoint import (
     remove_uncommitted,
 )
 from bigembed.checkpoint.run import (
-    NEVER_CHANGE,
     append_stats,
     check_same_data,
     config_conflicts,
@@ -107,7 +106,6 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
             f"{describe_changes(needs, saved['config'], config_to_dict(config))}; "
             "pass --override to continue with the new values, or drop them"
         )
-    assert not NEVER_CHANGE & set(needs)
     write_run_config(run_dir, config_to_dict(config), data)
     return config, True
 

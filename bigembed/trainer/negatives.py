@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -13,8 +15,12 @@ def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: to
     return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator)
 
 
+@lru_cache(maxsize=64)
 def in_chunk_mask(chunk: int, total: int) -> Tensor:
-    """(chunk, total) bool: True where candidate ``j < chunk`` is the edge's own positive (j == i)."""
+    """(chunk, total) bool: True where candidate ``j < chunk`` is the edge's own positive (j == i).
+
+    Cached (it depends only on the sizes); callers must not modify it.
+    """
     mask = torch.zeros(chunk, total, dtype=torch.bool)
     idx = torch.arange(chunk)
     mask[idx, idx] = True
