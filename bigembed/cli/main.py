@@ -89,7 +89,8 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tupl
                       delimiter=delimiter, ids=ids, seed=seed)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
-    with _counter("reading (pass 1/2)", "edge", None, progress) as bar:
+    total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
+    with _counter("reading (pass 1/2)", "B", total_bytes or None, progress) as bar:
         plan = plan_import(spec, bar.update)
     _log(f"plan: {plan.summary()}")
     total = sum(plan.edges_per_split.values())

@@ -108,7 +108,11 @@ def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarra
 
 
 def plan_import(spec: ImportSpec, progress: Progress | None = None) -> PartitionPlan:
-    """Pass 1: read every source once, build the dictionaries and assign partitions."""
+    """Pass 1: read every source once, build the dictionaries and assign partitions.
+
+    ``progress`` is called with the number of bytes of the sources read since its last
+    call (as stored, so gzipped bytes for a gzip file): the edge count is not known yet.
+    """
     if spec.num_partitions < 1:
         raise InputFormatError(f"--partitions must be >= 1, got {spec.num_partitions}")
     if spec.ids not in ("string", "int"):
@@ -119,6 +123,7 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
     edges_per_split: dict[str, int] = {}
     for source in spec.sources:
         count = 0
+        offset = 0
         for chunk in read_chunks(source.path, spec.columns, spec.delimiter, spec.chunk_size):
             if spec.ids == "int":
                 for tokens in (chunk.lhs, chunk.rhs):
@@ -131,7 +136,8 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
                     relation_index.setdefault(name, len(relation_index))
             count += len(chunk.lhs)
             if progress:
-                progress(len(chunk.lhs))
+                progress(chunk.end_offset - offset)
+            offset = chunk.end_offset
         if count == 0:
             raise InputFormatError(f"{source.path}: no edges (the file is empty or only comments)")
         edges_per_split[source.split] = edges_per_split.get(source.split, 0) + count

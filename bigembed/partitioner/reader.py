@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import IO, cast
@@ -60,6 +60,7 @@ class EdgeChunk:
     rel: list[str] | None
     first_line: int
     lines: list[int] | None = None
+    end_offset: int = 0  # bytes of the file (as stored, maybe gzipped) read so far
 
     def line_of(self, row: int) -> int:
         return self.lines[row] if self.lines is not None else self.first_line + row
@@ -96,6 +97,14 @@ def _fast_block(raw: list[str], columns: ColumnSpec, delimiter: str, first: int)
         return None  # let the exact path report the line
     rel = tokens[columns.rel :: width] if columns.rel is not None else None
     return EdgeChunk(lhs, rhs, rel, first)
+
+
+def _stored_offset(handle: IO[str]) -> int:
+    """How far into the file as stored (compressed for gzip) ``handle`` has read."""
+    buffer = getattr(handle, "buffer", None)
+    if isinstance(buffer, gzip.GzipFile) and buffer.fileobj is not None:
+        return int(cast(IO[bytes], buffer.fileobj).tell())
+    return int(buffer.tell()) if buffer is not None else 0
 
 
 def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, delimiter: str) -> EdgeChunk:
@@ -147,7 +156,7 @@ def read_chunks(
                 chunk = _parse_block(path, raw, line_no + 1, columns, delimiter)
                 line_no += len(raw)
                 if chunk.lhs:
-                    yield chunk
+                    yield replace(chunk, end_offset=_stored_offset(handle))
     except UnicodeDecodeError as exc:
         raise InputFormatError(f"{path}: not UTF-8 text after line {line_no} ({exc.reason})") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:

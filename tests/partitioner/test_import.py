@@ -159,3 +159,18 @@ def test_line_numbers_stay_exact_across_comments_and_chunks(tmp_path):
     path.write_text("# header\na\tr\tb\n\nc\tr\td\n# more\ne\tr\tf\ng\tr\n")
     with pytest.raises(InputFormatError, match=r"e.tsv:7: expected at least 3 fields"):
         import_files(tmp_path / "data", {"train": path}, 1, chunk_size=3)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_pass_one_progress_counts_stored_bytes(tmp_path, compress):
+    path = tmp_path / ("e.tsv.gz" if compress else "e.tsv")
+    text = "".join(f"n{i}\tr\tn{i + 1}\n" for i in range(5000))
+    if compress:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    seen: list[int] = []
+    plan_import(ImportSpec(sources=[Source("train", path)], chunk_size=700), seen.append)
+    assert len(seen) == 8 and all(n >= 0 for n in seen)
+    assert sum(seen) == path.stat().st_size
