@@ -174,3 +174,18 @@ def test_pass_one_progress_counts_stored_bytes(tmp_path, compress):
     plan_import(ImportSpec(sources=[Source("train", path)], chunk_size=700), seen.append)
     assert len(seen) == 8 and all(n >= 0 for n in seen)
     assert sum(seen) == path.stat().st_size
+
+
+def test_full_disk_during_import_keeps_nothing(tmp_path, tiny_graph, monkeypatch):
+    import errno
+
+    import bigembed.partitioner.writer as writer
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "append_edges", full)
+    path, _ = tiny_graph
+    with pytest.raises(BigembedError, match=r"data: import failed while writing \(No space left on device\)"):
+        import_files(tmp_path / "data", {"train": path}, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.tsv"]
