@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,30 @@ def describe_data(path: Path) -> dict[str, Any]:
     }
 
 
+def last_epoch_stats(stats_file: Path) -> dict[str, Any] | None:
+    """Summary of the last epoch in ``stats.jsonl`` (a torn last line, as a kill leaves, is skipped)."""
+    per_epoch: dict[int, dict[int, dict[str, Any]]] = {}
+    try:
+        with open(stats_file) as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                    per_epoch.setdefault(int(record["epoch"]), {})[int(record["bucket_index"])] = record
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        return None
+    if not per_epoch:
+        return None
+    epoch = max(per_epoch)
+    records = per_epoch[epoch].values()  # a bucket retrained after a crash counts once
+    edges = sum(r["edges"] for r in records)
+    seconds = sum(r["seconds"] for r in records)
+    loss = sum(r["loss"] * r["edges"] for r in records) / max(1, edges)
+    return {"epoch": epoch + 1, "buckets": len(records), "edges": edges,
+            "edges/s": round(edges / max(seconds, 1e-9)), "mean loss": round(loss, 4)}
+
+
 def describe_run(path: Path) -> dict[str, Any]:
     from bigembed.checkpoint import read_current, read_manifest
     from bigembed.checkpoint.run import read_run_config
@@ -74,8 +99,10 @@ def describe_run(path: Path) -> dict[str, Any]:
         P = len(saved["data"]["entity_counts"])
         facts["last version"] = f"v{current}"
         facts["epochs done"] = manifest.position.epoch
-        facts["next bucket"] = f"{manifest.position.bucket + 1} of {P * P} in epoch {manifest.position.epoch + 1}"
         facts["finished"] = manifest.position.epoch >= config["training"]["epochs"]
+        if not facts["finished"]:
+            facts["next bucket"] = f"{manifest.position.bucket + 1} of {P * P} in epoch {manifest.position.epoch + 1}"
+    facts["last epoch trained"] = last_epoch_stats(path / "stats.jsonl")
     facts["versions on disk"] = [f"v{v}" for v in list_versions(path)]
     facts["size on disk"] = _human(_disk_bytes(path))
     return facts

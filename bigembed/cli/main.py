@@ -218,6 +218,8 @@ def info(path: Path, as_json: bool) -> None:
         click.echo(json.dumps(facts, indent=2))
     else:
         for key, value in facts.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key}: {value}")
 
 

@@ -216,3 +216,15 @@ def test_export_with_moved_data_and_eval_with_wrong_data(trained, tmp_path):
     assert run("import", other, "-o", tmp_path / "otherdata", "-p", "3").exit_code == 0
     r = run("eval", trained / "run", tmp_path / "otherdata", "--split", "train")
     assert r.exit_code == 1 and "entity_counts differ" in error_line(r)
+
+
+def test_info_summarises_the_last_epoch_and_skips_a_torn_line(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", run_dir)
+    with open(run_dir / "stats.jsonl", "a") as f:
+        f.write('{"epoch": 1, "bucket_ind')  # what a kill in mid-write leaves
+    facts = json.loads(run("info", run_dir, "--json").output)
+    last = facts["last epoch trained"]
+    assert last["epoch"] == 2 and last["edges"] == 400 and last["edges/s"] > 0 and last["mean loss"] >= 0
