@@ -273,11 +273,12 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
             for epoch in range(base.position.epoch, config.training.epochs):
                 start = base.position.bucket if epoch == base.position.epoch else 0
                 if not _train_epoch(session, trainer, epoch, start, log, show_progress):
-                    pos = session.base.position
-                    log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
-                        f"{pos.epoch + 1}, bucket {pos.bucket + 1}; rerun the same command to resume")
                     break
     finally:
         trainer.close()
-    return TrainResult(session.base.version, session.base.position.epoch, resumed,
-                       stopped=session.stop_requested is not None)
+    pos = session.base.position
+    stopped = session.stop_requested is not None and pos.epoch < config.training.epochs
+    if stopped:  # a signal during the very last bucket just lets training finish
+        log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
+            f"{pos.epoch + 1}, bucket {pos.bucket + 1}; rerun the same command to resume")
+    return TrainResult(session.base.version, pos.epoch, resumed, stopped=stopped)

@@ -252,3 +252,23 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, data4):
         train(data4, run, None, {"training.epochs": 2}, log=quiet)
     train(data4, run, None, {"training.epochs": 2}, log=quiet)  # released: resumes
     assert read_manifest(run, read_current(run)).position.epoch == 2
+
+
+def test_a_stop_during_the_last_bucket_counts_as_finished(tmp_path, data4, monkeypatch):
+    from bigembed.trainer.bucket import BucketTrainer
+
+    real = BucketTrainer.train_bucket
+    calls = {"n": 0}
+    buckets = sum(1 for c in read_data_manifest(data4).bucket_counts["train"].values() if c)
+
+    def signal_on_last(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == buckets:  # the last non-empty bucket of the only epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BucketTrainer, "train_bucket", signal_on_last)
+    messages: list[str] = []
+    result = train(data4, tmp_path / "run", None, {"model.dim": 8, "training.epochs": 1}, log=messages.append)
+    assert not result.stopped and result.epochs_done == 1
+    assert not any("rerun the same command" in m for m in messages)
