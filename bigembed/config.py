@@ -23,9 +23,12 @@ from typing import Any
 
 from bigembed.errors import ConfigError
 
-OPERATORS = ("none", "translation", "diagonal")
-COMPARATORS = ("dot",)
-LOSSES = ("ranking",)
+OPERATORS = ("none", "translation", "diagonal", "linear", "affine", "complex_diagonal", "rotation")
+COMPLEX_OPERATORS = ("complex_diagonal", "rotation")  # need an even dimension
+COMPARATORS = ("dot", "cos", "l2", "squared_l2")
+LOSSES = ("ranking", "logistic", "softmax")
+REGULARIZERS = ("none", "n3", "l2")
+NEGATIVE_SIDES = ("both", "lhs", "rhs")
 BUCKET_ORDERS = ("inside_out", "outside_in", "random", "sequential")
 
 
@@ -37,13 +40,31 @@ def _opt(default: Any, help: str, **checks: Any) -> Any:
 class ModelConfig:
     dim: int = _opt(100, "Embedding dimension.", min=1)
     operator: str = _opt(
-        "none", "Relation operator applied to the lhs embedding.", choices=OPERATORS
+        "none",
+        "Relation operator applied to the lhs embedding (default of every relation; "
+        "[relations.NAME] overrides it).",
+        choices=OPERATORS,
     )
     comparator: str = _opt("dot", "How an (operated) lhs and a rhs are scored.", choices=COMPARATORS)
     loss: str = _opt("ranking", "Training loss.", choices=LOSSES)
     margin: float = _opt(0.1, "Margin of the ranking loss.", min=0.0)
     init_scale: float = _opt(
         0.001, "Standard deviation of the initial embeddings.", min_exclusive=0.0
+    )
+    reciprocal: bool = _opt(
+        False,
+        "Learn an inverse of every relation and train each edge in both directions, "
+        "corrupting only the rhs (predicting the lhs uses the inverse relation).",
+    )
+    regularizer: str = _opt(
+        "none",
+        "Penalty on the embeddings and relation parameters of each positive edge: "
+        "n3 (cubed absolute values; moduli for complex operators) or l2 (squares).",
+        choices=REGULARIZERS,
+    )
+    regularization: float = _opt(0.0, "Weight of the regularizer.", min=0.0)
+    max_norm: float = _opt(
+        0.0, "Rescale any updated embedding whose L2 norm exceeds this (0: no limit).", min=0.0
     )
 
 
@@ -57,7 +78,28 @@ class TrainingConfig:
         50, "Edges per negative-sharing chunk; also the number of in-batch negatives.", min=1
     )
     negatives: int = _opt(
-        50, "Uniform negatives per chunk, drawn from the bucket's partitions.", min=0
+        50, "Sampled negatives per chunk, drawn from the bucket's partitions.", min=0
+    )
+    batch_negatives: bool = _opt(
+        True, "Use the other edges of a chunk as negatives (in-batch negatives)."
+    )
+    degree_fraction: float = _opt(
+        0.0,
+        "Fraction of the sampled negatives drawn in proportion to node degree "
+        "(endpoints of random training edges) instead of uniformly.",
+        min=0.0,
+        max=1.0,
+    )
+    all_negatives: bool = _opt(
+        False,
+        "Score every positive against every node of the partition instead of sampling "
+        "(for small entity types; [relations.NAME] overrides it).",
+    )
+    negative_sides: str = _opt(
+        "both",
+        "Which side of an edge is corrupted ([relations.NAME] overrides it; "
+        "model.reciprocal implies rhs).",
+        choices=NEGATIVE_SIDES,
     )
     workers: int = _opt(
         0, "Hogwild worker threads (0: one per CPU core, at most 8).", min=0
@@ -68,6 +110,16 @@ class TrainingConfig:
     )
     bucket_order: str = _opt(
         "inside_out", "Order in which the P x P buckets are visited.", choices=BUCKET_ORDERS
+    )
+    eval_every: int = _opt(
+        0, "Rank the eval_split with the filtered protocol every N epochs (0: never).", min=0
+    )
+    eval_split: str = _opt("valid", "Split ranked during training.")
+    early_stopping: int = _opt(
+        0,
+        "Stop when the filtered MRR on eval_split has not improved for this many "
+        "evaluations in a row (0: never stop early).",
+        min=0,
     )
 
 
@@ -83,10 +135,26 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RelationConfig:
+    """Per-relation settings, ``[relations.NAME]``; unset fields take the global default."""
+
+    operator: str | None = _opt(None, "Operator of this relation (default model.operator).",
+                                choices=OPERATORS)
+    all_negatives: bool | None = _opt(None, "training.all_negatives for this relation.")
+    negative_sides: str | None = _opt(None, "training.negative_sides for this relation.",
+                                      choices=NEGATIVE_SIDES)
+    weight: float = _opt(1.0, "Multiplies the loss of this relation's edges.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    relations: dict[str, RelationConfig] = field(default_factory=dict)
+
+    def relation(self, name: str) -> RelationConfig:
+        return self.relations.get(name) or RelationConfig()
 
 
 SECTIONS: dict[str, type] = {
@@ -128,8 +196,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return flatten(data)
 
 
-def _coerce(key: str, value: Any, typ: type) -> Any:
+def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Turn ``value`` (maybe a string from ``--set``) into ``typ`` or raise naming ``key``."""
+    args = typing.get_args(typ)
+    if args and type(None) in args:  # ``X | None``: None stays None
+        if value is None:
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -170,33 +243,60 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
 def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if value is None:
+        return
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{key}: must be >= {meta['min']}, got {value}")
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
         raise ConfigError(f"{key}: must be > {meta['min_exclusive']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}: must be <= {meta['max']}, got {value}")
+
+
+def _set_field(cls: type, key: str, name: str, value: Any, into: dict[str, Any]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ConfigError(f"{key}: unknown key (known: {', '.join(fields)})")
+    coerced = _coerce(key, value, typing.get_type_hints(cls)[name])
+    _check(key, coerced, fields[name].metadata)
+    into[name] = coerced
 
 
 def build_config(flat: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from flat dotted keys; unknown keys are errors."""
     per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    per_relation: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         section, _, name = key.partition(".")
+        if section == "relations":
+            relation, _, field_name = name.rpartition(".")
+            if not relation:
+                raise ConfigError(f"{key}: expected relations.NAME.KEY, e.g. relations.follows.operator")
+            _set_field(RelationConfig, key, field_name, value, per_relation.setdefault(relation, {}))
+            continue
         if section not in SECTIONS or not name:
             raise ConfigError(
-                f"{key}: unknown key (sections are {', '.join(SECTIONS)}; see `bigembed config-help`)"
+                f"{key}: unknown key (sections are {', '.join(SECTIONS)}, relations.NAME; "
+                "see `bigembed config-help`)"
             )
-        cls = SECTIONS[section]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if name not in fields:
-            raise ConfigError(f"{key}: unknown key (known in {section}: {', '.join(fields)})")
-        hints = typing.get_type_hints(cls)
-        coerced = _coerce(key, value, hints[name])
-        _check(key, coerced, fields[name].metadata)
-        per_section[section][name] = coerced
-    config = Config(**{name: SECTIONS[name](**values) for name, values in per_section.items()})
+        _set_field(SECTIONS[section], key, name, value, per_section[section])
+    config = Config(
+        **{name: SECTIONS[name](**values) for name, values in per_section.items()},
+        relations={name: RelationConfig(**values) for name, values in sorted(per_relation.items())},
+    )
     for f in dataclasses.fields(ModelConfig):  # defaults are checked too
         _check(f"model.{f.name}", getattr(config.model, f.name), f.metadata)
+    _check_dimension(config)
     return config
+
+
+def _check_dimension(config: Config) -> None:
+    """Complex operators split a row into real and imaginary halves: the dimension must be even."""
+    used = {("model.operator", config.model.operator)}
+    used |= {(f"relations.{n}.operator", r.operator) for n, r in config.relations.items() if r.operator}
+    for key, op in sorted(used):
+        if op in COMPLEX_OPERATORS and config.model.dim % 2:
+            raise ConfigError(f"{key}: {op} needs an even model.dim, got {config.model.dim}")
 
 
 def load_config(
@@ -223,7 +323,7 @@ def parse_set_option(item: str) -> tuple[str, str]:
 def schema_help() -> str:
     """The config reference, generated from the schema (used by ``bigembed config-help``)."""
     lines: list[str] = []
-    for section, cls in SECTIONS.items():
+    for section, cls in [*SECTIONS.items(), ("relations.NAME", RelationConfig)]:
         lines.append(f"[{section}]")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -232,8 +332,13 @@ def schema_help() -> str:
                 extra = f" One of: {', '.join(f.metadata['choices'])}."
             default = f.default
             lines.append(
-                f"  {f.name} ({hints[f.name].__name__}, default {json.dumps(default)}): "
+                f"  {f.name} ({_type_name(hints[f.name])}, default {json.dumps(default)}): "
                 f"{f.metadata['help']}{extra}"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _type_name(typ: Any) -> str:
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    return args[0].__name__ if args else typ.__name__

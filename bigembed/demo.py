@@ -44,11 +44,11 @@ def run_demo(out: Path, log: Callable[[str], None], show_progress: bool = True) 
     log("$ bigembed train data -o run --dim 32 --epochs 5")
     overrides = {"model.dim": 32, "training.epochs": 5}
     train(out / "data", out / "run", None, overrides, log=log, show_progress=show_progress)
-    log("$ bigembed eval run data --split test --negatives 100")
+    log("$ bigembed eval run data --split test --protocol sampled --negatives 100")
     data = read_data_manifest(out / "data")
     manifest = read_manifest(out / "run", read_current(out / "run") or 0)
     config = load_config(overrides=overrides)
-    metrics = evaluate_sampled(out / "run", manifest, data, config.model, "test", 100)
+    metrics = evaluate_sampled(out / "run", manifest, data, config, "test", 100)
     log(f"  MRR {metrics['mrr']:.4f}  Hits@1 {metrics['hits@1']:.4f}  Hits@10 {metrics['hits@10']:.4f}  "
         f"AUC {metrics['auc']:.4f}")
     log("$ bigembed export run -o export --format tsv")

@@ -76,7 +76,7 @@ def last_epoch_stats(stats_file: Path) -> dict[str, Any] | None:
 
 def describe_run(path: Path) -> dict[str, Any]:
     from bigembed.checkpoint import read_current, read_manifest
-    from bigembed.checkpoint.run import read_run_config
+    from bigembed.checkpoint.run import read_evals, read_run_config
     from bigembed.checkpoint.versions import list_versions
 
     saved = read_run_config(path)
@@ -103,6 +103,13 @@ def describe_run(path: Path) -> dict[str, Any]:
         if not facts["finished"]:
             facts["next bucket"] = f"{manifest.position.bucket + 1} of {P * P} in epoch {manifest.position.epoch + 1}"
     facts["last epoch trained"] = last_epoch_stats(path / "stats.jsonl")
+    evals = read_evals(path)
+    if evals["best"]:
+        best = evals["best"]
+        facts["best validation"] = {"split": best["split"], "mrr": round(best["mrr"], 4),
+                                    "epoch": best["epoch"], "version": f"v{best['version']}"}
+        if evals.get("early_stopped"):
+            facts["stopped early"] = True
     facts["versions on disk"] = [f"v{v}" for v in list_versions(path)]
     facts["size on disk"] = _human(_disk_bytes(path))
     return facts

@@ -39,7 +39,9 @@ from bigembed.checkpoint.run import (
     describe_changes,
     exclusive_run,
     is_run,
+    read_evals,
     read_run_config,
+    write_evals,
     write_run_config,
 )
 from bigembed.checkpoint.versions import list_versions, version_dir
@@ -49,7 +51,8 @@ from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.edges import read_edges
-from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed
+from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
+from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.bucket import resolve_workers
 
 Log = Callable[[str], None]
@@ -77,8 +80,8 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
         state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen)
         writer.write(emb_key(data.entity, p), state.emb.numpy())
         writer.write(adagrad_key(data.entity, p), state.adagrad.numpy())
-    params = Model.from_config(config.model).operator.init_params(len(data.relations), config.model.dim)
-    if params is not None:
+    params = initial_params(Model.from_config(config, data.relations).specs, config.model.dim)
+    if params.numel():
         writer.write(RELATION_PARAMS_KEY, params.numpy())
         writer.write(RELATION_ADAGRAD_KEY, np.zeros(params.shape, np.float32))
     return writer.commit(Position(0, 0), {"epochs_done": 0})
@@ -118,9 +121,16 @@ class _Session:
         self.base = base
         self.writer = VersionWriter(run_dir, base, base.version + 1)
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(2, self._load, self._store)
+        self.model = Model.from_config(config, data.relations)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
         self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
+        self.evals = read_evals(run_dir)
+
+    def pinned(self) -> tuple[int, ...]:
+        """Versions kept whatever their age: the best one on the validation split."""
+        best = self.evals.get("best")
+        return (int(best["version"]),) if best else ()
 
     def _load(self, p: int) -> PartitionState:
         emb = self.writer.read(emb_key(self.data.entity, p))
@@ -132,21 +142,22 @@ class _Session:
         self.writer.write(adagrad_key(self.data.entity, p), state.adagrad.numpy())
 
     def _load_relations(self) -> RelationState:
+        specs = self.model.specs
         if RELATION_PARAMS_KEY not in self.base.shards:
-            return RelationState(None, None)
+            return RelationState(specs, torch.zeros(0), torch.zeros(0))
         return RelationState(
+            specs,
             torch.from_numpy(self.writer.read(RELATION_PARAMS_KEY)),
             torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)),
         )
 
-    def commit(self, position: Position) -> VersionManifest:
+    def commit(self, position: Position, extra: dict[str, Any] | None = None) -> VersionManifest:
         self.buffer.flush()
-        if self.relations.params is not None:
-            assert self.relations.adagrad is not None
+        if self.relations.params.numel():
             self.writer.write(RELATION_PARAMS_KEY, self.relations.params.numpy())
             self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.numpy())
-        manifest = self.writer.commit(position, {"epochs_done": position.epoch})
-        collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions)
+        manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
+        collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
         self.base = manifest
         self.writer = VersionWriter(self.run_dir, manifest, manifest.version + 1)
         self.last_commit = time.monotonic()
@@ -172,7 +183,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
             count = data.edge_count("train", bucket)
             if count:
                 session.buffer.acquire([bucket.lhs, bucket.rhs])
-                edges = read_edges(data.path.parent, "train", bucket, count)
+                edges = read_edges(data.path.parent, "train", bucket, count, data.weighted)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                              session.relations, bucket_seed(config.training.seed, epoch, k))
                 loss_sum += stats.loss
@@ -196,6 +207,41 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
     log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
         f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}")
     return True
+
+
+def _validate(session: _Session, epoch: int, log: Log, show_progress: bool) -> bool:
+    """Rank the validation split after ``epoch`` when due; False when early stopping says stop."""
+    from bigembed.evaluation import evaluate_full
+
+    t = session.config.training
+    if not t.eval_every or (epoch + 1) % t.eval_every:
+        return True
+    total = 2 * session.data.num_edges(t.eval_split) * session.data.num_partitions
+    start = time.perf_counter()
+    with progress_bar(total, f"validate {t.eval_split}", "query", show_progress) as bar:
+        metrics = evaluate_full(session.run_dir, session.base, session.data, session.config, t.eval_split,
+                                progress=bar.update)
+    record = {"epoch": epoch + 1, "version": session.base.version, "split": t.eval_split,
+              "mrr": metrics["mrr"], "hits@1": metrics["hits@1"], "hits@3": metrics["hits@3"],
+              "hits@10": metrics["hits@10"], "mean_rank": metrics["mean_rank"],
+              "seconds": round(time.perf_counter() - start, 2)}
+    append_stats(session.run_dir, {"eval": record})
+    evals = session.evals
+    evals["history"].append(record)
+    best = evals.get("best")
+    if best is None or record["mrr"] > best["mrr"]:
+        evals["best"] = best = record
+    since = sum(1 for r in evals["history"] if r["epoch"] > best["epoch"])
+    stop = bool(t.early_stopping) and since >= t.early_stopping
+    evals["early_stopped"] = stop
+    write_evals(session.run_dir, evals)
+    collect_garbage(session.run_dir, session.base, session.config.checkpoint.keep_versions, session.pinned())
+    log(f"epoch {epoch + 1}: {t.eval_split} filtered MRR {record['mrr']:.4f}, Hits@10 {record['hits@10']:.4f} "
+        f"(best {best['mrr']:.4f} at epoch {best['epoch']}, v{best['version']})")
+    if stop:
+        log(f"early stopping: no improvement in {since} evaluation(s); the best checkpoint is "
+            f"v{best['version']} (epoch {best['epoch']}): use --version best with eval/export")
+    return not stop
 
 
 @contextmanager
@@ -230,6 +276,7 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     data = read_data_manifest(data_dir)
     data.require_split("train")
+    keep_freed_buffers()
     if not is_run(run_dir):  # refuse bad settings before anything is created
         _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
     with exclusive_run(run_dir):
@@ -259,6 +306,13 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
             log(f"{run_dir}: already trained {base.position.epoch} epochs (v{base.version}); "
                 "nothing to do (raise --epochs to train further)")
             return TrainResult(base.version, base.position.epoch, resumed)
+        evals = read_evals(run_dir)
+        if evals.get("early_stopped") and config.training.early_stopping:
+            best = evals["best"]
+            log(f"{run_dir}: stopped early at epoch {base.position.epoch} (best {config.training.eval_split} "
+                f"MRR {best['mrr']:.4f} at epoch {best['epoch']}, v{best['version']}); nothing to do "
+                "(set training.early_stopping=0 to train on)")
+            return TrainResult(base.version, base.position.epoch, resumed)
         log(f"resuming {run_dir} from v{base.version}: epoch {base.position.epoch + 1}, "
             f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2}")
     else:
@@ -267,12 +321,14 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
             f"{data.num_edges('train')} training edges, dim {config.model.dim}, "
             f"{resolve_workers(config.training)} worker(s)")
     session = _Session(run_dir, data, config, base)
-    trainer = BucketTrainer(Model.from_config(config.model), config.training)
+    trainer = BucketTrainer(session.model, config.training, config.model.reciprocal)
     try:
         with _stop_on_signals(session, log):
             for epoch in range(base.position.epoch, config.training.epochs):
                 start = base.position.bucket if epoch == base.position.epoch else 0
                 if not _train_epoch(session, trainer, epoch, start, log, show_progress):
+                    break
+                if not _validate(session, epoch, log, show_progress):
                     break
     finally:
         trainer.close()

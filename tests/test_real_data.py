@@ -34,9 +34,15 @@ def test_wn18rr_end_to_end(tmp_path):
     assert facts["edges"] == {"train": 86835, "valid": 3034, "test": 3134}
     ok("train", tmp_path / "data", "-o", tmp_path / "run", "--dim", "50", "--epochs", "3",
        "--set", "model.operator=diagonal")
-    ok("eval", tmp_path / "run", tmp_path / "data", "--negatives", "100", "--json", tmp_path / "m.json")
+    ok("eval", tmp_path / "run", tmp_path / "data", "--protocol", "sampled", "--negatives", "100",
+       "--json", tmp_path / "m.json")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["count"] == 3134
     assert metrics["mrr"] > random_mrr(100) + 0.15, metrics["mrr"]
+    # Filtered full ranking against all 40,943 nodes: a random embedding scores about 0.0003.
+    ok("eval", tmp_path / "run", tmp_path / "data", "--json", tmp_path / "f.json")
+    filtered = json.loads((tmp_path / "f.json").read_text())
+    assert filtered["protocol"].startswith("filtered full ranking against all 40943 nodes")
+    assert filtered["mrr"] > 0.05 and filtered["mean_rank"] < 40943 / 4, filtered
     ok("export", tmp_path / "run", "-o", tmp_path / "emb", "--format", "npy")
     assert len((tmp_path / "emb" / "names.txt").read_text().splitlines()) == 40943

@@ -52,8 +52,8 @@ def final_arrays(run: Path) -> dict[str, np.ndarray]:
 
 def test_mrr(run: Path, data: Path, overrides: dict) -> float:
     manifest = read_manifest(run, read_current(run))
-    model = load_config(overrides=overrides).model
-    return evaluate_sampled(run, manifest, read_data_manifest(data), model, "test", 100)["mrr"]
+    config = load_config(overrides=overrides)
+    return evaluate_sampled(run, manifest, read_data_manifest(data), config, "test", 100)["mrr"]
 
 
 test_mrr.__test__ = False  # a helper, not a test

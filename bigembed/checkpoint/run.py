@@ -22,17 +22,23 @@ from bigembed.storage.atomic import atomic_write_json, read_json
 from bigembed.storage.data_manifest import DataManifest
 
 RUN_FORMAT = "bigembed-run"
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # 2: relation parameters stored flat, per relation
 
 # Keys a resumed run may change without --override: they do not change what is learnt.
 FREE_TO_CHANGE = {
     "training.epochs",
     "training.workers",
+    "training.eval_every",
+    "training.early_stopping",
     "checkpoint.interval_seconds",
     "checkpoint.keep_versions",
 }
 # Keys no run may change, because the stored shards depend on them.
-NEVER_CHANGE = {"model.dim", "model.operator"}
+NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal"}
+
+
+def _never_changes(key: str) -> bool:
+    return key in NEVER_CHANGE or (key.startswith("relations.") and key.endswith(".operator"))
 
 
 def data_fingerprint(data: DataManifest) -> dict[str, Any]:
@@ -68,7 +74,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or raw.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{path}: not a bigembed run config")
     if raw.get("format_version") != RUN_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: run format_version {raw.get('format_version')} is not supported")
+        raise CheckpointError(
+            f"{path}: run format_version {raw.get('format_version')} is not supported "
+            f"(this bigembed reads {RUN_FORMAT_VERSION}); train a new RUN"
+        )
     return raw
 
 
@@ -86,15 +95,16 @@ def check_same_data(run_dir: Path, saved: dict[str, Any], data: DataManifest) ->
 def config_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(keys needing --override, keys that can never change) between two config dicts."""
     old_flat, new_flat = flatten(saved), flatten(new)
-    changed = sorted(k for k in new_flat if old_flat.get(k) != new_flat[k])
-    fixed = [k for k in changed if k in NEVER_CHANGE]
-    needs = [k for k in changed if k not in FREE_TO_CHANGE and k not in NEVER_CHANGE]
+    keys = set(old_flat) | set(new_flat)
+    changed = sorted(k for k in keys if old_flat.get(k) != new_flat.get(k))
+    fixed = [k for k in changed if _never_changes(k)]
+    needs = [k for k in changed if k not in FREE_TO_CHANGE and not _never_changes(k)]
     return needs, fixed
 
 
 def describe_changes(keys: list[str], saved: dict[str, Any], new: dict[str, Any]) -> str:
     old_flat, new_flat = flatten(saved), flatten(new)
-    return ", ".join(f"{k} (saved {json.dumps(old_flat.get(k))}, now {json.dumps(new_flat[k])})" for k in keys)
+    return ", ".join(f"{k} (saved {json.dumps(old_flat.get(k))}, now {json.dumps(new_flat.get(k))})" for k in keys)
 
 
 @contextmanager
@@ -130,3 +140,21 @@ def append_stats(run_dir: Path, record: dict[str, Any]) -> None:
     record = {"time": round(time.time(), 3), **record}
     with open(Path(run_dir) / "stats.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+EVALS_FILE = "evals.json"
+
+
+def read_evals(run_dir: Path) -> dict[str, Any]:
+    """Validation history of a run: ``{"history": [...], "best": {...} | None, "early_stopped": bool}``."""
+    path = Path(run_dir) / EVALS_FILE
+    if not path.exists():
+        return {"history": [], "best": None, "early_stopped": False}
+    raw = read_json(path, "validation history")
+    if not isinstance(raw, dict) or not isinstance(raw.get("history"), list):
+        raise CheckpointError(f"{path}: malformed validation history; delete it to start the history afresh")
+    return raw
+
+
+def write_evals(run_dir: Path, evals: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / EVALS_FILE, evals)

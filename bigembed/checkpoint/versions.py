@@ -219,8 +219,8 @@ class VersionWriter:
         return manifest
 
 
-def collect_garbage(run_dir: Path, current: VersionManifest, keep: int) -> list[int]:
-    """Delete versions not among the newest ``keep`` of ``current``'s parent chain.
+def collect_garbage(run_dir: Path, current: VersionManifest, keep: int, pinned: tuple[int, ...] = ()) -> list[int]:
+    """Delete versions not among the newest ``keep`` of ``current``'s parent chain nor ``pinned``.
 
     A folder survives while any kept manifest references a shard inside it.
     Returns the versions deleted.
@@ -231,6 +231,12 @@ def collect_garbage(run_dir: Path, current: VersionManifest, keep: int) -> list[
             kept.append(read_manifest(run_dir, kept[-1].parent))
         except CheckpointError:
             break
+    for v in pinned:
+        if v != current.version:
+            try:
+                kept.append(read_manifest(run_dir, v))
+            except CheckpointError:
+                pass
     needed = {m.version for m in kept}
     for m in kept:
         for entry in m.shards.values():

@@ -145,36 +145,38 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, help="Which imported split to rank.")
+@click.option("--protocol", type=click.Choice(["filtered", "raw", "sampled"]), default="filtered",
+              show_default=True,
+              help="filtered/raw: rank against every node (filtered drops other known true edges); "
+                   "sampled: against --negatives random nodes, as PyTorch-BigGraph does.")
 @click.option("--negatives", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Sampled negatives per edge and side.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics here as JSON.")
+              help="Sampled negatives per edge and side (--protocol sampled).")
+@click.option("--per-relation", is_flag=True, help="Also report each relation's metrics.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled negatives.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Also write the metrics here as JSON ('-' prints JSON instead of text).")
 @click.option("--progress/--no-progress", default=True)
-def eval_cmd(run: Path, data: Path, split: str, negatives: int, seed: int, json_out: Path | None,
-             progress: bool) -> None:
-    """Link-prediction metrics (MRR, Hits@1/10, AUC) of RUN's last checkpoint on a split of DATA."""
-    from bigembed.checkpoint import read_current, read_manifest
-    from bigembed.checkpoint.run import check_same_data, read_run_config
-    from bigembed.config import build_config, flatten
-    from bigembed.evaluation import evaluate_sampled
+def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, per_relation: bool, seed: int,
+             json_out: Path | None, progress: bool) -> None:
+    """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
+    from bigembed.evaluation import evaluate_full, evaluate_sampled
+    from bigembed.evaluation.report import format_metrics, open_run_checkpoint
     from bigembed.storage.atomic import atomic_write_json
-    from bigembed.storage.data_manifest import read_data_manifest
 
-    saved = read_run_config(run)
-    dm = read_data_manifest(data)
-    check_same_data(run, saved, dm)
+    manifest, dm, config = open_run_checkpoint(run, data)
     dm.require_split(split)
-    version = read_current(run)
-    if version is None:
-        raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
-    manifest = read_manifest(run, version)
-    config = build_config(flatten(saved["config"]))
-    with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
-        metrics = evaluate_sampled(run, manifest, dm, config.model, split, negatives, seed, bar.update)
-    click.echo(f"{split}: {metrics['count']} edges, v{metrics['version']} ({metrics['epochs_done']} epochs), "
-               f"{metrics['protocol']}")
-    click.echo(f"  MRR {metrics['mrr']:.4f}  Hits@1 {metrics['hits@1']:.4f}  Hits@10 {metrics['hits@10']:.4f}  "
-               f"AUC {metrics['auc']:.4f}")
+    if protocol == "sampled":
+        with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
+            metrics = evaluate_sampled(run, manifest, dm, config, split, negatives, seed, bar.update)
+    else:
+        total = 2 * dm.num_edges(split) * dm.num_partitions
+        with _counter(f"eval {split}", "query", total, progress) as bar:
+            metrics = evaluate_full(run, manifest, dm, config, split, protocol == "filtered", per_relation,
+                                    bar.update)
+    if json_out is not None and str(json_out) == "-":
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(format_metrics(metrics))
     if json_out is not None:
         atomic_write_json(json_out, metrics)
 

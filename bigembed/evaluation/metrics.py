@@ -42,6 +42,14 @@ class RankAccumulator:
         for k in self.hits:
             self.hits[k] += int((ranks <= k).sum())
 
+    def merge(self, other: RankAccumulator) -> None:
+        self.count += other.count
+        self.rr_sum += other.rr_sum
+        self.rank_sum += other.rank_sum
+        self.auc_sum += other.auc_sum
+        for k in self.hits:
+            self.hits[k] += other.hits[k]
+
     def summary(self) -> dict[str, float | int]:
         n = max(1, self.count)
         out: dict[str, float | int] = {

@@ -32,6 +32,11 @@ class DataManifest:
     raw: dict[str, Any]
 
     @property
+    def weighted(self) -> bool:
+        """Whether the edges carry a float ``weight`` column."""
+        return bool(self.raw.get("weighted", False))
+
+    @property
     def num_entities(self) -> int:
         return sum(self.entity_counts)
 

@@ -16,6 +16,7 @@ from mmap_ninja import numpy as ninja_np
 from bigembed.errors import DataLayoutError
 
 COLUMNS = {"lhs": np.int64, "rhs": np.int64, "rel": np.int32}
+WEIGHT_DTYPE = np.float32  # the optional ``weight`` column of weighted DATA
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class Bucket:
 
 @dataclass(frozen=True)
 class EdgeArrays:
-    """The edges of one bucket: ``lhs``/``rhs``: (n,) int64 local offsets, ``rel``: (n,) int32."""
+    """The edges of one bucket: ``lhs``/``rhs``: (n,) int64 local offsets, ``rel``: (n,) int32,
+    ``weight``: (n,) float32 or None when the DATA is unweighted."""
 
     lhs: np.ndarray
     rhs: np.ndarray
     rel: np.ndarray
+    weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.lhs.shape[0])
@@ -48,7 +51,8 @@ def bucket_dir(data_dir: Path, split: str, bucket: Bucket) -> Path:
 
 def append_edges(folder: Path, edges: EdgeArrays) -> None:
     """Append ``edges`` to the bucket in ``folder``, creating it on first use."""
-    for name, dtype in COLUMNS.items():
+    columns = dict(COLUMNS, **({"weight": WEIGHT_DTYPE} if edges.weight is not None else {}))
+    for name, dtype in columns.items():
         array = np.ascontiguousarray(getattr(edges, name), dtype=dtype)
         column = folder / name
         if (column / "data.ninja").exists():
@@ -57,15 +61,17 @@ def append_edges(folder: Path, edges: EdgeArrays) -> None:
             ninja_np.from_ndarray(column, array).flush()
 
 
-def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int) -> EdgeArrays:
+def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int, weighted: bool = False) -> EdgeArrays:
     """Memory-map a bucket's edges; ``count`` (from the manifest) is checked against the files."""
     if count == 0:
         return EdgeArrays(
-            np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+            np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32),
+            np.empty(0, WEIGHT_DTYPE) if weighted else None,
         )
     folder = bucket_dir(data_dir, split, bucket)
     arrays = {}
-    for name, dtype in COLUMNS.items():
+    columns = dict(COLUMNS, **({"weight": WEIGHT_DTYPE} if weighted else {}))
+    for name, dtype in columns.items():
         try:
             arr = ninja_np.open_existing(folder / name, mode="r")
         except (OSError, ValueError) as exc:

@@ -5,6 +5,17 @@ It works on tensors handed to it and never touches files.
 
 from bigembed.trainer.batch import Model
 from bigembed.trainer.bucket import BucketStats, BucketTrainer, bucket_seed
-from bigembed.trainer.state import PartitionState, RelationState
+from bigembed.trainer.relations import RelationSpec, RelationState, initial_params, relation_specs
+from bigembed.trainer.state import PartitionState
 
-__all__ = ["BucketStats", "BucketTrainer", "Model", "PartitionState", "RelationState", "bucket_seed"]
+__all__ = [
+    "BucketStats",
+    "BucketTrainer",
+    "Model",
+    "PartitionState",
+    "RelationSpec",
+    "RelationState",
+    "bucket_seed",
+    "initial_params",
+    "relation_specs",
+]

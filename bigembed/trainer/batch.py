@@ -1,132 +1,255 @@
-"""One training step: score a batch against chunked negatives, update the rows it touched.
+"""One training step: score a batch against its negatives, update the rows it touched.
 
-A batch of B edges (all of one relation) is cut into chunks of C edges. Each
-chunk's positives are corrupted on both sides with the chunk's own other edges
-(in-batch negatives) and U uniform rows from the bucket's partitions, shared by
-the whole chunk, so scoring is a batched matrix multiply:
-(chunks, C, dim) x (chunks, dim, C + U).
+A batch of B edges (all of one relation) is scored on each corrupted side
+(``RelationSpec.sides``) in one of two ways:
+
+* sampled: the batch is cut into chunks of C edges; a chunk's positives are
+  corrupted with the chunk's own other edges (in-batch negatives, when
+  ``training.batch_negatives``) and U rows sampled from the side's partition,
+  shared by the whole chunk (a fraction ``training.degree_fraction`` of them are
+  endpoints of random training edges, i.e. degree-proportional). Scoring is a
+  batched matrix multiply (chunks, C, dim) x (chunks, dim, C + U).
+* all negatives: every positive against every row of the side's partition,
+  (B, dim) x (dim, n); the gradient then reaches every row of the partition.
+
+Losses are per positive, multiplied by the edge's weight and the relation's weight.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from bigembed.config import ModelConfig, TrainingConfig
-from bigembed.trainer.adagrad import dense_adagrad_, row_adagrad_
-from bigembed.trainer.model import Comparator, Loss, Operator, make_comparator, make_loss, make_operator
-from bigembed.trainer.negatives import in_chunk_mask, sample_uniform
-from bigembed.trainer.state import PartitionState, RelationState
+from bigembed.config import Config, TrainingConfig
+from bigembed.trainer.adagrad import dense_adagrad_, dense_row_adagrad_, row_adagrad_
+from bigembed.trainer.model import NEG_INF, Comparator, Loss, SoftmaxLoss, make_comparator, make_loss
+from bigembed.trainer.negatives import in_chunk_mask, sample_negatives
+from bigembed.trainer.relations import RelationSpec, RelationState, relation_specs
+from bigembed.trainer.state import PartitionState
+
+# One slice of all-negatives scores: 8M floats (32 MB) stays below glibc's largest
+# mmap threshold, so the allocator reuses the memory instead of faulting it in anew.
+SCORE_ELEMENTS = 8 << 20
 
 
 @dataclass(frozen=True)
 class Model:
-    operator: Operator
     comparator: Comparator
     loss: Loss
+    specs: list[RelationSpec]
+    regularizer: str = "none"
+    regularization: float = 0.0
+    max_norm: float = 0.0
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> Model:
-        return cls(
-            make_operator(config.operator),
-            make_comparator(config.comparator),
-            make_loss(config.loss, config.margin),
-        )
+    def from_config(cls, config: Config, relation_names: list[str]) -> Model:
+        m = config.model
+        return cls(make_comparator(m.comparator), make_loss(m.loss, m.margin),
+                   relation_specs(config, relation_names), m.regularizer, m.regularization, m.max_norm)
 
 
-def _group_loss(model: Model, L: Tensor, R: Tensor, UL: Tensor, UR: Tensor, params: Tensor | None) -> Tensor:
-    """``L``, ``R``: (n, c, dim) positives; ``UL``, ``UR``: (n, u, dim) uniform negatives."""
-    c = L.shape[1]
-    lhs_op = model.operator.apply(L, params)
-    pos = model.comparator.positive(lhs_op, R)
-    mask = in_chunk_mask(c, c + UR.shape[1])
-    neg_rhs = model.comparator.negative(lhs_op, torch.cat([R, UR], 1))
-    # Comparators are symmetric, so corrupting the lhs scores rhs against op(lhs').
-    neg_lhs = model.comparator.negative(R, model.operator.apply(torch.cat([L, UL], 1), params))
-    return model.loss(pos, neg_rhs, mask) + model.loss(pos, neg_lhs, mask)
+@dataclass
+class SideGrads:
+    """Gradient pieces for one partition: rows with their gradients, and maybe a dense (n, dim) one."""
+
+    rows: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    dense: Tensor | None = None
+
+    def add_rows(self, rows: Tensor, grad: Tensor) -> None:
+        self.rows.append(rows.reshape(-1))
+        self.grads.append(grad.reshape(-1, grad.shape[-1]))
+
+    def add_dense(self, grad: Tensor) -> None:
+        self.dense = grad if self.dense is None else self.dense + grad
+
+    def merge(self, other: SideGrads) -> None:
+        self.rows += other.rows
+        self.grads += other.grads
+        if other.dense is not None:
+            self.add_dense(other.dense)
+
+    def apply(self, state: PartitionState, lr: float, max_norm: float) -> None:
+        if self.dense is not None:
+            dense = self.dense
+            for rows, grad in zip(self.rows, self.grads, strict=True):
+                dense = dense.index_add(0, rows, grad)
+            dense_row_adagrad_(state.emb, state.adagrad, dense, lr, max_norm)
+        elif self.rows:
+            row_adagrad_(state.emb, state.adagrad, torch.cat(self.rows), torch.cat(self.grads), lr, max_norm)
 
 
-def batch_loss(
-    model: Model,
-    lhs: PartitionState,
-    rhs: PartitionState,
-    lhs_idx: Tensor,
-    rhs_idx: Tensor,
-    params: Tensor | None,
-    chunk_size: int,
-    negatives: int,
-    generator: torch.Generator,
-) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
-    """Loss of one batch and the leaves it depends on.
+@dataclass
+class Negatives:
+    """How one side is corrupted: sampled row indices per chunk, or the whole table."""
 
-    Returns ``(loss, [L, R, UL, UR], ul_idx, ur_idx)``; ``L``/``R``: (B, dim) rows
-    of ``lhs_idx``/``rhs_idx``; ``UL``/``UR``: (chunks, U, dim) uniform negatives.
+    table: Tensor | None = None  # (n, dim) leaf: all negatives
+    idx: Tensor | None = None  # (chunks, U) sampled rows
+    rows: Tensor | None = None  # (chunks, U, dim) leaf of the sampled rows
+
+
+def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int) -> Tensor:
+    def n3(x: Tensor, complex_rows: bool) -> Tensor:
+        if complex_rows:
+            h = x.shape[-1] // 2
+            return (x[..., :h].pow(2) + x[..., h:].pow(2)).pow(1.5).sum()
+        return x.abs().pow(3).sum()
+
+    total = xs[0].new_zeros(())
+    complex_rows = spec.operator.complex
+    for x in xs:
+        total = total + (n3(x, complex_rows) if model.regularizer == "n3" else x.pow(2).sum())
+    # Each edge uses its relation's parameters once (rotation angles are not penalised).
+    if params is not None and spec.operator_name != "rotation":
+        penalty = n3(params, complex_rows) if model.regularizer == "n3" else params.pow(2).sum()
+        total = total + n * penalty
+    return model.regularization * total
+
+
+def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tensor, idx: Tensor,
+               negs: Negatives, corrupt_lhs: bool, params: Tensor | None, chunk: int,
+               batch_negatives: bool, own: Tensor) -> Tensor:
+    """Per-positive loss of corrupting one side.
+
+    ``pos_query``: (B, dim) the (operated) lhs; ``fixed``: (B, dim) the side that
+    stays; ``own``: (B, dim) leaf rows of the corrupted side (its in-batch
+    candidates); ``idx``: (B,) their row indices; returns (B,) losses.
     """
+    op, comp = spec.operator, model.comparator
+    pos = comp.positive(pos_query, fixed if corrupt_lhs else own)
+
+    def candidates(x: Tensor) -> Tensor:
+        return op.apply(x, params) if corrupt_lhs else x
+
+    if negs.table is not None:  # all negatives, in row slices of at most SCORE_ELEMENTS scores
+        cands = candidates(negs.table)
+        query = fixed if corrupt_lhs else pos_query
+        step = max(1, SCORE_ELEMENTS // max(1, cands.shape[0]))
+        losses = []
+        for s in range(0, query.shape[0], step):
+            neg = comp.negative(query[s : s + step], cands)
+            if isinstance(model.loss, SoftmaxLoss):
+                # The true answer is one of the n columns, so the loss is plain cross-entropy
+                # over them (one fused kernel instead of masking it out and adding it back).
+                losses.append(torch.nn.functional.cross_entropy(neg, idx[s : s + step], reduction="none"))
+                continue
+            rows = torch.arange(neg.shape[0])
+            neg = neg.index_put((rows, idx[s : s + step]), torch.tensor(NEG_INF))
+            losses.append(model.loss(pos[s : s + step], neg))
+        return torch.cat(losses)
+    B, d = pos_query.shape
+    full, rem = divmod(B, chunk)
+    out: list[Tensor] = []
+    assert negs.rows is not None
+    for start, count, n_chunks, first in ((0, chunk, full, 0), (full * chunk, rem, 1 if rem else 0, full)):
+        if not n_chunks:
+            continue
+        end = start + count * n_chunks
+        q = (fixed if corrupt_lhs else pos_query)[start:end].view(n_chunks, count, d)
+        parts = [negs.rows[first : first + n_chunks]]
+        if batch_negatives:
+            parts.insert(0, own[start:end].view(n_chunks, count, d))
+        neg = comp.negative(q, candidates(torch.cat(parts, 1)))
+        if batch_negatives:
+            neg = neg.masked_fill(in_chunk_mask(count, neg.shape[-1]), NEG_INF)
+        out.append(model.loss(pos[start:end].view(n_chunks, count), neg).reshape(-1))
+    return torch.cat(out)
+
+
+@dataclass
+class BatchLoss:
+    """A batch's loss and the leaves it was computed from."""
+
+    loss: Tensor
+    L: Tensor  # (B, dim) lhs rows
+    R: Tensor  # (B, dim) rhs rows
+    params: Tensor | None  # the relation's parameters
+    sides: list[tuple[bool, Negatives]]  # (corrupts the lhs?, its negatives) per corrupted side
+
+
+def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
+               relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
+               config: TrainingConfig, generator: torch.Generator,
+               pools: tuple[Tensor, Tensor] | None = None) -> BatchLoss:
+    """The summed, weighted, regularised loss of a batch of edges of ``relation``."""
+    spec = model.specs[relation]
+    params = relations.param(relation)
+    if params is not None:
+        params = params.clone().requires_grad_()
     B = lhs_idx.shape[0]
-    C = min(chunk_size, B)
-    full = B // C
-    rem = B - full * C
-    chunks = full + (1 if rem else 0)
-    ul_idx = sample_uniform(lhs.emb.shape[0], chunks, negatives, generator)
-    ur_idx = sample_uniform(rhs.emb.shape[0], chunks, negatives, generator)
+    chunk = min(config.chunk_size, B)
+    n_chunks = -(-B // chunk)
     L = lhs.emb[lhs_idx].requires_grad_()
     R = rhs.emb[rhs_idx].requires_grad_()
-    UL = lhs.emb[ul_idx].requires_grad_()
-    UR = rhs.emb[ur_idx].requires_grad_()
-    d = L.shape[1]
-    n = full * C
+    query = spec.operator.apply(L, params)
+    w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
     loss = L.new_zeros(())
-    if full:
-        loss = loss + _group_loss(
-            model, L[:n].view(full, C, d), R[:n].view(full, C, d), UL[:full], UR[:full], params
-        )
-    if rem:
-        loss = loss + _group_loss(
-            model, L[n:].unsqueeze(0), R[n:].unsqueeze(0), UL[full:], UR[full:], params
-        )
-    return loss, [L, R, UL, UR], ul_idx, ur_idx
+    sides: list[tuple[bool, Negatives]] = []
+    for corrupt_lhs in (False, True):
+        if spec.sides == ("rhs" if corrupt_lhs else "lhs"):
+            continue
+        state, idx, own = (lhs, lhs_idx, L) if corrupt_lhs else (rhs, rhs_idx, R)
+        negs = Negatives()
+        if spec.all_negatives:
+            negs.table = state.emb.detach().requires_grad_()
+        else:
+            pool = None if pools is None else pools[0 if corrupt_lhs else 1]
+            negs.idx = sample_negatives(state.emb.shape[0], n_chunks, config.negatives, config.degree_fraction,
+                                        pool, generator)
+            negs.rows = state.emb[negs.idx].requires_grad_()
+        if spec.all_negatives or config.negatives or (config.batch_negatives and chunk > 1):
+            per_edge = _side_loss(model, spec, query, R if corrupt_lhs else L, idx, negs, corrupt_lhs, params,
+                                  chunk, config.batch_negatives, own)
+            loss = loss + (per_edge * w).sum()
+        sides.append((corrupt_lhs, negs))
+    if model.regularizer != "none" and model.regularization > 0:
+        loss = loss + _regularizer(model, spec, [L, R], params, B)
+    return BatchLoss(loss, L, R, params, sides)
 
 
-def train_batch(
-    model: Model,
-    lhs: PartitionState,
-    rhs: PartitionState,
-    relations: RelationState,
-    relation: int,
-    lhs_idx: Tensor,
-    rhs_idx: Tensor,
-    config: TrainingConfig,
-    generator: torch.Generator,
-) -> float:
+def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
+                relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
+                config: TrainingConfig, generator: torch.Generator,
+                pools: tuple[Tensor, Tensor] | None = None) -> float:
     """One Adagrad step on a batch of edges of ``relation``; returns the batch's summed loss.
 
-    ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``.
-    Updates ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
+    ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``;
+    ``weights``: (B,) float32 edge weights or None; ``pools``: lhs and rhs row
+    indices of the slab's edges, for degree-proportional negatives. Updates
+    ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
     """
-    params = None
-    if relations.params is not None:
-        params = relations.params[relation].clone().requires_grad_()
-    loss, leaves, ul_idx, ur_idx = batch_loss(
-        model, lhs, rhs, lhs_idx, rhs_idx, params, config.chunk_size, config.negatives, generator
-    )
-    if not loss.requires_grad:  # no negatives at all: nothing to learn from
+    b = batch_loss(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools)
+    if not b.loss.requires_grad:  # no negatives at all: nothing to learn from
         return 0.0
-    wrt = leaves + ([params] if params is not None else [])
-    grads = torch.autograd.grad(loss, wrt)
-    gL, gR, gUL, gUR = grads[:4]
-    d = gL.shape[1]
-    lhs_rows = torch.cat([lhs_idx, ul_idx.reshape(-1)])
-    lhs_grad = torch.cat([gL, gUL.reshape(-1, d)])
-    rhs_rows = torch.cat([rhs_idx, ur_idx.reshape(-1)])
-    rhs_grad = torch.cat([gR, gUR.reshape(-1, d)])
+    leaves = [b.L, b.R] + [t for _, n in b.sides for t in (n.table, n.rows) if t is not None]
+    if b.params is not None:
+        leaves.append(b.params)
+    grads = dict(zip((id(t) for t in leaves), torch.autograd.grad(b.loss, leaves, allow_unused=True),
+                     strict=True))
+
+    def grad_of(t: Tensor) -> Tensor:
+        g = grads[id(t)]
+        return torch.zeros_like(t) if g is None else g
+
+    lhs_g, rhs_g = SideGrads(), SideGrads()
+    lhs_g.add_rows(lhs_idx, grad_of(b.L))
+    rhs_g.add_rows(rhs_idx, grad_of(b.R))
+    for corrupt_lhs, negs in b.sides:
+        target = lhs_g if corrupt_lhs else rhs_g
+        if negs.table is not None:
+            target.add_dense(grad_of(negs.table))
+        elif negs.rows is not None and negs.idx is not None:
+            target.add_rows(negs.idx, grad_of(negs.rows))
     if lhs is rhs:
-        row_adagrad_(lhs.emb, lhs.adagrad, torch.cat([lhs_rows, rhs_rows]), torch.cat([lhs_grad, rhs_grad]), config.lr)
+        lhs_g.merge(rhs_g)
+        lhs_g.apply(lhs, config.lr, model.max_norm)
     else:
-        row_adagrad_(lhs.emb, lhs.adagrad, lhs_rows, lhs_grad, config.lr)
-        row_adagrad_(rhs.emb, rhs.adagrad, rhs_rows, rhs_grad, config.lr)
-    if params is not None:
-        assert relations.params is not None and relations.adagrad is not None
-        dense_adagrad_(relations.params[relation], relations.adagrad[relation], grads[4], config.relation_lr)
-    return float(loss.detach())
+        lhs_g.apply(lhs, config.lr, model.max_norm)
+        rhs_g.apply(rhs, config.lr, model.max_norm)
+    if b.params is not None:
+        view, acc = relations.param(relation), relations.adagrad_of(relation)
+        assert view is not None and acc is not None
+        dense_adagrad_(view, acc, grad_of(b.params), config.relation_lr)
+    return float(b.loss.detach())

@@ -14,7 +14,8 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer.batch import Model, train_batch
-from bigembed.trainer.state import PartitionState, RelationState
+from bigembed.trainer.relations import RelationState
+from bigembed.trainer.state import PartitionState
 
 SLAB_EDGES = 4_000_000  # edges shuffled together; bounds the bucket's resident copy
 
@@ -65,28 +66,60 @@ def plan_batches(
     return [batches[i] for i in shuffle]
 
 
-class BucketTrainer:
-    """Runs buckets through a persistent pool of Hogwild worker threads."""
+def mixes_relations(model: Model) -> bool:
+    """Whether batches may mix relations: no relation has parameters or settings of its own."""
+    first = model.specs[0] if model.specs else None
+    return first is None or all(
+        s.shape is None and (s.sides, s.all_negatives, s.weight) == (first.sides, first.all_negatives, first.weight)
+        for s in model.specs
+    )
 
-    def __init__(self, model: Model, config: TrainingConfig) -> None:
+
+@dataclass(frozen=True)
+class Slab:
+    """A shuffled slice of a bucket's edges held in memory."""
+
+    lhs: Tensor
+    rhs: Tensor
+    weight: Tensor | None
+
+
+class BucketTrainer:
+    """Runs buckets through a persistent pool of Hogwild worker threads.
+
+    With ``model.reciprocal`` each batch of relation ``r`` is trained twice: as
+    given, then reversed (rhs as lhs) under the inverse relation ``r + R``.
+    """
+
+    def __init__(self, model: Model, config: TrainingConfig, reciprocal: bool = False) -> None:
         self.model = model
         self.config = config
-        self.workers = resolve_workers(config)
+        self.reciprocal = reciprocal
+        self.num_relations = len(model.specs) // 2 if reciprocal else len(model.specs)
+        # All-negatives batches update every row of a partition: Hogwild threads would
+        # only collide, so one worker uses all cores through intra-op parallelism.
+        self.workers = 1 if any(spec.all_negatives for spec in model.specs) else resolve_workers(config)
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        if self.workers > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def _run_worker(self, batches: list[tuple[int, Tensor]], lhs_idx: Tensor, rhs_idx: Tensor,
-                    lhs: PartitionState, rhs: PartitionState, relations: RelationState, seed: int) -> float:
+    def _run_worker(self, batches: list[tuple[int, Tensor]], slab: Slab, lhs: PartitionState,
+                    rhs: PartitionState, relations: RelationState, seed: int) -> float:
         generator = torch.Generator().manual_seed(seed)
+        pools = (slab.lhs, slab.rhs) if self.config.degree_fraction > 0 else None
+        reverse_pools = None if pools is None else (slab.rhs, slab.lhs)
         total = 0.0
         for relation, pos in batches:
-            total += train_batch(self.model, lhs, rhs, relations, relation, lhs_idx[pos], rhs_idx[pos],
-                                 self.config, generator)
+            li, ri = slab.lhs[pos], slab.rhs[pos]
+            w = None if slab.weight is None else slab.weight[pos]
+            total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
+                                 generator, pools)
+            if self.reciprocal:
+                total += train_batch(self.model, rhs, lhs, relations, relation + self.num_relations, ri, li,
+                                     w, self.config, generator, reverse_pools)
         return total
 
     def train_bucket(self, edges: EdgeArrays, lhs: PartitionState, rhs: PartitionState,
@@ -95,21 +128,21 @@ class BucketTrainer:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         n = len(edges)
-        by_relation = relations.params is not None
+        by_relation = not mixes_relations(self.model)
         total = 0.0
         slabs = torch.randperm(max(1, -(-n // SLAB_EDGES)), generator=generator).tolist() if n else []
         for slab in slabs:
             s, e = slab * SLAB_EDGES, min(n, (slab + 1) * SLAB_EDGES)
-            lhs_idx = torch.from_numpy(np.array(edges.lhs[s:e]))
-            rhs_idx = torch.from_numpy(np.array(edges.rhs[s:e]))
+            slab = Slab(torch.from_numpy(np.array(edges.lhs[s:e])), torch.from_numpy(np.array(edges.rhs[s:e])),
+                        None if edges.weight is None else torch.from_numpy(np.array(edges.weight[s:e])))
             rel = torch.from_numpy(np.array(edges.rel[s:e]))
             batches = plan_batches(rel, self.config.batch_size, by_relation, generator)
             base = int(torch.randint(2**62, (1,), generator=generator))
             if self.pool is None:
-                total += self._run_worker(batches, lhs_idx, rhs_idx, lhs, rhs, relations, base)
+                total += self._run_worker(batches, slab, lhs, rhs, relations, base)
             else:
                 futures = [
-                    self.pool.submit(self._run_worker, batches[w :: self.workers], lhs_idx, rhs_idx,
+                    self.pool.submit(self._run_worker, batches[w :: self.workers], slab,
                                      lhs, rhs, relations, base + w)
                     for w in range(self.workers)
                 ]

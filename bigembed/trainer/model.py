@@ -3,10 +3,16 @@
 A score is ``comparator(operator(lhs, relation), rhs)``. Each piece is chosen by
 name through a registry whose error lists the known names. All are pure tensor
 functions; the zoo grows by adding a class and a registry entry.
+
+Complex-valued operators (``complex_diagonal``, ``rotation``) read a row of
+even dimension ``d`` as ``d/2`` complex numbers: real parts first, then
+imaginary parts. With the ``dot`` comparator, ``complex_diagonal`` is ComplEx
+(Trouillon et al. 2016): ``Re(sum_k h_k r_k conj(t_k))``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -15,19 +21,31 @@ from torch import Tensor
 
 from bigembed.errors import ConfigError
 
+NEG_INF = float("-inf")
+
 
 class Operator(Protocol):
     """Transforms lhs embeddings with one relation's parameters."""
 
-    def init_params(self, num_relations: int, dim: int) -> Tensor | None:
-        """(num_relations, dim) float32 initial parameters, or None for no parameters."""
+    complex: bool  # rows are (real, imaginary) halves; the N3 regulariser uses moduli
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        """Shape of one relation's parameters, or None for no parameters."""
+
+    def init_param(self, dim: int) -> Tensor | None:
+        """One relation's initial parameters (the identity transform where there is one)."""
 
     def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
-        """``x``: (..., dim), ``params``: (dim,) or None -> (..., dim)."""
+        """``x``: (..., dim), ``params``: ``param_shape(dim)`` or None -> (..., dim)."""
 
 
 class NoneOperator:
-    def init_params(self, num_relations: int, dim: int) -> Tensor | None:
+    complex = False
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return None
+
+    def init_param(self, dim: int) -> Tensor | None:
         return None
 
     def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
@@ -35,8 +53,13 @@ class NoneOperator:
 
 
 class TranslationOperator:
-    def init_params(self, num_relations: int, dim: int) -> Tensor | None:
-        return torch.zeros(num_relations, dim)
+    complex = False
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim,)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.zeros(dim)
 
     def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
         assert params is not None
@@ -44,12 +67,88 @@ class TranslationOperator:
 
 
 class DiagonalOperator:
-    def init_params(self, num_relations: int, dim: int) -> Tensor | None:
-        return torch.ones(num_relations, dim)
+    complex = False
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim,)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.ones(dim)
 
     def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
         assert params is not None
         return x * params
+
+
+class LinearOperator:
+    """``x -> A x`` with a full (dim, dim) matrix per relation."""
+
+    complex = False
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim, dim)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.eye(dim)
+
+    def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
+        assert params is not None
+        return torch.matmul(x, params.t())
+
+
+class AffineOperator:
+    """``x -> A x + b``; the parameters are ``A`` stacked over ``b``: (dim + 1, dim)."""
+
+    complex = False
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim + 1, dim)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.cat([torch.eye(dim), torch.zeros(1, dim)])
+
+    def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
+        assert params is not None
+        return torch.matmul(x, params[:-1].t()) + params[-1]
+
+
+def _complex_product(x: Tensor, re: Tensor, im: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    a, b = x[..., :h], x[..., h:]
+    return torch.cat([a * re - b * im, a * im + b * re], -1)
+
+
+class ComplexDiagonalOperator:
+    """Element-wise complex product ``x * r`` (ComplEx); parameters are (re, im) halves."""
+
+    complex = True
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim,)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.cat([torch.ones(dim // 2), torch.zeros(dim - dim // 2)])
+
+    def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
+        assert params is not None
+        h = x.shape[-1] // 2
+        return _complex_product(x, params[:h], params[h:])
+
+
+class RotationOperator:
+    """Rotation in the complex plane, ``x * exp(i theta)`` (RotatE); parameters are ``dim/2`` angles."""
+
+    complex = True
+
+    def param_shape(self, dim: int) -> tuple[int, ...] | None:
+        return (dim // 2,)
+
+    def init_param(self, dim: int) -> Tensor | None:
+        return torch.zeros(dim // 2)
+
+    def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
+        assert params is not None
+        return _complex_product(x, torch.cos(params), torch.sin(params))
 
 
 class Comparator(Protocol):
@@ -57,7 +156,10 @@ class Comparator(Protocol):
         """``lhs``, ``rhs``: (..., n, dim) -> (..., n) scores of aligned pairs."""
 
     def negative(self, lhs: Tensor, candidates: Tensor) -> Tensor:
-        """``lhs``: (..., n, dim), ``candidates``: (..., m, dim) -> (..., n, m) scores."""
+        """``lhs``: (..., n, dim), ``candidates``: (..., m, dim) -> (..., n, m) scores.
+
+        Every comparator is symmetric, so corrupting either side uses this.
+        """
 
 
 class DotComparator:
@@ -68,35 +170,100 @@ class DotComparator:
         return torch.matmul(lhs, candidates.transpose(-1, -2))
 
 
+def _unit(x: Tensor) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class CosComparator:
+    def positive(self, lhs: Tensor, rhs: Tensor) -> Tensor:
+        return (_unit(lhs) * _unit(rhs)).sum(-1)
+
+    def negative(self, lhs: Tensor, candidates: Tensor) -> Tensor:
+        return torch.matmul(_unit(lhs), _unit(candidates).transpose(-1, -2))
+
+
+def _squared_distances(lhs: Tensor, candidates: Tensor) -> Tensor:
+    """``|a|^2 + |b|^2 - 2 a.b`` through one matrix multiply, clamped at 0 against rounding."""
+    sq = torch.matmul(lhs, candidates.transpose(-1, -2)).mul_(-2.0)
+    sq = sq + lhs.pow(2).sum(-1, keepdim=True) + candidates.pow(2).sum(-1).unsqueeze(-2)
+    return sq.clamp_min(0.0)
+
+
+class L2Comparator:
+    """Negative Euclidean distance (the square root is kept away from 0 for a finite gradient)."""
+
+    def positive(self, lhs: Tensor, rhs: Tensor) -> Tensor:
+        return -(lhs - rhs).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+    def negative(self, lhs: Tensor, candidates: Tensor) -> Tensor:
+        return -_squared_distances(lhs, candidates).clamp_min(1e-12).sqrt()
+
+
+class SquaredL2Comparator:
+    def positive(self, lhs: Tensor, rhs: Tensor) -> Tensor:
+        return -(lhs - rhs).pow(2).sum(-1)
+
+    def negative(self, lhs: Tensor, candidates: Tensor) -> Tensor:
+        return -_squared_distances(lhs, candidates)
+
+
 class Loss(Protocol):
-    def __call__(self, pos: Tensor, neg: Tensor, mask: Tensor | None) -> Tensor:
-        """``pos``: (..., n), ``neg``: (..., n, m), ``mask``: (n, m) bool of pairs to ignore -> scalar sum."""
+    def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
+        """``pos``: (..., n), ``neg``: (..., n, m) -> (..., n) loss of each positive.
+
+        Negatives scored ``-inf`` are masked out (an edge's own positive, for instance).
+        """
 
 
 class RankingLoss:
+    """Margin ranking: ``sum_j max(0, margin - pos + neg_j)``."""
+
     def __init__(self, margin: float) -> None:
         self.margin = margin
 
-    def __call__(self, pos: Tensor, neg: Tensor, mask: Tensor | None) -> Tensor:
-        hinge = torch.relu(self.margin - pos.unsqueeze(-1) + neg)
-        if mask is not None:
-            hinge = hinge.masked_fill(mask, 0.0)
-        return hinge.sum()
+    def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
+        return torch.relu(self.margin - pos.unsqueeze(-1) + neg).sum(-1)
+
+
+class LogisticLoss:
+    """Binary cross-entropy: the positive labelled 1, each negative 0 with weight 1/#negatives."""
+
+    def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
+        valid = (neg != NEG_INF).sum(-1).clamp_min(1)
+        return torch.nn.functional.softplus(-pos) + torch.nn.functional.softplus(neg).sum(-1) / valid
+
+
+class SoftmaxLoss:
+    """Cross-entropy of the positive against itself plus its negatives: ``logsumexp - pos``."""
+
+    def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
+        both = torch.cat([pos.unsqueeze(-1), neg], -1)
+        return torch.logsumexp(both, -1) - pos
 
 
 OPERATORS: dict[str, Callable[[], Operator]] = {
     "none": NoneOperator,
     "translation": TranslationOperator,
     "diagonal": DiagonalOperator,
+    "linear": LinearOperator,
+    "affine": AffineOperator,
+    "complex_diagonal": ComplexDiagonalOperator,
+    "rotation": RotationOperator,
 }
-COMPARATORS: dict[str, Callable[[], Comparator]] = {"dot": DotComparator}
+COMPARATORS: dict[str, Callable[[], Comparator]] = {
+    "dot": DotComparator,
+    "cos": CosComparator,
+    "l2": L2Comparator,
+    "squared_l2": SquaredL2Comparator,
+}
+LOSSES = ("ranking", "logistic", "softmax")
 
 
-def make_operator(name: str) -> Operator:
+def make_operator(name: str, key: str = "model.operator") -> Operator:
     try:
         return OPERATORS[name]()
     except KeyError:
-        raise ConfigError(f"model.operator: must be one of {', '.join(OPERATORS)}, got {name!r}") from None
+        raise ConfigError(f"{key}: must be one of {', '.join(OPERATORS)}, got {name!r}") from None
 
 
 def make_comparator(name: str) -> Comparator:
@@ -109,4 +276,12 @@ def make_comparator(name: str) -> Comparator:
 def make_loss(name: str, margin: float) -> Loss:
     if name == "ranking":
         return RankingLoss(margin)
-    raise ConfigError(f"model.loss: must be one of ranking, got {name!r}")
+    if name == "logistic":
+        return LogisticLoss()
+    if name == "softmax":
+        return SoftmaxLoss()
+    raise ConfigError(f"model.loss: must be one of {', '.join(LOSSES)}, got {name!r}")
+
+
+def param_size(shape: tuple[int, ...] | None) -> int:
+    return 0 if shape is None else math.prod(shape)

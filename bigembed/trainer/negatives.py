@@ -1,4 +1,4 @@
-"""Negative sampling: uniform rows of a partition, shared by every edge of a chunk."""
+"""Negative sampling: rows of a partition shared by every edge of a chunk."""
 
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: to
     if per_chunk == 0 or num_rows == 0:
         return torch.empty(num_chunks, 0, dtype=torch.long)
     return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator)
+
+
+def sample_negatives(num_rows: int, num_chunks: int, per_chunk: int, degree_fraction: float,
+                     pool: Tensor | None, generator: torch.Generator) -> Tensor:
+    """(num_chunks, per_chunk) rows: ``round(degree_fraction * per_chunk)`` of each chunk's
+    drawn from ``pool`` (the side's endpoints of the slab's edges, so a node comes up in
+    proportion to its degree, as Marius does), the rest uniformly."""
+    k = round(degree_fraction * per_chunk) if pool is not None and pool.numel() else 0
+    uniform = sample_uniform(num_rows, num_chunks, per_chunk - k, generator)
+    if not k:
+        return uniform
+    assert pool is not None
+    picks = pool[torch.randint(pool.shape[0], (num_chunks, k), generator=generator)]
+    return torch.cat([picks.long(), uniform], 1)
 
 
 @lru_cache(maxsize=64)

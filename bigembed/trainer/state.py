@@ -1,4 +1,4 @@
-"""In-memory training state: a partition's embeddings and optimizer rows, relation parameters."""
+"""In-memory training state of one partition: its embeddings and optimizer rows."""
 
 from __future__ import annotations
 
@@ -19,11 +19,3 @@ class PartitionState:
     def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator) -> PartitionState:
         emb = torch.randn(num_rows, dim, generator=generator).mul_(scale)
         return cls(emb, torch.zeros(num_rows))
-
-
-@dataclass
-class RelationState:
-    """``params``: (num_relations, dim) or None; ``adagrad``: same shape accumulator."""
-
-    params: Tensor | None
-    adagrad: Tensor | None

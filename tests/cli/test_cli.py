@@ -60,14 +60,27 @@ def test_info_on_run(trained):
     assert "epochs done: 2" in r.output and "last version: v2" in r.output and "finished: True" in r.output
 
 
-def test_eval_prints_and_writes_json(trained, tmp_path):
+def test_eval_sampled_is_labelled_and_writes_json(trained, tmp_path):
     out = tmp_path / "m.json"
-    r = run("eval", trained / "run", trained / "data", "--split", "test", "--negatives", "20", "--json", out,
-            "--no-progress")
+    r = run("eval", trained / "run", trained / "data", "--split", "test", "--protocol", "sampled",
+            "--negatives", "20", "--json", out, "--no-progress")
     assert r.exit_code == 0, r.output
-    assert "MRR" in r.output and "sampled (20 uniform negatives" in r.output
+    assert "MRR" in r.output and "sampled: 20 uniform negatives" in r.output and "unfiltered" in r.output
     metrics = json.loads(out.read_text())
     assert metrics["count"] == 50 and 0 < metrics["mrr"] <= 1 and set(metrics["rhs"]) >= {"mrr", "hits@10"}
+
+
+def test_eval_filtered_by_default_with_per_relation_json_on_stdout(trained):
+    r = run("eval", trained / "run", trained / "data", "--per-relation", "--json", "-", "--no-progress")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.output)
+    assert metrics["protocol"].startswith("filtered full ranking against all")
+    assert set(metrics) >= {"mrr", "hits@1", "hits@3", "hits@10", "mean_rank", "rhs", "lhs", "relations"}
+    assert sum(m["count"] for m in metrics["relations"].values()) == metrics["count"] == 50
+    assert metrics["mrr"] == pytest.approx((metrics["rhs"]["mrr"] + metrics["lhs"]["mrr"]) / 2)
+    raw = json.loads(run("eval", trained / "run", trained / "data", "--protocol", "raw", "--json", "-",
+                         "--no-progress").output)
+    assert raw["mrr"] <= metrics["mrr"]  # filtering only ever removes competitors
 
 
 def test_eval_unknown_split(trained):

@@ -1,14 +1,34 @@
 """The trainer's math against direct formulas on tiny tensors."""
 
+import math
+
 import pytest
 import torch
 
 from bigembed.config import load_config
-from bigembed.trainer import Model, PartitionState, RelationState
-from bigembed.trainer.adagrad import EPS, dense_adagrad_, row_adagrad_
+from bigembed.trainer import Model, PartitionState, RelationState, initial_params
+from bigembed.trainer.adagrad import EPS, dense_adagrad_, dense_row_adagrad_, row_adagrad_
 from bigembed.trainer.batch import batch_loss, train_batch
 from bigembed.trainer.bucket import plan_batches
-from bigembed.trainer.model import OPERATORS, DiagonalOperator, RankingLoss, TranslationOperator
+from bigembed.trainer.model import (
+    COMPARATORS,
+    OPERATORS,
+    AffineOperator,
+    ComplexDiagonalOperator,
+    CosComparator,
+    DiagonalOperator,
+    DotComparator,
+    L2Comparator,
+    LinearOperator,
+    LogisticLoss,
+    RankingLoss,
+    RotationOperator,
+    SoftmaxLoss,
+    TranslationOperator,
+)
+from bigembed.trainer.negatives import sample_negatives
+
+INF = float("-inf")
 
 
 def test_row_adagrad_matches_the_formula_with_repeated_rows():
@@ -26,6 +46,23 @@ def test_row_adagrad_matches_the_formula_with_repeated_rows():
     assert torch.allclose(table, expected_t) and torch.allclose(state, expected_s)
 
 
+def test_dense_row_adagrad_equals_the_sparse_one_on_every_row():
+    torch.manual_seed(1)
+    table, state, grad = torch.randn(4, 3), torch.rand(4), torch.randn(4, 3)
+    t2, s2 = table.clone(), state.clone()
+    dense_row_adagrad_(table, state, grad, 0.3)
+    row_adagrad_(t2, s2, torch.arange(4), grad, 0.3)
+    assert torch.allclose(table, t2) and torch.allclose(state, s2)
+
+
+def test_max_norm_rescales_only_long_updated_rows():
+    table = torch.tensor([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])
+    row_adagrad_(table, torch.zeros(3), torch.tensor([0, 1]), torch.zeros(2, 2), 0.1, max_norm=1.0)
+    assert torch.allclose(table[0], torch.tensor([0.6, 0.8]))
+    assert torch.allclose(table[1], torch.tensor([0.3, 0.4]))  # short: unchanged
+    assert torch.allclose(table[2], torch.tensor([6.0, 8.0]))  # not updated: unchanged
+
+
 def test_dense_adagrad_matches_the_formula():
     p, s, g = torch.ones(4), torch.zeros(4), torch.tensor([1.0, -2.0, 0.5, 0.0])
     dense_adagrad_(p, s, g, 0.1)
@@ -33,71 +70,226 @@ def test_dense_adagrad_matches_the_formula():
     assert torch.allclose(p, 1 - 0.1 * g / (g.abs() + EPS))
 
 
-def test_operators():
-    x, t = torch.randn(2, 4), torch.randn(4)
+def _complex(x):
+    h = x.shape[-1] // 2
+    return torch.complex(x[..., :h].double(), x[..., h:].double())
+
+
+def test_operators_match_their_formulas():
+    torch.manual_seed(2)
+    x, t = torch.randn(3, 4), torch.randn(4)
     assert torch.allclose(TranslationOperator().apply(x, t), x + t)
     assert torch.allclose(DiagonalOperator().apply(x, t), x * t)
+    A = torch.randn(4, 4)
+    for i in range(3):
+        assert torch.allclose(LinearOperator().apply(x, A)[i], A @ x[i], atol=1e-6)
+    Ab = torch.randn(5, 4)
+    for i in range(3):
+        assert torch.allclose(AffineOperator().apply(x, Ab)[i], Ab[:4] @ x[i] + Ab[4], atol=1e-6)
+    z, r = _complex(x), _complex(t)
+    out = _complex(ComplexDiagonalOperator().apply(x, t))
+    assert torch.allclose(out, z * r, atol=1e-6)
+    theta = torch.randn(2)
+    rot = _complex(RotationOperator().apply(x, theta))
+    assert torch.allclose(rot, z * torch.exp(1j * theta.double()), atol=1e-6)
+    assert torch.allclose(rot.abs(), z.abs(), atol=1e-6)  # rotations keep moduli
 
 
-def test_ranking_loss_with_mask():
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_every_operator_starts_as_the_identity_or_a_no_op(name):
+    op = OPERATORS[name]()
+    x = torch.randn(3, 6)
+    assert torch.allclose(op.apply(x, op.init_param(6)), x)
+
+
+def test_complex_diagonal_with_dot_is_complex():
+    """Re(sum_k h_k r_k conj(t_k)), Trouillon et al. 2016."""
+    torch.manual_seed(3)
+    h, r, t = torch.randn(6), torch.randn(6), torch.randn(6)
+    score = DotComparator().positive(ComplexDiagonalOperator().apply(h, r), t)
+    expected = (_complex(h) * _complex(r) * _complex(t).conj()).sum().real
+    assert abs(float(score) - float(expected)) < 1e-5
+
+
+def test_comparators_match_their_formulas():
+    torch.manual_seed(4)
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    direct = {
+        "dot": lambda u, v: u @ v,
+        "cos": lambda u, v: torch.nn.functional.cosine_similarity(u, v, dim=0),
+        "l2": lambda u, v: -torch.dist(u, v),
+        "squared_l2": lambda u, v: -torch.dist(u, v) ** 2,
+    }
+    assert set(direct) == set(COMPARATORS)
+    for name, formula in direct.items():
+        comp = COMPARATORS[name]()
+        pos = comp.positive(a, b)
+        neg = comp.negative(a, b)
+        for i in range(3):
+            assert abs(float(pos[i]) - float(formula(a[i], b[i]))) < 1e-5, name
+            for j in range(3):
+                assert abs(float(neg[i, j]) - float(formula(a[i], b[j]))) < 1e-4, name
+
+
+def test_l2_gradient_is_finite_at_zero_distance():
+    a = torch.ones(1, 3, requires_grad=True)
+    L2Comparator().positive(a, torch.ones(1, 3)).sum().backward()
+    assert torch.isfinite(a.grad).all()
+    assert isinstance(CosComparator().positive(a, a), torch.Tensor)
+
+
+def test_losses_match_their_formulas_and_ignore_masked_negatives():
     pos = torch.tensor([1.0, 0.0])
-    neg = torch.tensor([[0.5, 2.0], [0.2, -1.0]])
-    mask = torch.tensor([[True, False], [False, False]])
-    # margin 1: [[masked, 2.0], [1.2, 0.0]]
-    assert torch.isclose(RankingLoss(1.0)(pos, neg, mask), torch.tensor(3.2))
+    neg = torch.tensor([[INF, 2.0, 0.5], [0.2, -1.0, INF]])
+    ranking = RankingLoss(1.0)(pos, neg)
+    assert torch.allclose(ranking, torch.tensor([2.0 + 0.5, 1.2 + 0.0]))
+    logistic = LogisticLoss()(pos, neg)
+    sp = torch.nn.functional.softplus
+    expected = torch.stack([sp(-pos[0]) + (sp(neg[0, 1]) + sp(neg[0, 2])) / 2,
+                            sp(-pos[1]) + (sp(neg[1, 0]) + sp(neg[1, 1])) / 2])
+    assert torch.allclose(logistic, expected)
+    softmax = SoftmaxLoss()(pos, neg)
+    e = math.exp
+    expected = torch.tensor([-math.log(e(1) / (e(1) + e(2) + e(0.5))),
+                             -math.log(e(0) / (e(0) + e(0.2) + e(-1)))])
+    assert torch.allclose(softmax, expected)
+
+
+def _setup(overrides, relations=("r",), lhs_rows=7, rhs_rows=6, dim=4, seed=1):
+    config = load_config(overrides={"model.dim": dim, **overrides})
+    model = Model.from_config(config, list(relations))
+    gen = torch.Generator().manual_seed(seed)
+    lhs = PartitionState(torch.randn(lhs_rows, dim, generator=gen), torch.zeros(lhs_rows))
+    rhs = PartitionState(torch.randn(rhs_rows, dim, generator=gen), torch.zeros(rhs_rows))
+    params = initial_params(model.specs, dim)
+    params += 0.3 * torch.randn(params.shape, generator=gen)  # away from the identity
+    return config, model, lhs, rhs, RelationState(model.specs, params, torch.zeros_like(params))
+
+
+LOSS_FORMULAS = {
+    "ranking": lambda pos, negs: sum(max(0.0, 0.3 - pos + n) for n in negs),
+    "logistic": lambda pos, negs: math.log1p(math.exp(-pos)) + sum(math.log1p(math.exp(n)) for n in negs) / len(negs),
+    "softmax": lambda pos, negs: -pos + math.log(math.exp(pos) + sum(math.exp(n) for n in negs)),
+}
 
 
 @pytest.mark.parametrize("operator", sorted(OPERATORS))
-def test_batch_loss_equals_a_direct_double_loop(operator):
-    """Every registered operator: chunked, batched scoring equals the per-pair formula."""
-    gen = torch.Generator().manual_seed(1)
-    lhs = PartitionState(torch.randn(7, 4, generator=gen), torch.zeros(7))
-    rhs = PartitionState(torch.randn(6, 4, generator=gen), torch.zeros(6))
+@pytest.mark.parametrize("loss", sorted(LOSS_FORMULAS))
+def test_batch_loss_equals_a_direct_double_loop(operator, loss):
+    """Chunked in-batch + sampled negatives on both sides equal the per-pair formula."""
+    config, model, lhs, rhs, relations = _setup({
+        "model.margin": 0.3, "model.operator": operator, "model.loss": loss, "model.comparator": "dot",
+        "training.chunk_size": 2, "training.negatives": 3})
     lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1]), torch.tensor([5, 4, 3, 2, 1])
-    model = Model.from_config(load_config(overrides={"model.margin": 0.3, "model.operator": operator}).model)
-    params = model.operator.init_params(1, 4)
-    if params is not None:
-        params = params[0] + torch.randn(4, generator=gen)  # away from the identity
-    loss, _, ul, ur = batch_loss(model, lhs, rhs, lhs_idx, rhs_idx, params, chunk_size=2, negatives=3,
-                                 generator=torch.Generator().manual_seed(2))
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.5, 0.25])
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, weights, config.training,
+                   torch.Generator().manual_seed(2))
+    (rhs_side, rhs_negs), (lhs_side, lhs_negs) = b.sides
+    assert not rhs_side and lhs_side
+    ur, ul = rhs_negs.idx, lhs_negs.idx
+    p = relations.param(0)
 
     def op(x):
-        return model.operator.apply(x, params)
+        return model.specs[0].operator.apply(x, p)
 
+    formula = LOSS_FORMULAS[loss]
     expected = 0.0
-    chunks = [[0, 1], [2, 3], [4]]
-    for c, members in enumerate(chunks):
+    for c, members in enumerate([[0, 1], [2, 3], [4]]):
         for i in members:
             L, R = lhs.emb[lhs_idx[i]], rhs.emb[rhs_idx[i]]
-            pos = op(L) @ R
-            rhs_cands = [rhs.emb[rhs_idx[j]] for j in members if j != i] + [rhs.emb[k] for k in ur[c]]
-            lhs_cands = [lhs.emb[lhs_idx[j]] for j in members if j != i] + [lhs.emb[k] for k in ul[c]]
-            for cand in rhs_cands:
-                expected += max(0.0, 0.3 - pos + op(L) @ cand)
-            for cand in lhs_cands:
-                expected += max(0.0, 0.3 - pos + op(cand) @ R)
-    assert abs(float(loss.detach()) - float(expected)) < 1e-4
+            pos = float(op(L) @ R)
+            rhs_negs_ = [rhs.emb[rhs_idx[j]] for j in members if j != i] + [rhs.emb[k] for k in ur[c]]
+            lhs_negs_ = [lhs.emb[lhs_idx[j]] for j in members if j != i] + [lhs.emb[k] for k in ul[c]]
+            expected += float(weights[i]) * formula(pos, [float(op(L) @ n) for n in rhs_negs_])
+            expected += float(weights[i]) * formula(pos, [float(op(n) @ R) for n in lhs_negs_])
+    assert abs(float(b.loss.detach()) - expected) < 1e-3 * max(1.0, abs(expected))
 
 
-def test_training_steps_lower_the_loss_and_touch_only_batch_rows():
-    gen = torch.Generator().manual_seed(0)
-    n, d = 40, 8
-    state = PartitionState(torch.randn(n, d, generator=gen) * 0.1, torch.zeros(n))
-    config = load_config(overrides={"training.negatives": 0, "training.chunk_size": 4}).training
-    model = Model.from_config(load_config().model)
-    lhs_idx, rhs_idx = torch.arange(0, 8), torch.arange(8, 16)
-    before = state.emb.clone()
-    losses = [train_batch(model, state, state, RelationState(None, None), 0, lhs_idx, rhs_idx, config,
-                          torch.Generator().manual_seed(0)) for _ in range(20)]
-    assert losses[-1] < losses[0]
-    untouched = torch.arange(16, n)
-    assert torch.equal(state.emb[untouched], before[untouched])
+@pytest.mark.parametrize("loss", sorted(LOSS_FORMULAS))
+@pytest.mark.parametrize("comparator", sorted(COMPARATORS))
+def test_all_negatives_scores_against_every_row(loss, comparator):
+    config, model, lhs, rhs, relations = _setup({
+        "model.margin": 0.3, "model.operator": "diagonal", "model.loss": loss, "model.comparator": comparator,
+        "training.all_negatives": True, "training.negative_sides": "rhs"})
+    lhs_idx, rhs_idx = torch.tensor([0, 3, 6]), torch.tensor([5, 0, 2])
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+    comp = COMPARATORS[comparator]()
+    p = relations.param(0)
+    expected = 0.0
+    for i in range(3):
+        q = (lhs.emb[lhs_idx[i]] * p).unsqueeze(0)
+        pos = float(comp.positive(q, rhs.emb[rhs_idx[i]].unsqueeze(0))[0])
+        negs = [float(comp.positive(q, rhs.emb[k].unsqueeze(0))[0]) for k in range(6) if k != rhs_idx[i]]
+        expected += LOSS_FORMULAS[loss](pos, negs)
+    assert len(b.sides) == 1 and b.sides[0][1].table is not None
+    assert abs(float(b.loss.detach()) - expected) < 1e-3 * max(1.0, abs(expected))
 
 
-def test_plan_batches_covers_every_edge_once_and_groups_relations():
-    rel = torch.tensor([0, 1, 2, 1, 0, 0, 2, 1, 1, 0, 2])
+def test_n3_regularizer_adds_cubed_moduli_for_complex_operators():
+    base = {"model.operator": "complex_diagonal", "training.negatives": 0, "training.batch_negatives": False}
+    config, model, lhs, rhs, relations = _setup({**base, "model.regularizer": "n3", "model.regularization": 0.5})
+    lhs_idx, rhs_idx = torch.tensor([1, 2]), torch.tensor([3, 3])
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+
+    def n3(x):
+        return float((_complex(x).abs() ** 3).sum())
+
+    expected = 0.5 * (n3(lhs.emb[lhs_idx]) + n3(rhs.emb[rhs_idx]) + 2 * n3(relations.param(0)))
+    assert abs(float(b.loss.detach()) - expected) < 1e-4
+    config, model, lhs, rhs, relations = _setup({**base, "model.regularizer": "l2", "model.regularization": 0.5})
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+    expected = 0.5 * float(lhs.emb[lhs_idx].pow(2).sum() + rhs.emb[rhs_idx].pow(2).sum()
+                           + 2 * relations.param(0).pow(2).sum())
+    assert abs(float(b.loss.detach()) - expected) < 1e-4
+
+
+def test_degree_negatives_come_from_the_pool():
+    pool = torch.tensor([7, 7, 7, 9])
+    idx = sample_negatives(1000, 5, 10, 0.6, pool, torch.Generator().manual_seed(0))
+    assert idx.shape == (5, 10)
+    assert set(idx[:, :6].reshape(-1).tolist()) <= {7, 9}
+    assert (idx[:, :6] == 7).float().mean() > 0.5  # in proportion to the pool's counts
+    assert sample_negatives(1000, 5, 10, 0.0, pool, torch.Generator()).shape == (5, 10)
+
+
+def test_per_relation_operators_have_their_own_parameter_slices():
+    config = load_config(overrides={"model.dim": 4, "model.operator": "diagonal",
+                                    "relations.b.operator": "linear", "relations.c.operator": "none"})
+    model = Model.from_config(config, ["a", "b", "c"])
+    assert [s.operator_name for s in model.specs] == ["diagonal", "linear", "none"]
+    params = initial_params(model.specs, 4)
+    assert params.numel() == 4 + 16
+    state = RelationState(model.specs, params, torch.zeros_like(params))
+    assert torch.equal(state.param(1), torch.eye(4)) and state.param(2) is None
+    state.param(1).add_(1.0)  # a view: writes reach the flat vector
+    assert float(params[4:].sum()) == 16 + 4
+
+
+def test_reciprocal_adds_inverse_relations_that_corrupt_the_rhs_only():
+    config = load_config(overrides={"model.dim": 4, "model.operator": "complex_diagonal", "model.reciprocal": True})
+    specs = Model.from_config(config, ["a", "b"]).specs
+    assert [s.name for s in specs] == ["a", "b", "a (inverse)", "b (inverse)"]
+    assert {s.sides for s in specs} == {"rhs"}
+
+
+def test_train_batch_lowers_the_loss_and_touches_only_batch_rows():
+    config, model, lhs, rhs, relations = _setup({"model.operator": "translation", "training.chunk_size": 2,
+                                                  "training.negatives": 0, "training.lr": 0.05})
+    before_l, before_r = lhs.emb.clone(), rhs.emb.clone()
+    lhs_idx, rhs_idx = torch.tensor([0, 1]), torch.tensor([2, 3])
+    first = train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+    assert torch.equal(lhs.emb[2:], before_l[2:]) and torch.equal(rhs.emb[[0, 1, 4, 5]], before_r[[0, 1, 4, 5]])
+    assert not torch.equal(lhs.emb[:2], before_l[:2])
+    for _ in range(20):
+        last = train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                           torch.Generator())
+    assert last < first
+
+
+def test_plan_batches_groups_by_relation_and_covers_every_edge():
+    rel = torch.tensor([0, 1, 0, 2, 1, 0, 0])
     batches = plan_batches(rel, 2, True, torch.Generator().manual_seed(0))
     seen = torch.cat([pos for _, pos in batches]).sort().values
-    assert torch.equal(seen, torch.arange(len(rel)))
+    assert torch.equal(seen, torch.arange(7))
     for r, pos in batches:
-        assert bool((rel[pos] == r).all()) and len(pos) <= 2
+        assert (rel[pos] == r).all() and pos.numel() <= 2

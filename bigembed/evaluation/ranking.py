@@ -1,0 +1,245 @@
+"""Full ranking: every test edge against every node, streaming over partitions, filtered.
+
+For each edge (h, r, t) of the split, t is ranked among all N nodes as the
+answer to (h, r, ?) and h among all N nodes as the answer to (?, r, t). With the
+filtered protocol (Bordes et al. 2013) every other known true answer (from any
+split of the DATA: train, valid, test, ...) is removed from the candidates
+first. Ties are counted the realistic way: rank = 1 + #better + #tied / 2, the
+mean of the optimistic and the pessimistic rank.
+
+Memory: the split's edges with their two rows each, the filter's index (about
+24 bytes per known edge), and one partition of embeddings at a time; the
+scores of a block of queries against a partition are computed in slices.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
+from bigembed.config import Config
+from bigembed.evaluation.metrics import RankAccumulator
+from bigembed.evaluation.scoring import Direction, direction
+from bigembed.storage.data_manifest import DataManifest
+from bigembed.storage.edges import Bucket, read_edges
+from bigembed.trainer.batch import Model
+from bigembed.trainer.relations import RelationState
+
+QUERY_BLOCK = 512  # queries scored together
+SCORE_ELEMENTS = 1 << 24  # bound on one (queries x candidates) score slice
+
+
+@dataclass(frozen=True)
+class SplitEdges:
+    """All edges of a split with global node ids (partition offset + local offset), sorted by relation."""
+
+    lhs: np.ndarray
+    rel: np.ndarray
+    rhs: np.ndarray
+
+
+def partition_offsets(data: DataManifest) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(data.entity_counts)]).astype(np.int64)
+
+
+def read_split(data: DataManifest, split: str) -> SplitEdges:
+    offsets = partition_offsets(data)
+    lhs, rel, rhs = [], [], []
+    P = data.num_partitions
+    for l in range(P):
+        for r in range(P):
+            bucket = Bucket(l, r)
+            count = data.edge_count(split, bucket)
+            if not count:
+                continue
+            edges = read_edges(data.path.parent, split, bucket, count)
+            lhs.append(np.asarray(edges.lhs) + offsets[l])
+            rhs.append(np.asarray(edges.rhs) + offsets[r])
+            rel.append(np.asarray(edges.rel, dtype=np.int64))
+    if not lhs:
+        empty = np.empty(0, np.int64)
+        return SplitEdges(empty, empty, empty)
+    L, R, T = np.concatenate(lhs), np.concatenate(rel), np.concatenate(rhs)
+    order = np.argsort(R, kind="stable")
+    return SplitEdges(L[order], R[order], T[order])
+
+
+class FilterIndex:
+    """Known true answers of (node, relation) queries in one direction, as sorted arrays."""
+
+    def __init__(self, anchors: np.ndarray, rels: np.ndarray, answers: np.ndarray, num_relations: int) -> None:
+        self.num_relations = num_relations
+        keys = anchors * num_relations + rels
+        order = np.lexsort((answers, keys))
+        self.keys, self.answers = keys[order], answers[order]
+
+    def pairs(self, anchors: np.ndarray, rels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, known answer) for every known answer of each query (its own included)."""
+        keys = anchors * self.num_relations + rels
+        lo = np.searchsorted(self.keys, keys, "left")
+        hi = np.searchsorted(self.keys, keys, "right")
+        counts = hi - lo
+        query = np.repeat(np.arange(len(keys)), counts)
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return query, self.answers[starts + np.arange(counts.sum())]
+
+
+def load_checkpoint_model(run_dir: Path, manifest: VersionManifest, data: DataManifest,
+                          config: Config) -> tuple[Model, RelationState]:
+    model = Model.from_config(config, data.relations)
+    params = torch.zeros(0)
+    if RELATION_PARAMS_KEY in manifest.shards:
+        params = torch.from_numpy(read_shard_of(run_dir, manifest, RELATION_PARAMS_KEY))
+    return model, RelationState(model.specs, params, torch.zeros(0))
+
+
+def _partitions(run_dir: Path, manifest: VersionManifest, data: DataManifest,
+                cache: dict[int, Tensor]) -> Iterator[tuple[int, Tensor]]:
+    """Each partition's embeddings in turn; with one partition it is read once and kept."""
+    for p in range(data.num_partitions):
+        if p in cache:
+            yield p, cache[p]
+            continue
+        emb = torch.from_numpy(read_shard_of(run_dir, manifest, emb_key(data.entity, p)))
+        if data.num_partitions == 1:
+            cache[p] = emb
+        yield p, emb
+
+
+def _gather_rows(run_dir: Path, manifest: VersionManifest, data: DataManifest, nodes: np.ndarray,
+                 cache: dict[int, Tensor], dim: int) -> Tensor:
+    """(len(nodes), dim) embeddings of global node ids, one partition at a time."""
+    offsets = partition_offsets(data)
+    out = torch.empty(len(nodes), dim)
+    part = np.searchsorted(offsets, nodes, "right") - 1
+    for p, emb in _partitions(run_dir, manifest, data, cache):
+        sel = np.nonzero(part == p)[0]
+        if len(sel):
+            out[torch.from_numpy(sel)] = emb[torch.from_numpy(nodes[sel] - offsets[p])]
+    return out
+
+
+def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, config: Config, split: str,
+                  filtered: bool = True, per_relation: bool = False,
+                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Full-ranking metrics of ``split`` (filtered unless ``filtered=False``)."""
+    data.require_split(split)
+    model, relations = load_checkpoint_model(run_dir, manifest, data, config)
+    edges = read_split(data, split)
+    R = len(data.relations)
+    n = len(edges.lhs)
+    filt_rhs = filt_lhs = None
+    if filtered:
+        known = [read_split(data, s) for s in data.splits()]
+        kl = np.concatenate([k.lhs for k in known])
+        kr = np.concatenate([k.rel for k in known])
+        kt = np.concatenate([k.rhs for k in known])
+        filt_rhs, filt_lhs = FilterIndex(kl, kr, kt, R), FilterIndex(kt, kr, kl, R)
+    cache: dict[int, Tensor] = {}
+    dim = config.model.dim
+    H = _gather_rows(run_dir, manifest, data, edges.lhs, cache, dim)
+    T = _gather_rows(run_dir, manifest, data, edges.rhs, cache, dim)
+    offsets = partition_offsets(data)
+    bounds = np.flatnonzero(np.diff(edges.rel)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    ends = np.concatenate([bounds, [n]]).astype(np.int64)
+    blocks: list[_Block] = []
+    with torch.no_grad():
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            relation = int(edges.rel[s]) if e > s else 0
+            for side in ("rhs", "lhs"):
+                predict_lhs = side == "lhs"
+                answers = edges.lhs[s:e] if predict_lhs else edges.rhs[s:e]
+                anchors = edges.rhs[s:e] if predict_lhs else edges.lhs[s:e]
+                index = filt_lhs if predict_lhs else filt_rhs
+                for b in range(s, e, QUERY_BLOCK):
+                    be = min(e, b + QUERY_BLOCK)
+                    lo, hi = b - s, be - s
+                    d = direction(model, relations, relation, H[b:be], T[b:be], predict_lhs,
+                                  config.model.reciprocal)
+                    if index is not None:
+                        q, excluded = index.pairs(anchors[lo:hi], np.full(hi - lo, relation))
+                    else:
+                        q, excluded = np.empty(0, np.int64), np.empty(0, np.int64)
+                    # the true answer itself is never a competitor
+                    q = np.concatenate([q, np.arange(hi - lo)])
+                    excluded = np.concatenate([excluded, answers[lo:hi]])
+                    part = np.searchsorted(offsets, excluded, "right") - 1
+                    blocks.append(_Block(side, relation, d, q, excluded, part))
+        for p, emb in _partitions(run_dir, manifest, data, cache):
+            for block in blocks:
+                block.count(model, emb, p, offsets)
+                if progress:
+                    progress(block.d.queries.shape[0])
+    results: dict[str, dict[int, RankAccumulator]] = {"rhs": defaultdict(RankAccumulator),
+                                                       "lhs": defaultdict(RankAccumulator)}
+    for block in blocks:
+        ranks = 1.0 + block.greater + 0.5 * block.ties
+        auc = (data.num_entities - 1 - block.greater - 0.5 * block.ties) / max(1, data.num_entities - 1)
+        results[block.side][block.relation].add(ranks, auc)
+    return _report(results, data, split, manifest, filtered, per_relation)
+
+
+class _Block:
+    """A block of queries of one relation and direction, with its running counts."""
+
+    def __init__(self, side: str, relation: int, d: Direction, q: np.ndarray, excluded: np.ndarray,
+                 part: np.ndarray) -> None:
+        self.side, self.relation, self.d = side, relation, d
+        self.q, self.excluded, self.part = q, excluded, part
+        nq = d.queries.shape[0]
+        self.greater = torch.zeros(nq, dtype=torch.float64)
+        self.ties = torch.zeros(nq, dtype=torch.float64)
+
+    def count(self, model: Model, emb: Tensor, p: int, offsets: np.ndarray) -> None:
+        """Add the candidates of partition ``p`` (``emb``) scoring above / equal to each true answer."""
+        sel = self.part == p
+        ex_q = torch.from_numpy(self.q[sel])
+        ex_c = torch.from_numpy(self.excluded[sel] - offsets[p])
+        true = self.d.true_scores.unsqueeze(1)
+        step = max(1, SCORE_ELEMENTS // max(1, self.d.queries.shape[0]))
+        for c0 in range(0, emb.shape[0], step):
+            c1 = min(emb.shape[0], c0 + step)
+            scores = self.d.scores(model, emb[c0:c1])
+            inside = (ex_c >= c0) & (ex_c < c1)
+            scores[ex_q[inside], ex_c[inside] - c0] = float("-inf")
+            self.greater += (scores > true).sum(1)
+            self.ties += (scores == true).sum(1)
+
+
+def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, split: str,
+            manifest: VersionManifest, filtered: bool, per_relation: bool) -> dict[str, Any]:
+    def merged(side: str) -> dict[str, float | int]:
+        total = RankAccumulator()
+        for acc in results[side].values():
+            total.merge(acc)
+        return total.summary()
+
+    rhs, lhs = merged("rhs"), merged("lhs")
+    out: dict[str, Any] = {
+        "split": split,
+        "protocol": ("filtered" if filtered else "raw") + f" full ranking against all {data.num_entities} nodes",
+        "version": manifest.version,
+        "epochs_done": manifest.position.epoch,
+        "count": rhs["count"],
+        **{k: (rhs[k] + lhs[k]) / 2 for k in rhs if k != "count"},
+        "rhs": rhs,
+        "lhs": lhs,
+    }
+    if per_relation:
+        out["relations"] = {}
+        for r, name in enumerate(data.relations):
+            if r in results["rhs"]:
+                a, b = results["rhs"][r].summary(), results["lhs"][r].summary()
+                out["relations"][name] = {"count": a["count"],
+                                          **{k: (a[k] + b[k]) / 2 for k in a if k != "count"},
+                                          "rhs": a, "lhs": b}
+    return out

@@ -1,0 +1,88 @@
+"""Per-relation settings resolved against a DATA's relations, and their parameters.
+
+Every relation has its own operator, negative sides, all-negatives switch and
+loss weight (``[relations.NAME]`` in the config, else the global defaults). With
+``model.reciprocal`` relation ``r + R`` is the learnt inverse of relation ``r``.
+All relations' parameters live in one flat float32 vector, each relation owning
+a slice (a view is reshaped to the operator's parameter shape), so any mix of
+operators is stored as one checkpoint shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bigembed.config import Config
+from bigembed.errors import ConfigError
+from bigembed.trainer.model import Operator, make_operator, param_size
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    name: str
+    operator_name: str
+    operator: Operator
+    sides: str  # "both", "lhs" or "rhs": which side of an edge is corrupted
+    all_negatives: bool
+    weight: float
+    offset: int  # start of this relation's slice of the flat parameter vector
+    shape: tuple[int, ...] | None
+
+
+def relation_specs(config: Config, names: list[str]) -> list[RelationSpec]:
+    """Specs of ``names`` (then of their inverses when ``model.reciprocal``)."""
+    unknown = sorted(set(config.relations) - set(names))
+    if unknown:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ConfigError(f"relations.{unknown[0]}: no relation named {unknown[0]!r} in the DATA (it has: {shown})")
+    dim = config.model.dim
+    reciprocal = config.model.reciprocal
+    specs: list[RelationSpec] = []
+    offset = 0
+    for inverse in (False, True) if reciprocal else (False,):
+        for name in names:
+            rc = config.relation(name)
+            op_name = rc.operator or config.model.operator
+            operator = make_operator(op_name, f"relations.{name}.operator")
+            shape = operator.param_shape(dim)
+            sides = "rhs" if reciprocal else (rc.negative_sides or config.training.negative_sides)
+            all_negs = config.training.all_negatives if rc.all_negatives is None else rc.all_negatives
+            specs.append(RelationSpec(f"{name} (inverse)" if inverse else name, op_name, operator, sides,
+                                      all_negs, rc.weight, offset, shape))
+            offset += param_size(shape)
+    return specs
+
+
+def initial_params(specs: list[RelationSpec], dim: int) -> Tensor:
+    """The flat parameter vector with every relation at its operator's initial value."""
+    total = sum(param_size(s.shape) for s in specs)
+    flat = torch.zeros(total)
+    for s in specs:
+        init = s.operator.init_param(dim)
+        if init is not None:
+            flat[s.offset : s.offset + init.numel()] = init.reshape(-1)
+    return flat
+
+
+@dataclass
+class RelationState:
+    """Flat parameters and their element-wise Adagrad accumulator (both (total,) float32)."""
+
+    specs: list[RelationSpec]
+    params: Tensor
+    adagrad: Tensor
+
+    def param(self, relation: int) -> Tensor | None:
+        return self._view(self.params, relation)
+
+    def adagrad_of(self, relation: int) -> Tensor | None:
+        return self._view(self.adagrad, relation)
+
+    def _view(self, flat: Tensor, relation: int) -> Tensor | None:
+        s = self.specs[relation]
+        if s.shape is None:
+            return None
+        return flat[s.offset : s.offset + param_size(s.shape)].view(s.shape)
