@@ -72,6 +72,10 @@ def read_split(data: DataManifest, split: str) -> SplitEdges:
     return SplitEdges(L[order], R[order], T[order])
 
 
+def _reversed(edges: SplitEdges) -> SplitEdges:
+    return SplitEdges(edges.rhs, edges.rel, edges.lhs)
+
+
 class FilterIndex:
     """Known true answers of (node, relation) queries in one direction, as sorted arrays."""
 
@@ -101,26 +105,28 @@ def load_checkpoint_model(run_dir: Path, manifest: VersionManifest, data: DataMa
     return model, RelationState(model.specs, params, torch.zeros(0))
 
 
-def _partitions(run_dir: Path, manifest: VersionManifest, data: DataManifest,
-                cache: dict[int, Tensor]) -> Iterator[tuple[int, Tensor]]:
+PartitionLoader = Callable[[int], Tensor]
+
+
+def _partitions(load: PartitionLoader, data: DataManifest, cache: dict[int, Tensor]) -> Iterator[tuple[int, Tensor]]:
     """Each partition's embeddings in turn; with one partition it is read once and kept."""
     for p in range(data.num_partitions):
         if p in cache:
             yield p, cache[p]
             continue
-        emb = torch.from_numpy(read_shard_of(run_dir, manifest, emb_key(data.entity, p)))
+        emb = load(p)
         if data.num_partitions == 1:
             cache[p] = emb
         yield p, emb
 
 
-def _gather_rows(run_dir: Path, manifest: VersionManifest, data: DataManifest, nodes: np.ndarray,
+def _gather_rows(load: PartitionLoader, data: DataManifest, nodes: np.ndarray,
                  cache: dict[int, Tensor], dim: int) -> Tensor:
     """(len(nodes), dim) embeddings of global node ids, one partition at a time."""
     offsets = partition_offsets(data)
     out = torch.empty(len(nodes), dim)
     part = np.searchsorted(offsets, nodes, "right") - 1
-    for p, emb in _partitions(run_dir, manifest, data, cache):
+    for p, emb in _partitions(load, data, cache):
         sel = np.nonzero(part == p)[0]
         if len(sel):
             out[torch.from_numpy(sel)] = emb[torch.from_numpy(nodes[sel] - offsets[p])]
@@ -133,20 +139,39 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
     """Full-ranking metrics of ``split`` (filtered unless ``filtered=False``)."""
     data.require_split(split)
     model, relations = load_checkpoint_model(run_dir, manifest, data, config)
-    edges = read_split(data, split)
+
+    def load(p: int) -> Tensor:
+        return torch.from_numpy(read_shard_of(run_dir, manifest, emb_key(data.entity, p)))
+
+    out = rank_split(data, split, load, model, relations, config.model.reciprocal, config.model.dim,
+                     filtered, per_relation, progress)
+    return {**out, "version": manifest.version, "epochs_done": manifest.position.epoch}
+
+
+def rank_split(data: DataManifest, split: str, load: PartitionLoader, model: Model, relations: RelationState,
+               reciprocal: bool, dim: int, filtered: bool = True, per_relation: bool = False,
+               progress: Callable[[int], None] | None = None, reverse: bool = False) -> dict[str, Any]:
+    """Full ranking of ``split`` with embeddings from ``load(partition)`` scored by ``model``.
+
+    The building block of :func:`evaluate_full`; also lets a benchmark rank
+    embeddings trained elsewhere with exactly the same protocol. ``reverse``
+    ranks every edge (h, r, t) as (t, r, h): a model whose operator acts on the
+    rhs, as PyTorch-BigGraph's does, is this model on reversed edges (its "rhs"
+    results are then the original lhs predictions and vice versa).
+    """
+    edges = _reversed(read_split(data, split)) if reverse else read_split(data, split)
     R = len(data.relations)
     n = len(edges.lhs)
     filt_rhs = filt_lhs = None
     if filtered:
-        known = [read_split(data, s) for s in data.splits()]
+        known = [_reversed(read_split(data, s)) if reverse else read_split(data, s) for s in data.splits()]
         kl = np.concatenate([k.lhs for k in known])
         kr = np.concatenate([k.rel for k in known])
         kt = np.concatenate([k.rhs for k in known])
         filt_rhs, filt_lhs = FilterIndex(kl, kr, kt, R), FilterIndex(kt, kr, kl, R)
     cache: dict[int, Tensor] = {}
-    dim = config.model.dim
-    H = _gather_rows(run_dir, manifest, data, edges.lhs, cache, dim)
-    T = _gather_rows(run_dir, manifest, data, edges.rhs, cache, dim)
+    H = _gather_rows(load, data, edges.lhs, cache, dim)
+    T = _gather_rows(load, data, edges.rhs, cache, dim)
     offsets = partition_offsets(data)
     bounds = np.flatnonzero(np.diff(edges.rel)) + 1
     starts = np.concatenate([[0], bounds]).astype(np.int64)
@@ -163,8 +188,7 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
                 for b in range(s, e, QUERY_BLOCK):
                     be = min(e, b + QUERY_BLOCK)
                     lo, hi = b - s, be - s
-                    d = direction(model, relations, relation, H[b:be], T[b:be], predict_lhs,
-                                  config.model.reciprocal)
+                    d = direction(model, relations, relation, H[b:be], T[b:be], predict_lhs, reciprocal)
                     if index is not None:
                         q, excluded = index.pairs(anchors[lo:hi], np.full(hi - lo, relation))
                     else:
@@ -174,7 +198,7 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
                     excluded = np.concatenate([excluded, answers[lo:hi]])
                     part = np.searchsorted(offsets, excluded, "right") - 1
                     blocks.append(_Block(side, relation, d, q, excluded, part))
-        for p, emb in _partitions(run_dir, manifest, data, cache):
+        for p, emb in _partitions(load, data, cache):
             for block in blocks:
                 block.count(model, emb, p, offsets)
                 if progress:
@@ -185,7 +209,7 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
         ranks = 1.0 + block.greater + 0.5 * block.ties
         auc = (data.num_entities - 1 - block.greater - 0.5 * block.ties) / max(1, data.num_entities - 1)
         results[block.side][block.relation].add(ranks, auc)
-    return _report(results, data, split, manifest, filtered, per_relation)
+    return _report(results, data, split, filtered, per_relation)
 
 
 class _Block:
@@ -216,7 +240,7 @@ class _Block:
 
 
 def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, split: str,
-            manifest: VersionManifest, filtered: bool, per_relation: bool) -> dict[str, Any]:
+            filtered: bool, per_relation: bool) -> dict[str, Any]:
     def merged(side: str) -> dict[str, float | int]:
         total = RankAccumulator()
         for acc in results[side].values():
@@ -227,8 +251,6 @@ def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, 
     out: dict[str, Any] = {
         "split": split,
         "protocol": ("filtered" if filtered else "raw") + f" full ranking against all {data.num_entities} nodes",
-        "version": manifest.version,
-        "epochs_done": manifest.position.epoch,
         "count": rhs["count"],
         **{k: (rhs[k] + lhs[k]) / 2 for k in rhs if k != "count"},
         "rhs": rhs,
