@@ -45,7 +45,12 @@ class ModelConfig:
         "[relations.NAME] overrides it).",
         choices=OPERATORS,
     )
-    comparator: str = _opt("dot", "How an (operated) lhs and a rhs are scored.", choices=COMPARATORS)
+    comparator: str = _opt(
+        "dot",
+        "How an (operated) lhs and a rhs are scored (with cos, raise init_scale to about 0.1: "
+        "cosine ignores length, so tiny initial rows turn each step into a jump).",
+        choices=COMPARATORS,
+    )
     loss: str = _opt("ranking", "Training loss.", choices=LOSSES)
     margin: float = _opt(0.1, "Margin of the ranking loss.", min=0.0)
     init_scale: float = _opt(
@@ -73,6 +78,13 @@ class TrainingConfig:
     epochs: int = _opt(10, "Passes over all training edges (0 only initialises).", min=0)
     lr: float = _opt(0.1, "Learning rate of row-wise Adagrad.", min_exclusive=0.0)
     relation_lr: float = _opt(0.01, "Learning rate of the relation parameters.", min_exclusive=0.0)
+    optimizer: str = _opt(
+        "row_adagrad",
+        "row_adagrad: one Adagrad accumulator per embedding (4 bytes a node, as PyTorch-BigGraph); "
+        "adagrad: one per coordinate (4 x dim bytes a node: twice the memory of the embeddings, "
+        "often better link prediction on knowledge graphs).",
+        choices=("row_adagrad", "adagrad"),
+    )
     batch_size: int = _opt(1000, "Edges per batch.", min=1)
     chunk_size: int = _opt(
         50, "Edges per negative-sharing chunk; also the number of in-batch negatives.", min=1

@@ -77,7 +77,8 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
     writer = VersionWriter(run_dir, None, 0)
     for p, rows in enumerate(data.entity_counts):
         gen = torch.Generator().manual_seed(_init_seed(config.training.seed, p))
-        state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen)
+        state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen,
+                                       config.training.optimizer == "adagrad")
         writer.write(emb_key(data.entity, p), state.emb.numpy())
         writer.write(adagrad_key(data.entity, p), state.adagrad.numpy())
     params = initial_params(Model.from_config(config, data.relations).specs, config.model.dim)
@@ -93,7 +94,9 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
     if not is_run(run_dir):
         if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
             raise BigembedError(f"{run_dir}: exists and is not a bigembed RUN directory; choose another -o")
-        return load_config(config_file, overrides), False
+        config = load_config(config_file, overrides)
+        Model.from_config(config, data.relations)  # per-relation settings must name real relations
+        return config, False
     saved = read_run_config(run_dir)
     check_same_data(run_dir, saved, data)
     config = load_config(config_file, overrides, base=flatten(saved["config"]))
@@ -318,10 +321,12 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
     else:
         base = _create_run(run_dir, config, data)
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
-            f"{data.num_edges('train')} training edges, dim {config.model.dim}, "
-            f"{resolve_workers(config.training)} worker(s)")
+            f"{data.num_edges('train')} training edges, dim {config.model.dim}")
     session = _Session(run_dir, data, config, base)
     trainer = BucketTrainer(session.model, config.training, config.model.reciprocal)
+    log(f"{trainer.workers} worker thread(s)"
+        + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
+           and resolve_workers(config.training) > 1 else ""))
     try:
         with _stop_on_signals(session, log):
             for epoch in range(base.position.epoch, config.training.epochs):

@@ -34,7 +34,7 @@ FREE_TO_CHANGE = {
     "checkpoint.keep_versions",
 }
 # Keys no run may change, because the stored shards depend on them.
-NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal"}
+NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "training.optimizer"}
 
 
 def _never_changes(key: str) -> bool:

@@ -60,7 +60,7 @@ def cli() -> None:
               help="Another split sharing the dictionary, e.g. --split test=test.tsv (repeatable).")
 @click.option("--delimiter", default="\t", show_default="TAB", help="Field separator (use ',' for CSV).")
 @click.option("--columns", default="lhs,rel,rhs", show_default=True,
-              help="Column roles in order: lhs, rel, rhs, or _ to skip; 'lhs,rhs' for one relation.")
+              help="Column roles in order: lhs, rel, rhs, weight (float per edge), _ to skip; 'lhs,rhs': one relation.")
 @click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
               help="'int': node ids are dense integers 0..N-1 and no dictionary is built.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the partition assignment.")
@@ -152,18 +152,20 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
 @click.option("--negatives", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Sampled negatives per edge and side (--protocol sampled).")
 @click.option("--per-relation", is_flag=True, help="Also report each relation's metrics.")
+@click.option("--version", "which", default="last", show_default=True,
+              help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled negatives.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Also write the metrics here as JSON ('-' prints JSON instead of text).")
 @click.option("--progress/--no-progress", default=True)
-def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, per_relation: bool, seed: int,
-             json_out: Path | None, progress: bool) -> None:
+def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, per_relation: bool, which: str,
+             seed: int, json_out: Path | None, progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
     from bigembed.evaluation import evaluate_full, evaluate_sampled
     from bigembed.evaluation.report import format_metrics, open_run_checkpoint
     from bigembed.storage.atomic import atomic_write_json
 
-    manifest, dm, config = open_run_checkpoint(run, data)
+    manifest, dm, config = open_run_checkpoint(run, data, which)
     dm.require_split(split)
     if protocol == "sampled":
         with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
@@ -187,25 +189,25 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, p
 @click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5"]), default="tsv", show_default=True)
 @click.option("--data", "data", type=click.Path(path_type=Path),
               help="DATA directory, if it moved since training (default: the one RUN was trained on).")
+@click.option("--version", "which", default="last", show_default=True,
+              help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
-def export(run: Path, out: Path, fmt: str, data: Path | None, overwrite: bool, progress: bool) -> None:
-    """Export RUN's embeddings (last checkpoint), streaming one partition at a time."""
-    from bigembed.checkpoint import read_current, read_manifest
-    from bigembed.checkpoint.run import check_same_data, read_run_config
+def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwrite: bool, progress: bool) -> None:
+    """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
+    from bigembed.evaluation.report import open_run_checkpoint
     from bigembed.export import export_run
-    from bigembed.storage.data_manifest import read_data_manifest
+    from bigembed.trainer import Model
 
-    saved = read_run_config(run)
-    dm = read_data_manifest(data if data is not None else Path(saved["data"]["path"]))
-    check_same_data(run, saved, dm)
-    version = read_current(run)
-    if version is None:
-        raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
-    manifest = read_manifest(run, version)
+    manifest, dm, config = open_run_checkpoint(run, data, which)
+    layout: list[dict[str, object]] = [
+        {"index": i, "name": s.name, "operator": s.operator_name, "offset": s.offset,
+         "shape": list(s.shape) if s.shape else None}
+        for i, s in enumerate(Model.from_config(config, dm.relations).specs)
+    ]
     with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
-        export_run(run, manifest, dm, out, fmt, int(saved["config"]["model"]["dim"]), overwrite, bar.update)
-    _log(f"wrote {out} ({dm.num_entities} rows, v{version})")
+        export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)
+    _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
 
 
 @cli.command()

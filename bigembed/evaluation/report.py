@@ -6,21 +6,39 @@ from pathlib import Path
 from typing import Any
 
 from bigembed.checkpoint import VersionManifest, read_current, read_manifest
-from bigembed.checkpoint.run import check_same_data, read_run_config
+from bigembed.checkpoint.run import check_same_data, read_evals, read_run_config
 from bigembed.config import Config, build_config, flatten
 from bigembed.errors import BigembedError
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 
 
-def open_run_checkpoint(run: Path, data: Path) -> tuple[VersionManifest, DataManifest, Config]:
-    """The RUN's last committed version, the DATA (checked to be the RUN's) and the RUN's config."""
+def resolve_version(run: Path, which: str = "last") -> VersionManifest:
+    """``which``: ``last`` (CURRENT), ``best`` (best on the validation split) or ``vN``/``N``."""
+    if which == "last":
+        version = read_current(run)
+        if version is None:
+            raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
+    elif which == "best":
+        best = read_evals(run).get("best")
+        if not best:
+            raise BigembedError(f"{run}: no validation results (train with training.eval_every > 0 to have a best)")
+        version = int(best["version"])
+    else:
+        try:
+            version = int(which.removeprefix("v"))
+        except ValueError:
+            raise BigembedError(f"--version {which!r}: expected last, best, or a version such as v3") from None
+    return read_manifest(run, version)
+
+
+def open_run_checkpoint(run: Path, data: Path | None, which: str = "last"
+                        ) -> tuple[VersionManifest, DataManifest, Config]:
+    """A committed version of RUN, the DATA (default: the one RUN was trained on; checked to be
+    the RUN's) and the RUN's config."""
     saved = read_run_config(run)
-    dm = read_data_manifest(data)
+    dm = read_data_manifest(data if data is not None else Path(saved["data"]["path"]))
     check_same_data(run, saved, dm)
-    version = read_current(run)
-    if version is None:
-        raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
-    return read_manifest(run, version), dm, build_config(flatten(saved["config"]))
+    return resolve_version(run, which), dm, build_config(flatten(saved["config"]))
 
 
 def _line(m: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
 from bigembed.errors import BigembedError
-from bigembed.storage.atomic import atomic_output_dir
+from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.names import iter_names, names_dir
 
@@ -107,7 +107,8 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
 
 
 def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, fmt: str, dim: int,
-               overwrite: bool = False, progress: Progress | None = None) -> None:
+               overwrite: bool = False, progress: Progress | None = None,
+               relation_layout: list[dict[str, object]] | None = None) -> None:
     """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``."""
     if fmt not in FORMATS:
         raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -118,3 +119,10 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
             _write_npy(run, manifest, data, tmp, dim, progress)
         else:
             _write_h5(run, manifest, data, tmp, progress)
+        if relation_layout is not None:
+            atomic_write_json(tmp / "relations.json", {
+                "about": "relation_params.npy (npy) or model/relations/params (h5) is one flat float32 "
+                         "vector; relation i's parameters are [offset, offset + prod(shape)) reshaped "
+                         "to shape; score = comparator(operator(lhs, params), rhs)",
+                "relations": relation_layout,
+            })

@@ -16,17 +16,19 @@ from typing import IO, cast
 
 from bigembed.errors import InputFormatError
 
-ROLES = ("lhs", "rel", "rhs")
+ROLES = ("lhs", "rel", "rhs", "weight")
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """Where lhs, rhs and (optionally) rel sit in a line; ``rel`` is None for one relation."""
+    """Where lhs, rhs and (optionally) rel and weight sit in a line; ``rel`` is None for one
+    relation, ``weight`` None for unweighted edges."""
 
     lhs: int
     rhs: int
     rel: int | None
     width: int
+    weight: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> ColumnSpec:
@@ -37,19 +39,21 @@ class ColumnSpec:
                 continue
             if name not in ROLES:
                 raise InputFormatError(
-                    f"--columns {text!r}: unknown column {name!r} (use lhs, rel, rhs or _ to skip)"
+                    f"--columns {text!r}: unknown column {name!r} (use lhs, rel, rhs, weight or _ to skip)"
                 )
             if name in positions:
                 raise InputFormatError(f"--columns {text!r}: column {name!r} given twice")
             positions[name] = i
         if "lhs" not in positions or "rhs" not in positions:
             raise InputFormatError(f"--columns {text!r}: must name both lhs and rhs")
-        return cls(positions["lhs"], positions["rhs"], positions.get("rel"), max(positions.values()) + 1)
+        return cls(positions["lhs"], positions["rhs"], positions.get("rel"), max(positions.values()) + 1,
+                   positions.get("weight"))
 
 
 @dataclass(frozen=True)
 class EdgeChunk:
-    """Parsed lines: parallel lists of raw lhs/rel/rhs tokens (rel is None for one relation).
+    """Parsed lines: parallel lists of raw lhs/rel/rhs/weight tokens (rel is None for one
+    relation, weight None for unweighted edges).
 
     ``lines`` holds each row's 1-based line number when blank or comment lines were
     skipped inside the chunk; otherwise row ``i`` is line ``first_line + i``.
@@ -61,6 +65,7 @@ class EdgeChunk:
     first_line: int
     lines: list[int] | None = None
     end_offset: int = 0  # bytes of the file (as stored, maybe gzipped) read so far
+    weight: list[str] | None = None
 
     def line_of(self, row: int) -> int:
         return self.lines[row] if self.lines is not None else self.first_line + row
@@ -96,7 +101,8 @@ def _fast_block(raw: list[str], columns: ColumnSpec, delimiter: str, first: int)
     if "" in lhs or "" in rhs:
         return None  # let the exact path report the line
     rel = tokens[columns.rel :: width] if columns.rel is not None else None
-    return EdgeChunk(lhs, rhs, rel, first)
+    weight = tokens[columns.weight :: width] if columns.weight is not None else None
+    return EdgeChunk(lhs, rhs, rel, first, weight=weight)
 
 
 def _stored_offset(handle: IO[str]) -> int:
@@ -112,6 +118,7 @@ def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, de
     lhs: list[str] = []
     rhs: list[str] = []
     rel: list[str] = []
+    weight: list[str] = []
     lines: list[int] = []
     for line_no, line in enumerate(raw, start=first):
         line = line.rstrip("\r\n")
@@ -130,8 +137,11 @@ def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, de
         rhs.append(b)
         if columns.rel is not None:
             rel.append(fields[columns.rel].strip())
+        if columns.weight is not None:
+            weight.append(fields[columns.weight].strip())
         lines.append(line_no)
-    return EdgeChunk(lhs, rhs, rel if columns.rel is not None else None, first, lines)
+    return EdgeChunk(lhs, rhs, rel if columns.rel is not None else None, first, lines,
+                     weight=weight if columns.weight is not None else None)
 
 
 def _parse_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, delimiter: str) -> EdgeChunk:

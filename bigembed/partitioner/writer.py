@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigembed.errors import InputFormatError
 from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, source_record
 from bigembed.partitioner.reader import EdgeChunk, read_chunks
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
@@ -35,8 +36,33 @@ def _chunk_to_global(plan: PartitionPlan, chunk: EdgeChunk, path: Path) -> tuple
     return lhs, rhs, rel
 
 
+def parse_weights(chunk: EdgeChunk, path: Path) -> np.ndarray | None:
+    """The chunk's weights as float32 (kept as given: never rounded to integers).
+
+    A weight that is not a finite number >= 0 is an error naming its line.
+    """
+    if chunk.weight is None:
+        return None
+    try:
+        weights = np.array(chunk.weight, dtype=np.float64)
+    except ValueError:
+        weights = None
+    if weights is not None and np.isfinite(weights).all() and (weights >= 0).all():
+        return weights.astype(np.float32)
+    for row, token in enumerate(chunk.weight):
+        try:
+            value = float(token)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value >= 0):
+            raise InputFormatError(
+                f"{path}:{chunk.line_of(row)}: edge weight must be a finite number >= 0, got {token!r}"
+            )
+    raise AssertionError("unreachable: some weight was bad")  # pragma: no cover
+
+
 def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, rhs: np.ndarray,
-                  rel: np.ndarray, counts: dict[str, int]) -> None:
+                  rel: np.ndarray, counts: dict[str, int], weight: np.ndarray | None = None) -> None:
     P = plan.spec.num_partitions
     lp = plan.partition_of[lhs].astype(np.int64)
     rp = plan.partition_of[rhs].astype(np.int64)
@@ -52,7 +78,8 @@ def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, 
         folder.mkdir(parents=True, exist_ok=True)
         append_edges(
             folder,
-            EdgeArrays(plan.offset_of[lhs[sel]], plan.offset_of[rhs[sel]], rel[sel]),
+            EdgeArrays(plan.offset_of[lhs[sel]], plan.offset_of[rhs[sel]], rel[sel],
+                       None if weight is None else weight[sel]),
         )
         counts[bucket.key] = counts.get(bucket.key, 0) + int(sizes[b])
 
@@ -87,6 +114,7 @@ def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> 
             split: {"num_edges": sum(c.values()), "buckets": dict(sorted(c.items()))}
             for split, c in bucket_counts.items()
         },
+        "weighted": spec.columns.weight is not None,
         "sources": [source_record(s) for s in spec.sources],
         "seed": spec.seed,
     }
@@ -102,7 +130,7 @@ def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
             for chunk in read_chunks(source.path, plan.spec.columns, plan.spec.delimiter,
                                      plan.spec.chunk_size):
                 lhs, rhs, rel = _chunk_to_global(plan, chunk, source.path)
-                _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts)
+                _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts, parse_weights(chunk, source.path))
                 if progress:
                     progress(len(chunk.lhs))
         _write_names(plan, tmp)

@@ -79,6 +79,17 @@ def test_gzip_csv_two_columns(tmp_path):
     assert sorted(read_back(data)) == [("a", "edge", "b"), ("b", "edge", "c"), ("c", "edge", "a")]
 
 
+def test_float_weights_are_kept_exactly_not_truncated(tmp_path):
+    path = tmp_path / "e.tsv"
+    path.write_text("a\tr\tb\t0.25\nb\tr\tc\t2.75\nc\tr\ta\t1\n")
+    data = import_files(tmp_path / "data", {"train": path}, 1, columns=ColumnSpec.parse("lhs,rel,rhs,weight"))
+    dm = read_data_manifest(data)
+    assert dm.weighted
+    edges = read_edges(data, "train", Bucket(0, 0), 3, weighted=True)
+    assert sorted(np.asarray(edges.weight).tolist()) == [0.25, 1.0, 2.75]
+    assert edges.weight.dtype == np.float32
+
+
 def test_int_ids_skip_the_dictionary(tmp_path):
     path = tmp_path / "e.tsv"
     path.write_text("0\tx\t5\n5\ty\t9\n3\tx\t0\n")
@@ -105,6 +116,10 @@ def test_plan_is_a_value_before_anything_is_written(tmp_path, tiny_graph):
         ("1\tr\t2\nx\tr\t3\n", "lhs,rel,rhs", "int", "e.tsv:2: node id 'x' is not an integer"),
         ("1\tr\t-2\n", "lhs,rel,rhs", "int", "e.tsv:1: negative node id '-2'"),
         ("a\tr\t\n", "lhs,rel,rhs", "string", "e.tsv:1: empty node id"),
+        ("a\tr\tb\t1\nb\tr\tc\theavy\n", "lhs,rel,rhs,weight", "string",
+         "e.tsv:2: edge weight must be a finite number >= 0, got 'heavy'"),
+        ("a\tr\tb\t-0.5\n", "lhs,rel,rhs,weight", "string", "e.tsv:1: edge weight must be a finite number >= 0"),
+        ("a\tr\tb\tnan\n", "lhs,rel,rhs,weight", "string", "e.tsv:1: edge weight must be a finite number >= 0"),
     ],
 )
 def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, content, columns, ids, message):

@@ -293,3 +293,21 @@ def test_plan_batches_groups_by_relation_and_covers_every_edge():
     assert torch.equal(seen, torch.arange(7))
     for r, pos in batches:
         assert (rel[pos] == r).all() and pos.numel() <= 2
+
+
+def test_per_coordinate_adagrad_matches_the_formula_sparse_and_dense():
+    torch.manual_seed(5)
+    table, state = torch.randn(4, 3), torch.rand(4, 3)
+    index, grad = torch.tensor([2, 0, 2]), torch.randn(3, 3)
+    expected_t, expected_s = table.clone(), state.clone()
+    for row in (0, 2):
+        g = grad[index == row].sum(0)
+        expected_s[row] += g * g
+        expected_t[row] -= 0.2 * g / (expected_s[row].sqrt() + EPS)
+    row_adagrad_(table, state, index, grad, 0.2)
+    assert torch.allclose(table, expected_t) and torch.allclose(state, expected_s)
+    dense = torch.randn(4, 3)
+    t2, s2 = table.clone(), state.clone()
+    dense_row_adagrad_(table, state, dense, 0.2)
+    assert torch.allclose(state, s2 + dense * dense)
+    assert torch.allclose(table, t2 - 0.2 * dense / (state.sqrt() + EPS))
