@@ -50,6 +50,22 @@ class Model:
                    relation_specs(config, relation_names), m.regularizer, m.regularization, m.max_norm)
 
 
+ELEMENTWISE_OPERATORS = ("translation", "diagonal", "complex_diagonal", "rotation")
+
+
+def mixes_with_params(model: Model) -> bool:
+    """Whether a batch may mix relations that have parameters: every relation has the same
+    element-wise operator and corrupts only the rhs (as with ``model.reciprocal``), so each
+    edge can carry its own relation's parameters. Mixed batches are larger and follow the
+    shuffled edge order instead of one relation at a time."""
+    first = model.specs[0] if model.specs else None
+    return first is not None and first.operator_name in ELEMENTWISE_OPERATORS and all(
+        (s.operator_name, s.sides, s.all_negatives, s.weight)
+        == (first.operator_name, "rhs", first.all_negatives, first.weight)
+        for s in model.specs
+    )
+
+
 @dataclass
 class SideGrads:
     """Gradient pieces for one partition: rows with their gradients, and maybe a dense (n, dim) one."""
@@ -90,7 +106,8 @@ class Negatives:
     rows: Tensor | None = None  # (chunks, U, dim) leaf of the sampled rows
 
 
-def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int) -> Tensor:
+def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int,
+                 mixed: bool = False) -> Tensor:
     def n3(x: Tensor, complex_rows: bool) -> Tensor:
         if complex_rows:
             h = x.shape[-1] // 2
@@ -101,10 +118,11 @@ def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Ten
     complex_rows = spec.operator.complex
     for x in xs:
         total = total + (n3(x, complex_rows) if model.regularizer == "n3" else x.pow(2).sum())
-    # Each edge uses its relation's parameters once (rotation angles are not penalised).
+    # Each edge uses its relation's parameters once (rotation angles are not penalised);
+    # ``params`` is one relation's, or (n, ...) one row per edge for a mixed batch.
     if params is not None and spec.operator_name != "rotation":
         penalty = n3(params, complex_rows) if model.regularizer == "n3" else params.pow(2).sum()
-        total = total + n * penalty
+        total = total + (penalty if mixed else n * penalty)
     return model.regularization * total
 
 
@@ -165,25 +183,31 @@ class BatchLoss:
     loss: Tensor
     L: Tensor  # (B, dim) lhs rows
     R: Tensor  # (B, dim) rhs rows
-    params: Tensor | None  # the relation's parameters
+    params: Tensor | None  # the relation's parameters (all relations' for a mixed batch)
     sides: list[tuple[bool, Negatives]]  # (corrupts the lhs?, its negatives) per corrupted side
 
 
 def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
                relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                config: TrainingConfig, generator: torch.Generator,
-               pools: tuple[Tensor, Tensor] | None = None) -> BatchLoss:
-    """The summed, weighted, regularised loss of a batch of edges of ``relation``."""
+               pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None) -> BatchLoss:
+    """The summed, weighted, regularised loss of a batch of edges of ``relation``.
+
+    With ``rels`` ((B,) relation of each edge) the batch mixes relations: allowed
+    when :func:`mixes_with_params` holds, the parameters of all relations form
+    one (num_relations, ...) leaf and each edge uses its own row.
+    """
     spec = model.specs[relation]
-    params = relations.param(relation)
+    params = relations.param(relation) if rels is None else relations.stacked()
     if params is not None:
         params = params.clone().requires_grad_()
+    edge_params = params if rels is None or params is None else params[rels]
     B = lhs_idx.shape[0]
     chunk = min(config.chunk_size, B)
     n_chunks = -(-B // chunk)
     L = lhs.emb[lhs_idx].requires_grad_()
     R = rhs.emb[rhs_idx].requires_grad_()
-    query = spec.operator.apply(L, params)
+    query = spec.operator.apply(L, edge_params)
     w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
     loss = L.new_zeros(())
     sides: list[tuple[bool, Negatives]] = []
@@ -205,14 +229,14 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
             loss = loss + (per_edge * w).sum()
         sides.append((corrupt_lhs, negs))
     if model.regularizer != "none" and model.regularization > 0:
-        loss = loss + _regularizer(model, spec, [L, R], params, B)
+        loss = loss + _regularizer(model, spec, [L, R], edge_params, B, mixed=rels is not None)
     return BatchLoss(loss, L, R, params, sides)
 
 
 def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
                 relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                 config: TrainingConfig, generator: torch.Generator,
-                pools: tuple[Tensor, Tensor] | None = None) -> float:
+                pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None) -> float:
     """One Adagrad step on a batch of edges of ``relation``; returns the batch's summed loss.
 
     ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``;
@@ -220,7 +244,8 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
     indices of the slab's edges, for degree-proportional negatives. Updates
     ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
     """
-    b = batch_loss(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools)
+    b = batch_loss(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools,
+                   rels)
     if not b.loss.requires_grad:  # no negatives at all: nothing to learn from
         return 0.0
     leaves = [b.L, b.R] + [t for _, n in b.sides for t in (n.table, n.rows) if t is not None]
@@ -249,7 +274,10 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
         lhs_g.apply(lhs, config.lr, model.max_norm)
         rhs_g.apply(rhs, config.lr, model.max_norm)
     if b.params is not None:
-        view, acc = relations.param(relation), relations.adagrad_of(relation)
+        if rels is None:
+            view, acc = relations.param(relation), relations.adagrad_of(relation)
+        else:
+            view, acc = relations.stacked(), relations.stacked(relations.adagrad)
         assert view is not None and acc is not None
         dense_adagrad_(view, acc, grad_of(b.params), config.relation_lr)
     return float(b.loss.detach())

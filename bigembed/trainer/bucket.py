@@ -13,7 +13,7 @@ from torch import Tensor
 
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
-from bigembed.trainer.batch import Model, train_batch
+from bigembed.trainer.batch import Model, mixes_with_params, train_batch
 from bigembed.trainer.relations import RelationState
 from bigembed.trainer.state import PartitionState
 
@@ -81,6 +81,7 @@ class Slab:
 
     lhs: Tensor
     rhs: Tensor
+    rel: Tensor
     weight: Tensor | None
 
 
@@ -96,6 +97,7 @@ class BucketTrainer:
         self.config = config
         self.reciprocal = reciprocal
         self.num_relations = len(model.specs) // 2 if reciprocal else len(model.specs)
+        self.mixed_params = not mixes_relations(model) and mixes_with_params(model)
         # All-negatives batches update every row of a partition: Hogwild threads would
         # only collide, so one worker uses all cores through intra-op parallelism.
         self.workers = 1 if any(spec.all_negatives for spec in model.specs) else resolve_workers(config)
@@ -115,11 +117,13 @@ class BucketTrainer:
         for relation, pos in batches:
             li, ri = slab.lhs[pos], slab.rhs[pos]
             w = None if slab.weight is None else slab.weight[pos]
+            rels = slab.rel[pos].long() if self.mixed_params else None
             total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
-                                 generator, pools)
+                                 generator, pools, rels)
             if self.reciprocal:
+                back = None if rels is None else rels + self.num_relations
                 total += train_batch(self.model, rhs, lhs, relations, relation + self.num_relations, ri, li,
-                                     w, self.config, generator, reverse_pools)
+                                     w, self.config, generator, reverse_pools, back)
         return total
 
     def train_bucket(self, edges: EdgeArrays, lhs: PartitionState, rhs: PartitionState,
@@ -128,14 +132,14 @@ class BucketTrainer:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         n = len(edges)
-        by_relation = not mixes_relations(self.model)
+        by_relation = not mixes_relations(self.model) and not self.mixed_params
         total = 0.0
         slabs = torch.randperm(max(1, -(-n // SLAB_EDGES)), generator=generator).tolist() if n else []
-        for slab in slabs:
-            s, e = slab * SLAB_EDGES, min(n, (slab + 1) * SLAB_EDGES)
-            slab = Slab(torch.from_numpy(np.array(edges.lhs[s:e])), torch.from_numpy(np.array(edges.rhs[s:e])),
-                        None if edges.weight is None else torch.from_numpy(np.array(edges.weight[s:e])))
+        for index in slabs:
+            s, e = index * SLAB_EDGES, min(n, (index + 1) * SLAB_EDGES)
             rel = torch.from_numpy(np.array(edges.rel[s:e]))
+            slab = Slab(torch.from_numpy(np.array(edges.lhs[s:e])), torch.from_numpy(np.array(edges.rhs[s:e])), rel,
+                        None if edges.weight is None else torch.from_numpy(np.array(edges.weight[s:e])))
             batches = plan_batches(rel, self.config.batch_size, by_relation, generator)
             base = int(torch.randint(2**62, (1,), generator=generator))
             if self.pool is None:

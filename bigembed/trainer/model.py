@@ -132,7 +132,7 @@ class ComplexDiagonalOperator:
     def apply(self, x: Tensor, params: Tensor | None) -> Tensor:
         assert params is not None
         h = x.shape[-1] // 2
-        return _complex_product(x, params[:h], params[h:])
+        return _complex_product(x, params[..., :h], params[..., h:])
 
 
 class RotationOperator:

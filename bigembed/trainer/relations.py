@@ -81,6 +81,14 @@ class RelationState:
     def adagrad_of(self, relation: int) -> Tensor | None:
         return self._view(self.adagrad, relation)
 
+    def stacked(self, flat: Tensor | None = None) -> Tensor | None:
+        """All relations' parameters (or ``flat``'s) as one (num_relations, ...) view; all must
+        share one parameter shape."""
+        shape = self.specs[0].shape if self.specs else None
+        if shape is None:
+            return None
+        return (self.params if flat is None else flat).view(len(self.specs), *shape)
+
     def _view(self, flat: Tensor, relation: int) -> Tensor | None:
         s = self.specs[relation]
         if s.shape is None:

@@ -311,3 +311,34 @@ def test_per_coordinate_adagrad_matches_the_formula_sparse_and_dense():
     dense_row_adagrad_(table, state, dense, 0.2)
     assert torch.allclose(state, s2 + dense * dense)
     assert torch.allclose(table, t2 - 0.2 * dense / (state.sqrt() + EPS))
+
+
+def test_a_mixed_relation_batch_equals_its_per_relation_batches():
+    """Reciprocal ComplEx with all negatives may mix relations; the loss is the per-relation sum."""
+    from bigembed.trainer.batch import mixes_with_params
+
+    config, model, lhs, rhs, relations = _setup({
+        "model.operator": "complex_diagonal", "model.loss": "softmax", "model.reciprocal": True,
+        "model.regularizer": "n3", "model.regularization": 0.1, "training.all_negatives": True},
+        relations=("a", "b", "c"))
+    assert mixes_with_params(model)
+    lhs_idx, rhs_idx = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 4, 3, 2, 1])
+    rels = torch.tensor([0, 2, 1, 0, 2])
+    mixed = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                       torch.Generator(), rels=rels)
+    separate = sum(
+        float(batch_loss(model, lhs, rhs, relations, r, lhs_idx[rels == r], rhs_idx[rels == r], None,
+                         config.training, torch.Generator()).loss)
+        for r in range(3)
+    )
+    assert abs(float(mixed.loss) - separate) < 1e-4
+    assert mixed.params.shape == (6, 4)  # three relations and their inverses, dim 4
+
+
+def test_mixing_needs_one_elementwise_operator_and_rhs_only_negatives():
+    from bigembed.trainer.batch import mixes_with_params
+
+    both = Model.from_config(load_config(overrides={"model.operator": "diagonal"}), ["a", "b"])
+    assert not mixes_with_params(both)  # lhs corruption would need each query's own operator
+    linear = Model.from_config(load_config(overrides={"model.operator": "linear", "model.reciprocal": True}), ["a"])
+    assert not mixes_with_params(linear)
