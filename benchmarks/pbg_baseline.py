@@ -16,8 +16,10 @@ What :func:`run_pbg` does, in a work folder:
 2. writes a PBG config (``pbg_config.py``) and a driver script
    (``pbg_driver.py``) and trains in a measured child process: total wall
    time, peak RSS (largest process of the tree, through ``wait4``, as for
-   bigembed's own runs) and the wall time of each epoch, taken from PBG's
-   "Starting epoch" log lines;
+   bigembed's own runs; PBG's Hogwild workers share the embeddings, so RSS is
+   not summed) and the wall time of each epoch, from one "Starting epoch" log
+   line of PBG's to the next (the last to its "Exiting"), so an epoch includes
+   the checkpoint written after it;
 3. reads PBG's checkpoint (HDF5), reorders its rows into bigembed's node order
    and its relation parameters into bigembed's flat layout, checks that the
    result scores triples exactly as PBG's own model does (``score check``),
@@ -55,7 +57,10 @@ max_norm, hogwild_delay 2 s: the second worker starts 2 s late in the first
 epoch, which is why ``epoch_wall_s`` lists every epoch and
 ``later_epochs_mean_s`` averages those after the first).
 
-Quick check (prints the metrics, times and the score check)::
+With ``all_negs`` PBG ignores the uniform and batch negatives (and logs a
+warning per batch into ``pbg_train.log``).
+
+Quick check with bigembed's venv (prints the metrics, times and the score check)::
 
     python benchmarks/pbg_baseline.py --dataset wn18rr --dim 100 --epochs 2 \\
         --operator complex_diagonal --loss softmax --all-negs
@@ -332,7 +337,8 @@ def pbg_version(pbg_python: str) -> str:
     except OSError as exc:
         raise PbgUnavailable(f"{pbg_python}: cannot run it ({exc}). Create PBG's venv with:\n  {VENV_HELP}") from None
     if out.returncode != 0:
-        raise PbgUnavailable(f"{pbg_python} cannot import torchbiggraph ({out.stderr.strip().splitlines()[-1:]}). "
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PbgUnavailable(f"{pbg_python} cannot import torchbiggraph ({last}). "
                              f"Create PBG's venv with:\n  {VENV_HELP}")
     return out.stdout.strip()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import BIGEMBED, run_measured  # noqa: E402
+from measure import BIGEMBED, run_measured
 
 HERE = Path(__file__).resolve().parent
 DATASETS = HERE.parent.parent / "shared" / "datasets"
@@ -89,7 +89,7 @@ def task_partitions(work: Path, dataset: str = "wn18rr", epochs: int = 10) -> di
 
 def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str) -> dict[str, Any]:
     """bigembed and PBG with the same dimension, epochs, operator, loss and negatives."""
-    from pbg_baseline import run_pbg  # noqa: PLC0415 - only this task needs it
+    from pbg_baseline import run_pbg
 
     config = work / f"same-as-pbg-{dataset}.toml"
     s = settings
