@@ -56,6 +56,12 @@ class ModelConfig:
     init_scale: float = _opt(
         0.001, "Standard deviation of the initial embeddings.", min_exclusive=0.0
     )
+    relation_init: str = _opt(
+        "identity",
+        "Initial relation parameters: identity (each operator starts as a no-op, as PyTorch-BigGraph) "
+        "or random (normal with std init_scale, as Lacroix et al.'s ComplEx-N3; far better on WN18RR).",
+        choices=("identity", "random"),
+    )
     reciprocal: bool = _opt(
         False,
         "Learn an inverse of every relation and train each edge in both directions, "

@@ -70,6 +70,10 @@ def _init_seed(seed: int, partition: int) -> int:
     return int(np.random.SeedSequence([seed, 1_000_003, partition]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _relation_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([seed, 2_000_003]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionManifest:
     """Write config.json and version v0 (random initial embeddings), one partition at a time."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,10 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
                                        config.training.optimizer == "adagrad")
         writer.write(emb_key(data.entity, p), state.emb.numpy())
         writer.write(adagrad_key(data.entity, p), state.adagrad.numpy())
-    params = initial_params(Model.from_config(config, data.relations).specs, config.model.dim)
+    m = config.model
+    params = initial_params(Model.from_config(config, data.relations).specs, m.dim,
+                            m.init_scale if m.relation_init == "random" else 0.0,
+                            torch.Generator().manual_seed(_relation_seed(config.training.seed)))
     if params.numel():
         writer.write(RELATION_PARAMS_KEY, params.numpy())
         writer.write(RELATION_ADAGRAD_KEY, np.zeros(params.shape, np.float32))

@@ -56,9 +56,13 @@ def relation_specs(config: Config, names: list[str]) -> list[RelationSpec]:
     return specs
 
 
-def initial_params(specs: list[RelationSpec], dim: int) -> Tensor:
-    """The flat parameter vector with every relation at its operator's initial value."""
+def initial_params(specs: list[RelationSpec], dim: int, random_scale: float = 0.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """The flat parameter vector: every relation at its operator's identity, or, with
+    ``random_scale`` > 0, every parameter drawn from N(0, random_scale^2)."""
     total = sum(param_size(s.shape) for s in specs)
+    if random_scale > 0:
+        return torch.randn(total, generator=generator).mul_(random_scale)
     flat = torch.zeros(total)
     for s in specs:
         init = s.operator.init_param(dim)
