@@ -342,3 +342,12 @@ def test_mixing_needs_one_elementwise_operator_and_rhs_only_negatives():
     assert not mixes_with_params(both)  # lhs corruption would need each query's own operator
     linear = Model.from_config(load_config(overrides={"model.operator": "linear", "model.reciprocal": True}), ["a"])
     assert not mixes_with_params(linear)
+
+
+def test_relation_init_random_draws_small_parameters_and_identity_is_the_default():
+    config = load_config(overrides={"model.dim": 4, "model.operator": "complex_diagonal"})
+    specs = Model.from_config(config, ["a", "b"]).specs
+    identity = initial_params(specs, 4)
+    assert torch.equal(identity, torch.tensor([1.0, 1, 0, 0] * 2))
+    random = initial_params(specs, 4, 0.001, torch.Generator().manual_seed(0))
+    assert random.shape == identity.shape and 0 < float(random.abs().max()) < 0.01
