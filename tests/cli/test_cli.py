@@ -241,3 +241,20 @@ def test_info_summarises_the_last_epoch_and_skips_a_torn_line(trained, tmp_path)
     facts = json.loads(run("info", run_dir, "--json").output)
     last = facts["last epoch trained"]
     assert last["epoch"] == 2 and last["edges"] == 400 and last["edges/s"] > 0 and last["mean loss"] >= 0
+
+
+def test_eval_and_export_pick_a_version(trained, tmp_path):
+    r = run("eval", trained / "run", trained / "data", "--version", "best", "--no-progress")
+    assert r.exit_code == 1 and "no validation results" in error_line(r)
+    r = run("eval", trained / "run", trained / "data", "--version", "latest", "--no-progress")
+    assert r.exit_code == 1 and "--version 'latest': expected last, best, or a version" in error_line(r)
+    r = run("eval", trained / "run", trained / "data", "--version", "v1", "--json", "-", "--no-progress")
+    assert r.exit_code == 0 and json.loads(r.output)["version"] == 1
+    out = tmp_path / "v1"
+    r = run("export", trained / "run", "-o", out, "--format", "npy", "--version", "v1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    manifest = read_manifest(trained / "run", 1)
+    assert np.allclose(np.load(out / "embeddings.npy")[:2], read_shard_of(trained / "run", manifest,
+                                                                        emb_key("node", 0))[:2])
+    layout = json.loads((out / "relations.json").read_text())["relations"]
+    assert [r["name"] for r in layout] == ["r0", "r1", "r2"]
