@@ -492,7 +492,7 @@ def bigembed_model(settings: PbgSettings, data: DataManifest,
     config = load_config(overrides={"model.dim": settings.dim, "model.operator": settings.operator,
                                     "model.comparator": settings.comparator, "model.loss": settings.loss,
                                     "model.margin": settings.margin})
-    model = Model.from_config(config, data.relations)
+    model = Model.for_data(config, data)
     total = sum(0 if s.shape is None else int(np.prod(s.shape)) for s in model.specs)
     flat = torch.zeros(total)
     for spec, p in zip(model.specs, params, strict=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -162,6 +163,17 @@ class RelationConfig:
     negative_sides: str | None = _opt(None, "training.negative_sides for this relation.",
                                       choices=NEGATIVE_SIDES)
     weight: float = _opt(1.0, "Multiplies the loss of this relation's edges.", min=0.0)
+    lhs: str | None = _opt(None, "Entity type of this relation's lhs nodes (read by `bigembed import "
+                                 "--config`; with no types anywhere every node is of type \"node\").")
+    rhs: str | None = _opt(None, "Entity type of this relation's rhs nodes (see lhs).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntityConfig:
+    """An entity type, ``[entities.NAME]`` (an empty table declares it)."""
+
+
+DEFAULT_ENTITY = "node"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,9 +182,29 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     relations: dict[str, RelationConfig] = field(default_factory=dict)
+    entities: dict[str, EntityConfig] = field(default_factory=dict)
 
     def relation(self, name: str) -> RelationConfig:
         return self.relations.get(name) or RelationConfig()
+
+    @property
+    def typed(self) -> bool:
+        """Whether the config declares a schema: entity types, or a relation's lhs/rhs type."""
+        return bool(self.entities) or any(r.lhs or r.rhs for r in self.relations.values())
+
+    def relation_types(self, name: str) -> tuple[str, str] | None:
+        """``(lhs type, rhs type)`` of relation ``name`` in the schema; None if it has none.
+
+        Without a schema every relation is ``("node", "node")``; with one declared
+        entity type an unset side defaults to it.
+        """
+        if not self.typed:
+            return DEFAULT_ENTITY, DEFAULT_ENTITY
+        rc = self.relations.get(name)
+        only = next(iter(self.entities)) if len(self.entities) == 1 else None
+        lhs = (rc.lhs if rc else None) or only
+        rhs = (rc.rhs if rc else None) or only
+        return (lhs, rhs) if lhs and rhs else None
 
 
 SECTIONS: dict[str, type] = {
@@ -192,7 +224,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not value:
+            out[dotted] = {}  # an empty table still says something: ``[entities.user]``
+        elif isinstance(value, Mapping):
             out.update(flatten(value, dotted + "."))
         else:
             out[dotted] = value
@@ -259,10 +293,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 
 def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None:  # an optional key left unset
+        return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
-    if value is None:
-        return
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{key}: must be >= {meta['min']}, got {value}")
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
@@ -284,8 +318,16 @@ def build_config(flat: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from flat dotted keys; unknown keys are errors."""
     per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     per_relation: dict[str, dict[str, Any]] = {}
+    entities: dict[str, EntityConfig] = {}
     for key, value in flat.items():
         section, _, name = key.partition(".")
+        if value == {} and (section != "entities" or not name):
+            continue  # an empty [model], [relations.NAME] or [entities] table sets nothing
+        if section == "entities":
+            if not name or "." in name or value != {}:
+                raise ConfigError(f"{key}: expected an empty table [entities.NAME] declaring an entity type")
+            entities[name] = EntityConfig()
+            continue
         if section == "relations":
             relation, _, field_name = name.rpartition(".")
             if not relation:
@@ -294,18 +336,42 @@ def build_config(flat: Mapping[str, Any]) -> Config:
             continue
         if section not in SECTIONS or not name:
             raise ConfigError(
-                f"{key}: unknown key (sections are {', '.join(SECTIONS)}, relations.NAME; "
+                f"{key}: unknown key (sections are {', '.join(SECTIONS)}, relations.NAME, entities.NAME; "
                 "see `bigembed config-help`)"
             )
         _set_field(SECTIONS[section], key, name, value, per_section[section])
     config = Config(
         **{name: SECTIONS[name](**values) for name, values in per_section.items()},
         relations={name: RelationConfig(**values) for name, values in sorted(per_relation.items())},
+        entities=dict(sorted(entities.items())),
     )
     for f in dataclasses.fields(ModelConfig):  # defaults are checked too
         _check(f"model.{f.name}", getattr(config.model, f.name), f.metadata)
     _check_dimension(config)
+    _check_schema(config)
     return config
+
+
+TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_schema(config: Config) -> None:
+    """Entity type names are plain words (they name files); with declared types, every
+    relation's lhs/rhs must name one of them."""
+    for name in config.entities:
+        if not TYPE_NAME.fullmatch(name):
+            raise ConfigError(f"entities.{name}: an entity type name may use letters, digits, _ . - only")
+    for name, rc in config.relations.items():
+        for side in ("lhs", "rhs"):
+            typ = getattr(rc, side)
+            if typ is not None and not TYPE_NAME.fullmatch(typ):
+                raise ConfigError(f"relations.{name}.{side}: an entity type name may use letters, digits, "
+                                  f"_ . - only, got {typ!r}")
+            if typ is not None and config.entities and typ not in config.entities:
+                raise ConfigError(
+                    f"relations.{name}.{side}: unknown entity type {typ!r} "
+                    f"(declared: {', '.join(config.entities)})"
+                )
 
 
 def _check_dimension(config: Config) -> None:
@@ -354,6 +420,11 @@ def schema_help() -> str:
                 f"{f.metadata['help']}{extra}"
             )
         lines.append("")
+    lines.append("[entities.NAME]")
+    lines.append("  (an empty table) declares an entity type; relations name theirs with lhs and rhs, and")
+    lines.append("  `bigembed import --config FILE` keeps each type's nodes apart (the same id in two types is")
+    lines.append("  two nodes; negatives and rankings only use nodes of the right type).")
+    lines.append("")
     return "\n".join(lines)
 
 

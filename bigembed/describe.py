@@ -37,12 +37,14 @@ def describe_data(path: Path) -> dict[str, Any]:
     return {
         "kind": "DATA",
         "path": str(path),
-        "entity type": dm.entity,
+        "entity types": dm.describe_types(),
         "ids": dm.id_kind,
         "nodes": dm.num_entities,
         "partitions": dm.num_partitions,
         "nodes per partition": dm.entity_counts,
-        "relations": len(dm.relations),
+        "relations": len(dm.relations) if not dm.typed else ", ".join(
+            f"{r} ({dm.type_names[a]} -> {dm.type_names[b]})" for r, (a, b) in zip(dm.relations, dm.relation_types)
+        ),
         "buckets": dm.num_partitions ** 2,
         "edges": {s: dm.num_edges(s) for s in dm.splits()},
         "non-empty buckets": nonempty,

@@ -30,7 +30,9 @@ from bigembed.checkpoint import (
     emb_key,
     load_good_version,
     read_current,
+    read_partition,
     remove_uncommitted,
+    write_partition,
 )
 from bigembed.checkpoint.run import (
     append_stats,
@@ -83,10 +85,10 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
         gen = torch.Generator().manual_seed(_init_seed(config.training.seed, p))
         state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen,
                                        config.training.optimizer == "adagrad")
-        writer.write(emb_key(data.entity, p), state.emb.numpy())
-        writer.write(adagrad_key(data.entity, p), state.adagrad.numpy())
+        write_partition(writer.write, data, p, state.emb.numpy(), emb_key)
+        write_partition(writer.write, data, p, state.adagrad.numpy(), adagrad_key)
     m = config.model
-    params = initial_params(Model.from_config(config, data.relations).specs, m.dim,
+    params = initial_params(Model.for_data(config, data).specs, m.dim,
                             m.init_scale if m.relation_init == "random" else 0.0,
                             torch.Generator().manual_seed(_relation_seed(config.training.seed)))
     if params.numel():
@@ -102,7 +104,7 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
         if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
             raise BigembedError(f"{run_dir}: exists and is not a bigembed RUN directory; choose another -o")
         config = load_config(config_file, overrides)
-        Model.from_config(config, data.relations)  # per-relation settings must name real relations
+        Model.for_data(config, data)  # per-relation settings must name real relations and types
         return config, False
     saved = read_run_config(run_dir)
     check_same_data(run_dir, saved, data)
@@ -131,7 +133,7 @@ class _Session:
         self.base = base
         self.writer = VersionWriter(run_dir, base, base.version + 1)
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(2, self._load, self._store)
-        self.model = Model.from_config(config, data.relations)
+        self.model = Model.for_data(config, data)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
         self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
@@ -143,13 +145,14 @@ class _Session:
         return (int(best["version"]),) if best else ()
 
     def _load(self, p: int) -> PartitionState:
-        emb = self.writer.read(emb_key(self.data.entity, p))
-        ada = self.writer.read(adagrad_key(self.data.entity, p))
-        return PartitionState(torch.from_numpy(emb), torch.from_numpy(ada))
+        emb = read_partition(self.writer.read, self.data, p, emb_key)
+        ada = read_partition(self.writer.read, self.data, p, adagrad_key)
+        ranges = tuple(self.data.type_ranges(p)) if self.data.typed else None
+        return PartitionState(torch.from_numpy(emb), torch.from_numpy(ada), ranges)
 
     def _store(self, p: int, state: PartitionState) -> None:
-        self.writer.write(emb_key(self.data.entity, p), state.emb.numpy())
-        self.writer.write(adagrad_key(self.data.entity, p), state.adagrad.numpy())
+        write_partition(self.writer.write, self.data, p, state.emb.numpy(), emb_key)
+        write_partition(self.writer.write, self.data, p, state.adagrad.numpy(), adagrad_key)
 
     def _load_relations(self) -> RelationState:
         specs = self.model.specs

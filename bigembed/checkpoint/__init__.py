@@ -1,5 +1,6 @@
 """Checkpoints: what a version contains, committing it atomically, resuming, cleaning up."""
 
+from bigembed.checkpoint.partitions import read_partition, write_partition
 from bigembed.checkpoint.versions import (
     RELATION_ADAGRAD_KEY,
     RELATION_PARAMS_KEY,
@@ -28,6 +29,8 @@ __all__ = [
     "load_good_version",
     "read_current",
     "read_manifest",
+    "read_partition",
     "read_shard_of",
     "remove_uncommitted",
+    "write_partition",
 ]

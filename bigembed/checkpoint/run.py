@@ -44,9 +44,10 @@ def _never_changes(key: str) -> bool:
 def data_fingerprint(data: DataManifest) -> dict[str, Any]:
     return {
         "path": os.path.abspath(data.path.parent),
-        "entity": data.entity,
+        "entities": {t.name: t.counts for t in data.entity_types},
         "entity_counts": data.entity_counts,
         "relations": data.relations,
+        "relation_types": [[data.type_names[a], data.type_names[b]] for a, b in data.relation_types],
     }
 
 
@@ -84,7 +85,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 def check_same_data(run_dir: Path, saved: dict[str, Any], data: DataManifest) -> None:
     want = saved["data"]
     got = data_fingerprint(data)
-    for key in ("entity", "entity_counts", "relations"):
+    if "entity" in want:  # written before entity types: one type, named by "entity"
+        want = {**want, "entities": {want["entity"]: want["entity_counts"]},
+                "relation_types": [[want["entity"]] * 2 for _ in want["relations"]]}
+    for key in ("entity_counts", "entities", "relations", "relation_types"):
         if want[key] != got[key]:
             raise ConfigConflictError(
                 f"{run_dir}: was trained on {want['path']}, whose {key} differ from {got['path']}'s; "

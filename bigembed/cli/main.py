@@ -64,15 +64,23 @@ def cli() -> None:
 @click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
               help="'int': node ids are dense integers 0..N-1 and no dictionary is built.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the partition assignment.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="Config whose [entities.NAME] and [relations.NAME] lhs/rhs give the entity types "
+                   "(the schema); without one every node is of type 'node'.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
 def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tuple[str, ...], delimiter: str,
-               columns: str, ids: str, seed: int, overwrite: bool, progress: bool) -> None:
+               columns: str, ids: str, seed: int, config_file: Path | None, overwrite: bool,
+               progress: bool) -> None:
     """Import edge files (TSV/CSV, optionally gzipped) into a partitioned DATA directory.
 
-    EDGES are the training edges; --split NAME=FILE adds evaluation splits.
+    EDGES are the training edges; --split NAME=FILE adds evaluation splits. With
+    --config, each relation's lhs and rhs nodes get the entity types its
+    [relations.NAME] declares: the same id under two types is two nodes.
     """
+    from bigembed.config import load_config
     from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+    from bigembed.partitioner.plan import Schema
     from bigembed.partitioner.reader import ColumnSpec
 
     sources = [Source("train", p) for p in edges]
@@ -85,8 +93,9 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tupl
         raise click.UsageError("give at least one edge file (EDGES or --split NAME=FILE)")
     if delimiter == "\\t":
         delimiter = "\t"
+    schema = None if config_file is None else Schema.from_config(load_config(config_file), str(config_file))
     spec = ImportSpec(sources=sources, num_partitions=partitions, columns=ColumnSpec.parse(columns),
-                      delimiter=delimiter, ids=ids, seed=seed)
+                      delimiter=delimiter, ids=ids, seed=seed, schema=schema)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
@@ -202,8 +211,9 @@ def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwr
     manifest, dm, config = open_run_checkpoint(run, data, which)
     layout: list[dict[str, object]] = [
         {"index": i, "name": s.name, "operator": s.operator_name, "offset": s.offset,
-         "shape": list(s.shape) if s.shape else None}
-        for i, s in enumerate(Model.from_config(config, dm.relations).specs)
+         "shape": list(s.shape) if s.shape else None,
+         "lhs": dm.type_names[s.lhs_type], "rhs": dm.type_names[s.rhs_type]}
+        for i, s in enumerate(Model.for_data(config, dm).specs)
     ]
     with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
         export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)

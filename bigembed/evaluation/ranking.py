@@ -1,7 +1,8 @@
 """Full ranking: every test edge against every node, streaming over partitions, filtered.
 
 For each edge (h, r, t) of the split, t is ranked among all N nodes as the
-answer to (h, r, ?) and h among all N nodes as the answer to (?, r, t). With the
+answer to (h, r, ?) and h among all N nodes as the answer to (?, r, t) (with
+several entity types: among all nodes of the answer's type). With the
 filtered protocol (Bordes et al. 2013) every other known true answer (from any
 split of the DATA: train, valid, test, ...) is removed from the candidates
 first. Ties are counted the realistic way: rank = 1 + #better + #tied / 2, the
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
+from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, read_partition, read_shard_of
 from bigembed.config import Config
 from bigembed.evaluation.metrics import RankAccumulator
 from bigembed.evaluation.scoring import Direction, direction
@@ -98,7 +99,7 @@ class FilterIndex:
 
 def load_checkpoint_model(run_dir: Path, manifest: VersionManifest, data: DataManifest,
                           config: Config) -> tuple[Model, RelationState]:
-    model = Model.from_config(config, data.relations)
+    model = Model.for_data(config, data)
     params = torch.zeros(0)
     if RELATION_PARAMS_KEY in manifest.shards:
         params = torch.from_numpy(read_shard_of(run_dir, manifest, RELATION_PARAMS_KEY))
@@ -141,7 +142,7 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
     model, relations = load_checkpoint_model(run_dir, manifest, data, config)
 
     def load(p: int) -> Tensor:
-        return torch.from_numpy(read_shard_of(run_dir, manifest, emb_key(data.entity, p)))
+        return torch.from_numpy(read_partition(lambda key: read_shard_of(run_dir, manifest, key), data, p))
 
     out = rank_split(data, split, load, model, relations, config.model.reciprocal, config.model.dim,
                      filtered, per_relation, progress)
@@ -197,17 +198,21 @@ def rank_split(data: DataManifest, split: str, load: PartitionLoader, model: Mod
                     q = np.concatenate([q, np.arange(hi - lo)])
                     excluded = np.concatenate([excluded, answers[lo:hi]])
                     part = np.searchsorted(offsets, excluded, "right") - 1
-                    blocks.append(_Block(side, relation, d, q, excluded, part))
+                    spec = model.specs[relation]
+                    target = spec.lhs_type if predict_lhs else spec.rhs_type
+                    blocks.append(_Block(side, relation, target, d, q, excluded, part))
         for p, emb in _partitions(load, data, cache):
+            ranges = data.type_ranges(p)
             for block in blocks:
-                block.count(model, emb, p, offsets)
+                block.count(model, emb, p, offsets, ranges[block.target])
                 if progress:
                     progress(block.d.queries.shape[0])
     results: dict[str, dict[int, RankAccumulator]] = {"rhs": defaultdict(RankAccumulator),
                                                        "lhs": defaultdict(RankAccumulator)}
     for block in blocks:
         ranks = 1.0 + block.greater + 0.5 * block.ties
-        auc = (data.num_entities - 1 - block.greater - 0.5 * block.ties) / max(1, data.num_entities - 1)
+        others = data.entity_types[block.target].total - 1  # candidates besides the true answer
+        auc = (others - block.greater - 0.5 * block.ties) / max(1, others)
         results[block.side][block.relation].add(ranks, auc)
     return _report(results, data, split, filtered, per_relation)
 
@@ -215,23 +220,24 @@ def rank_split(data: DataManifest, split: str, load: PartitionLoader, model: Mod
 class _Block:
     """A block of queries of one relation and direction, with its running counts."""
 
-    def __init__(self, side: str, relation: int, d: Direction, q: np.ndarray, excluded: np.ndarray,
-                 part: np.ndarray) -> None:
-        self.side, self.relation, self.d = side, relation, d
+    def __init__(self, side: str, relation: int, target: int, d: Direction, q: np.ndarray,
+                 excluded: np.ndarray, part: np.ndarray) -> None:
+        self.side, self.relation, self.target, self.d = side, relation, target, d
         self.q, self.excluded, self.part = q, excluded, part
         nq = d.queries.shape[0]
         self.greater = torch.zeros(nq, dtype=torch.float64)
         self.ties = torch.zeros(nq, dtype=torch.float64)
 
-    def count(self, model: Model, emb: Tensor, p: int, offsets: np.ndarray) -> None:
-        """Add the candidates of partition ``p`` (``emb``) scoring above / equal to each true answer."""
+    def count(self, model: Model, emb: Tensor, p: int, offsets: np.ndarray, rows: tuple[int, int]) -> None:
+        """Add the candidates of partition ``p`` (``emb``) scoring above / equal to each true
+        answer; the candidates are ``rows``, the answer's entity type's rows of ``p``."""
         sel = self.part == p
         ex_q = torch.from_numpy(self.q[sel])
         ex_c = torch.from_numpy(self.excluded[sel] - offsets[p])
         true = self.d.true_scores.unsqueeze(1)
         step = max(1, SCORE_ELEMENTS // max(1, self.d.queries.shape[0]))
-        for c0 in range(0, emb.shape[0], step):
-            c1 = min(emb.shape[0], c0 + step)
+        for c0 in range(rows[0], rows[1], step):
+            c1 = min(rows[1], c0 + step)
             scores = self.d.scores(model, emb[c0:c1])
             inside = (ex_c >= c0) & (ex_c < c1)
             scores[ex_q[inside], ex_c[inside] - c0] = float("-inf")
@@ -250,7 +256,9 @@ def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, 
     rhs, lhs = merged("rhs"), merged("lhs")
     out: dict[str, Any] = {
         "split": split,
-        "protocol": ("filtered" if filtered else "raw") + f" full ranking against all {data.num_entities} nodes",
+        "protocol": ("filtered" if filtered else "raw") + (
+            " full ranking against every node of the answer's entity type" if data.typed
+            else f" full ranking against all {data.num_entities} nodes"),
         "count": rhs["count"],
         **{k: (rhs[k] + lhs[k]) / 2 for k in rhs if k != "count"},
         "rhs": rhs,

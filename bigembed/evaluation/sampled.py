@@ -1,8 +1,8 @@
 """Sampled ranking, as PyTorch-BigGraph evaluates: each test edge against K sampled negatives.
 
 For every edge (lhs, rel, rhs) of the split, the true rhs is ranked among K rows
-drawn uniformly from the rhs's partition, and the true lhs among K rows of the
-lhs's partition. Partitions are read one bucket at a time from the committed
+drawn uniformly from the rhs's partition (nodes of the rhs's entity type), and
+the true lhs among K rows of the lhs's partition. Partitions are read one bucket at a time from the committed
 checkpoint, so the table never needs to fit in memory.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigembed.checkpoint import VersionManifest, emb_key, read_shard_of
+from bigembed.checkpoint import VersionManifest, read_partition, read_shard_of
 from bigembed.config import Config
 from bigembed.evaluation.metrics import RankAccumulator, ranks_against
 from bigembed.evaluation.ranking import load_checkpoint_model
@@ -48,7 +48,8 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
                     del cache[p]
             for p in (l, r):
                 if p not in cache:
-                    cache[p] = torch.from_numpy(read_shard_of(run_dir, manifest, emb_key(data.entity, p)))
+                    cache[p] = torch.from_numpy(read_partition(
+                        lambda key: read_shard_of(run_dir, manifest, key), data, p))
             lhs_emb, rhs_emb = cache[l], cache[r]
             edges = read_edges(data.path.parent, split, bucket, count)
             lhs_idx = torch.from_numpy(np.array(edges.lhs))
@@ -57,8 +58,11 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
             with torch.no_grad():
                 for relation, pos in plan_batches(rel, EVAL_BATCH, True, generator):
                     H, T = lhs_emb[lhs_idx[pos]], rhs_emb[rhs_idx[pos]]
+                    spec = model.specs[relation]
                     for predict_lhs, table, acc in ((False, rhs_emb, rhs_acc), (True, lhs_emb, lhs_acc)):
-                        cands = table[torch.randint(table.shape[0], (negatives,), generator=generator)]
+                        lo, hi = data.type_ranges(l if predict_lhs else r)[
+                            spec.lhs_type if predict_lhs else spec.rhs_type]
+                        cands = table[torch.randint(lo, hi, (negatives,), generator=generator)]
                         d = direction(model, relations, relation, H, T, predict_lhs, config.model.reciprocal)
                         acc.add(*ranks_against(d.true_scores, d.scores(model, cands)))
                     if progress:
@@ -68,6 +72,7 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
     return {
         "split": split,
         "protocol": f"sampled: {negatives} uniform negatives per edge and side from the true node's partition "
+                    "and entity type "
                     "(unfiltered; not comparable with published filtered full-ranking numbers)",
         "negatives": negatives,
         "version": manifest.version,

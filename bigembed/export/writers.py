@@ -5,6 +5,9 @@ ever in memory) into a temp folder that is renamed to OUT when complete.
 
 - ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``.
 - ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order.
+
+With several entity types, tsv and npy write one set of files per type
+(``embeddings_<type>.tsv``, ``embeddings_<type>.npy`` + ``names_<type>.txt``).
 - ``h5``: PBG layout: ``embeddings_<entity>_<part>.v<N>.h5`` (dataset ``embeddings``,
   attr ``format_version``), ``entity_names_<entity>_<part>.json``,
   ``entity_count_<entity>_<part>.txt``, ``model.v<N>.h5`` and ``checkpoint_version.txt``.
@@ -31,50 +34,64 @@ ROWS = 65536
 Progress = Callable[[int], None]
 
 
-def partition_names(data: DataManifest, partition: int) -> Iterator[list[str]]:
-    """Names of a partition's rows in offset order, a chunk at a time."""
-    count = data.entity_counts[partition]
+def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[list[str]]:
+    """Names of entity type ``t``'s rows in ``partition`` in offset order, a chunk at a time."""
+    etype = data.entity_types[t]
+    count = etype.counts[partition]
     if data.id_kind == "int":
         P = data.num_partitions
         for start in range(0, count, ROWS):
             stop = min(count, start + ROWS)
             yield [str(o * P + partition) for o in range(start, stop)]
     else:
-        yield from iter_names(names_dir(data.path.parent, data.entity, partition), count, ROWS)
+        yield from iter_names(names_dir(data.path.parent, etype.name, partition), count, ROWS)
+
+
+def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
+               partition: int) -> np.ndarray:
+    return read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition))
+
+
+def _suffix(data: DataManifest, t: int) -> str:
+    """File name suffix of type ``t``'s outputs: none with one entity type (``embeddings.tsv``)."""
+    return f"_{data.entity_types[t].name}" if data.typed else ""
 
 
 def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
-    with open(out / "embeddings.tsv", "w") as handle:
-        for p in range(data.num_partitions):
-            emb = read_shard_of(run, manifest, emb_key(data.entity, p))
-            start = 0
-            for names in partition_names(data, p):
-                block = emb[start : start + len(names)]
-                buf = io.StringIO()
-                np.savetxt(buf, block, fmt="%.7g", delimiter="\t")
-                rows = buf.getvalue().splitlines()
-                handle.write("".join(f"{n}\t{r}\n" for n, r in zip(names, rows)))
-                start += len(names)
-                if progress:
-                    progress(len(names))
+    for t in range(len(data.entity_types)):
+        with open(out / f"embeddings{_suffix(data, t)}.tsv", "w") as handle:
+            for p in range(data.num_partitions):
+                emb = _type_rows(run, manifest, data, t, p)
+                start = 0
+                for names in partition_names(data, p, t):
+                    block = emb[start : start + len(names)]
+                    buf = io.StringIO()
+                    np.savetxt(buf, block, fmt="%.7g", delimiter="\t")
+                    rows = buf.getvalue().splitlines()
+                    handle.write("".join(f"{n}\t{r}\n" for n, r in zip(names, rows)))
+                    start += len(names)
+                    if progress:
+                        progress(len(names))
 
 
 def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
                progress: Progress | None) -> None:
     # Header first, then each partition's rows appended: a plain sequential write, so
     # no page of the output stays mapped (a memmap's pages would count as resident).
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (data.num_entities, dim)}
-    with open(out / "embeddings.npy", "wb") as matrix, open(out / "names.txt", "w") as names_out:
-        np.lib.format.write_array_header_1_0(matrix, header)
-        for p in range(data.num_partitions):
-            emb = read_shard_of(run, manifest, emb_key(data.entity, p))
-            matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
-            del emb
-            for names in partition_names(data, p):
-                names_out.write("".join(n + "\n" for n in names))
-                if progress:
-                    progress(len(names))
+    for t, etype in enumerate(data.entity_types):
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (etype.total, dim)}
+        suffix = _suffix(data, t)
+        with open(out / f"embeddings{suffix}.npy", "wb") as matrix, open(out / f"names{suffix}.txt", "w") as names_out:
+            np.lib.format.write_array_header_1_0(matrix, header)
+            for p in range(data.num_partitions):
+                emb = _type_rows(run, manifest, data, t, p)
+                matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
+                del emb
+                for names in partition_names(data, p, t):
+                    names_out.write("".join(n + "\n" for n in names))
+                    if progress:
+                        progress(len(names))
     _write_relations(run, manifest, data, out)
 
 
@@ -86,18 +103,19 @@ def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, o
 
 def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
     v = manifest.version
-    for p in range(data.num_partitions):
-        emb = read_shard_of(run, manifest, emb_key(data.entity, p))
-        with h5py.File(out / f"embeddings_{data.entity}_{p}.v{v}.h5", "w") as f:
-            f.attrs["format_version"] = 1
-            f.create_dataset("embeddings", data=emb)
-        names: list[str] = []
-        for chunk in partition_names(data, p):
-            names.extend(chunk)
-        (out / f"entity_names_{data.entity}_{p}.json").write_text(json.dumps(names))
-        (out / f"entity_count_{data.entity}_{p}.txt").write_text(f"{len(names)}\n")
-        if progress:
-            progress(len(names))
+    for t, etype in enumerate(data.entity_types):
+        for p in range(data.num_partitions):
+            emb = _type_rows(run, manifest, data, t, p)
+            with h5py.File(out / f"embeddings_{etype.name}_{p}.v{v}.h5", "w") as f:
+                f.attrs["format_version"] = 1
+                f.create_dataset("embeddings", data=emb)
+            names: list[str] = []
+            for chunk in partition_names(data, p, t):
+                names.extend(chunk)
+            (out / f"entity_names_{etype.name}_{p}.json").write_text(json.dumps(names))
+            (out / f"entity_count_{etype.name}_{p}.txt").write_text(f"{len(names)}\n")
+            if progress:
+                progress(len(names))
     with h5py.File(out / f"model.v{v}.h5", "w") as f:
         f.attrs["format_version"] = 1
         if RELATION_PARAMS_KEY in manifest.shards:

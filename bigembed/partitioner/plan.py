@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.errors import InputFormatError
+from bigembed.config import Config
+from bigembed.errors import ConfigError, InputFormatError
 from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, read_chunks
 
 DEFAULT_RELATION = "edge"
@@ -22,8 +23,46 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Schema:
+    """Entity types of the two sides of each relation, from a config (``[relations.NAME]
+    lhs/rhs``, ``[entities.NAME]``). ``types_of(name)`` is None for a relation the schema
+    does not cover; ``source`` names the config in errors."""
+
+    relations: dict[str, tuple[str, str]]
+    types: tuple[str, ...]
+    default: tuple[str, str] | None = None  # for unlisted relations (one declared type)
+    source: str = "the config"
+
+    def types_of(self, relation: str) -> tuple[str, str] | None:
+        return self.relations.get(relation, self.default)
+
+    @classmethod
+    def from_config(cls, config: Config, source: str) -> Schema | None:
+        """The schema a config declares, or None when it declares no entity types."""
+        if not config.typed:
+            return None
+        relations: dict[str, tuple[str, str]] = {}
+        for name, rc in config.relations.items():
+            types = config.relation_types(name)
+            if types is None and (rc.lhs or rc.rhs):
+                missing = "rhs" if rc.lhs else "lhs"
+                raise ConfigError(f"{source}: relations.{name}.{missing} is not set "
+                                  "(with several entity types a relation needs both lhs and rhs)")
+            if types is not None:
+                relations[name] = types
+        named = set(config.entities) | {t for pair in relations.values() for t in pair}
+        only = next(iter(config.entities)) if len(config.entities) == 1 else None
+        return cls(relations, tuple(sorted(named)), (only, only) if only else None, source)
+
+
+@dataclass(frozen=True)
 class ImportSpec:
-    """What to import and how. ``ids`` is ``"string"`` (dictionary) or ``"int"`` (dense ids)."""
+    """What to import and how. ``ids`` is ``"string"`` (dictionary) or ``"int"`` (dense ids).
+
+    Without a ``schema`` every node is of the one type ``entity``; with one, a
+    node's type is given by the relation it appears in, and the same id under
+    two types is two nodes.
+    """
 
     sources: list[Source]
     num_partitions: int = 1
@@ -33,39 +72,62 @@ class ImportSpec:
     seed: int = 0
     entity: str = "node"
     chunk_size: int = 500_000
+    schema: Schema | None = None
+
+    @property
+    def type_names(self) -> list[str]:
+        return list(self.schema.types) if self.schema else [self.entity]
 
 
 @dataclass
 class PartitionPlan:
-    """Everything pass 2 needs: node -> (partition, offset), relation names, sizes.
+    """Everything pass 2 needs: node -> (partition, offset), relation names and types, sizes.
 
-    ``partition_of``/``offset_of``: (num_entities,) arrays indexed by the node's
-    dictionary index (string ids) or by the id itself (int ids).
+    Nodes of all types are numbered globally: type ``t``'s nodes are
+    ``type_starts[t] + i`` with ``i`` the node's index in the type's dictionary
+    (``node_index[t]``, string ids) or the id itself (int ids).
+    ``partition_of``/``offset_of`` are indexed by that global number; an offset
+    counts from the partition's first row, where type 0's rows come first, then
+    type 1's, and so on (``type_counts[t][p]`` rows of type ``t`` in partition ``p``).
     """
 
     spec: ImportSpec
-    node_index: dict[str, int] | None
+    node_index: list[dict[str, int]] | None
     relation_index: dict[str, int]
+    relation_types: list[tuple[int, int]]
+    type_names: list[str]
+    type_starts: np.ndarray
     partition_of: np.ndarray
     offset_of: np.ndarray
-    entity_counts: list[int]
+    type_counts: list[list[int]]
     edges_per_split: dict[str, int]
 
     @property
     def num_entities(self) -> int:
         return int(self.partition_of.shape[0])
 
-    def members_by_partition(self) -> list[np.ndarray]:
-        """For each partition, the dictionary indices of its nodes in offset order (one sort)."""
-        order = np.lexsort((self.offset_of, self.partition_of))
-        bounds = np.cumsum([0, *self.entity_counts])
+    @property
+    def entity_counts(self) -> list[int]:
+        """Rows per partition, all types together."""
+        return [sum(c[p] for c in self.type_counts) for p in range(self.spec.num_partitions)]
+
+    def members_by_partition(self, t: int = 0) -> list[np.ndarray]:
+        """For each partition, type ``t``'s node indices (within the type) in offset order."""
+        lo, hi = int(self.type_starts[t]), int(self.type_starts[t + 1])
+        part, off = self.partition_of[lo:hi], self.offset_of[lo:hi]
+        order = np.lexsort((off, part))
+        bounds = np.cumsum([0, *self.type_counts[t]])
         return [order[bounds[p] : bounds[p + 1]] for p in range(self.spec.num_partitions)]
 
     def summary(self) -> str:
         sizes = ", ".join(str(c) for c in self.entity_counts)
         splits = ", ".join(f"{s}={n}" for s, n in self.edges_per_split.items())
+        types = ""
+        if len(self.type_names) > 1:
+            totals = [int(self.type_starts[t + 1] - self.type_starts[t]) for t in range(len(self.type_names))]
+            types = " of types " + ", ".join(f"{n}={c}" for n, c in zip(self.type_names, totals))
         return (
-            f"{self.num_entities} nodes ({self.spec.ids} ids) in {self.spec.num_partitions} "
+            f"{self.num_entities} nodes ({self.spec.ids} ids){types} in {self.spec.num_partitions} "
             f"partitions [{sizes}], {len(self.relation_index)} relations, edges: {splits}"
         )
 
@@ -79,10 +141,18 @@ def add_first_seen(index: dict[str, int], lhs: list[str], rhs: list[str]) -> Non
     The order does not depend on how the file is chunked. Works at C speed:
     ``dict.fromkeys`` keeps the first occurrence of each name in order.
     """
-    both: list[str] = [""] * (2 * len(lhs))
+    add_names(index, interleave(lhs, rhs))
+
+
+def interleave(lhs: list, rhs: list) -> list:
+    both: list = [None] * (2 * len(lhs))
     both[0::2] = lhs
     both[1::2] = rhs
-    new = [name for name in dict.fromkeys(both) if name not in index]
+    return both
+
+
+def add_names(index: dict[str, int], names: list[str]) -> None:
+    new = [name for name in dict.fromkeys(names) if name not in index]
     index.update(zip(new, range(len(index), len(index) + len(new))))
 
 
@@ -107,6 +177,31 @@ def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarra
     return ids
 
 
+def chunk_types(spec: ImportSpec, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(lhs type, rhs type) index of each edge of a chunk, from its relation and the schema.
+
+    A relation the schema does not cover is an error naming its first line.
+    """
+    n = len(chunk.lhs)
+    schema = spec.schema
+    if schema is None:
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    index = {name: i for i, name in enumerate(schema.types)}
+    rels = chunk.rel if chunk.rel is not None else [DEFAULT_RELATION] * n
+    by_relation: dict[str, tuple[int, int]] = {}
+    for name in dict.fromkeys(rels):
+        types = schema.types_of(name)
+        if types is None:
+            line = chunk.line_of(rels.index(name))
+            raise InputFormatError(
+                f"{path}:{line}: relation {name!r} has no entity types in {schema.source} "
+                f"(add [relations.{name}] with lhs and rhs)"
+            )
+        by_relation[name] = (index[types[0]], index[types[1]])
+    pairs = np.array([by_relation[name] for name in rels], dtype=np.int64).reshape(n, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
 def plan_import(spec: ImportSpec, progress: Progress | None = None) -> PartitionPlan:
     """Pass 1: read every source once, build the dictionaries and assign partitions.
 
@@ -117,20 +212,29 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
         raise InputFormatError(f"--partitions must be >= 1, got {spec.num_partitions}")
     if spec.ids not in ("string", "int"):
         raise InputFormatError(f"--ids must be 'string' or 'int', got {spec.ids!r}")
-    node_index: dict[str, int] = {}
+    T = len(spec.type_names)
+    node_index: list[dict[str, int]] = [{} for _ in range(T)]
     relation_index: dict[str, int] = {}
-    max_id = -1
+    max_id = [-1] * T
     edges_per_split: dict[str, int] = {}
     for source in spec.sources:
         count = 0
         offset = 0
         for chunk in read_chunks(source.path, spec.columns, spec.delimiter, spec.chunk_size):
+            lt, rt = chunk_types(spec, chunk, source.path)
             if spec.ids == "int":
-                for tokens in (chunk.lhs, chunk.rhs):
+                for tokens, types in ((chunk.lhs, lt), (chunk.rhs, rt)):
                     ids = _parse_int_ids(tokens, source.path, chunk)
-                    max_id = max(max_id, int(ids.max()))
+                    for t in range(T):
+                        sel = ids[types == t] if T > 1 else ids
+                        if sel.size:
+                            max_id[t] = max(max_id[t], int(sel.max()))
+            elif T == 1:
+                add_first_seen(node_index[0], chunk.lhs, chunk.rhs)
             else:
-                add_first_seen(node_index, chunk.lhs, chunk.rhs)
+                both, both_types = interleave(chunk.lhs, chunk.rhs), interleave(lt.tolist(), rt.tolist())
+                for t in sorted(set(both_types)):
+                    add_names(node_index[t], [n for n, x in zip(both, both_types) if x == t])
             if chunk.rel is not None:
                 for name in set(chunk.rel):
                     relation_index.setdefault(name, len(relation_index))
@@ -146,22 +250,39 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
     else:
         # Relation indices in sorted-name order, so they do not depend on file order.
         relation_index = {name: i for i, name in enumerate(sorted(relation_index))}
-    num = max_id + 1 if spec.ids == "int" else len(node_index)
+    type_of = {name: i for i, name in enumerate(spec.type_names)}
+    relation_types = []
+    for name in relation_index:
+        pair = spec.schema.types_of(name) if spec.schema else (spec.entity, spec.entity)
+        assert pair is not None  # chunk_types checked every relation
+        relation_types.append((type_of[pair[0]], type_of[pair[1]]))
+    sizes = [max_id[t] + 1 if spec.ids == "int" else len(node_index[t]) for t in range(T)]
     P = spec.num_partitions
-    if spec.ids == "int":
-        rank = np.arange(num, dtype=np.int64)
-    else:
-        rank = np.random.default_rng(spec.seed).permutation(num).astype(np.int64)
-    partition_of = (rank % P).astype(np.int32)
-    offset_of = rank // P
-    counts = [len(range(p, num, P)) for p in range(P)]
+    parts, locals_, type_counts = [], [], []
+    for t, num in enumerate(sizes):
+        if spec.ids == "int":
+            rank = np.arange(num, dtype=np.int64)
+        else:  # type 0 keeps the permutation a one-type import has always used
+            rng = np.random.default_rng(spec.seed if t == 0 else [spec.seed, t])
+            rank = rng.permutation(num).astype(np.int64)
+        parts.append((rank % P).astype(np.int32))
+        locals_.append(rank // P)
+        type_counts.append([len(range(p, num, P)) for p in range(P)])
+    base = np.zeros(P, np.int64)
+    offsets = []
+    for t in range(T):
+        offsets.append(locals_[t] + base[parts[t]])
+        base += np.asarray(type_counts[t], np.int64)
     return PartitionPlan(
         spec=spec,
         node_index=node_index if spec.ids == "string" else None,
         relation_index=relation_index,
-        partition_of=partition_of,
-        offset_of=offset_of,
-        entity_counts=counts,
+        relation_types=relation_types,
+        type_names=spec.type_names,
+        type_starts=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        partition_of=np.concatenate(parts) if parts else np.zeros(0, np.int32),
+        offset_of=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
+        type_counts=type_counts,
         edges_per_split=edges_per_split,
     )
 

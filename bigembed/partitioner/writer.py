@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bigembed.errors import InputFormatError
-from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, source_record
+from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, chunk_types, source_record
 from bigembed.partitioner.reader import EdgeChunk, read_chunks
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DATA_FORMAT, DATA_FORMAT_VERSION
@@ -20,20 +20,29 @@ from bigembed.storage.names import names_dir, write_names
 
 
 def _chunk_to_global(plan: PartitionPlan, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map a chunk's tokens to (lhs index, rhs index, rel index) arrays."""
-    if plan.node_index is None:
-        lhs = _parse_int_ids(chunk.lhs, path, chunk)
-        rhs = _parse_int_ids(chunk.rhs, path, chunk)
-    else:
-        index = plan.node_index
-        lhs = np.fromiter(map(index.__getitem__, chunk.lhs), dtype=np.int64, count=len(chunk.lhs))
-        rhs = np.fromiter(map(index.__getitem__, chunk.rhs), dtype=np.int64, count=len(chunk.rhs))
+    """Map a chunk's tokens to (lhs node, rhs node, rel index) arrays (global node numbers)."""
     if chunk.rel is None:
         rel = np.zeros(len(chunk.lhs), dtype=np.int32)
     else:
         rindex = plan.relation_index
         rel = np.fromiter(map(rindex.__getitem__, chunk.rel), dtype=np.int32, count=len(chunk.rel))
-    return lhs, rhs, rel
+    typed = len(plan.type_names) > 1
+    lt, rt = chunk_types(plan.spec, chunk, path) if typed else (None, None)
+    sides = []
+    for tokens, types in ((chunk.lhs, lt), (chunk.rhs, rt)):
+        if plan.node_index is None:
+            ids = _parse_int_ids(tokens, path, chunk)
+        elif types is None:
+            index = plan.node_index[0]
+            ids = np.fromiter(map(index.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        else:
+            ids = np.empty(len(tokens), np.int64)
+            for t in np.unique(types).tolist():
+                sel = np.flatnonzero(types == t)
+                index = plan.node_index[t]
+                ids[sel] = np.fromiter((index[tokens[i]] for i in sel.tolist()), dtype=np.int64, count=len(sel))
+        sides.append(ids if types is None else ids + plan.type_starts[types])
+    return sides[0], sides[1], rel
 
 
 def parse_weights(chunk: EdgeChunk, path: Path) -> np.ndarray | None:
@@ -85,13 +94,15 @@ def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, 
 
 
 def _write_names(plan: PartitionPlan, root: Path) -> None:
-    if plan.node_index is None:  # int ids: the name of offset o in partition p is o * P + p
-        for p in range(plan.spec.num_partitions):
-            names_dir(root, plan.spec.entity, p).mkdir(parents=True, exist_ok=True)
-        return
-    all_names = list(plan.node_index)
-    for p, members in enumerate(plan.members_by_partition()):
-        write_names(names_dir(root, plan.spec.entity, p), [all_names[i] for i in members.tolist()])
+    """Names per (entity type, partition), in row order."""
+    for t, entity in enumerate(plan.type_names):
+        if plan.node_index is None:  # int ids: row k of the type in partition p is id k * P + p
+            for p in range(plan.spec.num_partitions):
+                names_dir(root, entity, p).mkdir(parents=True, exist_ok=True)
+            continue
+        all_names = list(plan.node_index[t])
+        for p, members in enumerate(plan.members_by_partition(t)):
+            write_names(names_dir(root, entity, p), [all_names[i] for i in members.tolist()])
 
 
 def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> dict[str, object]:
@@ -100,15 +111,17 @@ def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> 
         "format": DATA_FORMAT,
         "format_version": DATA_FORMAT_VERSION,
         "entities": {
-            spec.entity: {
+            entity: {
                 "ids": spec.ids,
                 "num_partitions": spec.num_partitions,
-                "counts": plan.entity_counts,
+                "counts": plan.type_counts[t],
             }
+            for t, entity in enumerate(plan.type_names)
         },
         "relations": [
-            {"name": name, "lhs": spec.entity, "rhs": spec.entity}
-            for name in sorted(plan.relation_index, key=plan.relation_index.__getitem__)
+            {"name": name, "lhs": plan.type_names[lt], "rhs": plan.type_names[rt]}
+            for name, (lt, rt) in zip(sorted(plan.relation_index, key=plan.relation_index.__getitem__),
+                                      plan.relation_types, strict=True)
         ],
         "splits": {
             split: {"num_edges": sum(c.values()), "buckets": dict(sorted(c.items()))}

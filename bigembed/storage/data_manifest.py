@@ -11,25 +11,62 @@ from bigembed.storage.atomic import read_json
 from bigembed.storage.edges import Bucket
 
 DATA_FORMAT = "bigembed-data"
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: one entity type (its layout is version 2's with one type)
+
+
+@dataclass(frozen=True)
+class EntityType:
+    """One entity type: ``counts[p]`` of its nodes live in partition ``p``."""
+
+    name: str
+    counts: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
 
 
 @dataclass(frozen=True)
 class DataManifest:
     """A parsed, validated DATA manifest.
 
-    ``entity_counts[p]`` is the number of nodes of partition ``p``; ``bucket_counts``
-    maps split -> ``"l_r"`` -> edge count.
+    Every partition holds nodes of every entity type: partition ``p``'s rows are
+    the nodes of the first type, then those of the second, and so on
+    (:meth:`type_ranges`). ``entity_counts[p]`` is the number of rows of partition
+    ``p`` (all types); ``relation_types[r]`` the (lhs, rhs) type indices of relation
+    ``r``; ``bucket_counts`` maps split -> ``"l_r"`` -> edge count.
     """
 
     path: Path
-    entity: str
+    entity_types: list[EntityType]
     id_kind: str  # "string" or "int"
     num_partitions: int
     entity_counts: list[int]
     relations: list[str]
+    relation_types: list[tuple[int, int]]
     bucket_counts: dict[str, dict[str, int]]
     raw: dict[str, Any]
+
+    @property
+    def typed(self) -> bool:
+        """Whether there is more than one entity type."""
+        return len(self.entity_types) > 1
+
+    @property
+    def type_names(self) -> list[str]:
+        return [t.name for t in self.entity_types]
+
+    def type_ranges(self, partition: int) -> list[tuple[int, int]]:
+        """``[start, stop)`` rows of each entity type within ``partition``."""
+        out, start = [], 0
+        for t in self.entity_types:
+            out.append((start, start + t.counts[partition]))
+            start += t.counts[partition]
+        return out
+
+    def describe_types(self) -> str:
+        return ", ".join(f"{t.name} ({t.total})" for t in self.entity_types)
 
     @property
     def weighted(self) -> bool:
@@ -67,22 +104,29 @@ def read_data_manifest(data_dir: Path) -> DataManifest:
         raise DataLayoutError(str(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != DATA_FORMAT:
         raise DataLayoutError(f"{path}: not a bigembed DATA manifest")
-    if raw.get("format_version") != DATA_FORMAT_VERSION:
+    if raw.get("format_version") not in READABLE_VERSIONS:
         raise DataLayoutError(
             f"{path}: format_version {raw.get('format_version')} is not supported "
-            f"(this bigembed reads {DATA_FORMAT_VERSION}); re-import the edges"
+            f"(this bigembed reads {', '.join(map(str, READABLE_VERSIONS))}); re-import the edges"
         )
     try:
-        (entity, info), = raw["entities"].items()
+        entities = raw["entities"]
+        types = [EntityType(name, [int(c) for c in info["counts"]]) for name, info in entities.items()]
+        first = next(iter(entities.values()))
+        P = int(first["num_partitions"])
+        if not types or any(len(t.counts) != P for t in types):
+            raise ValueError("every entity type needs one count per partition")
+        index = {t.name: i for i, t in enumerate(types)}
         return DataManifest(
             path=path,
-            entity=entity,
-            id_kind=info["ids"],
-            num_partitions=int(info["num_partitions"]),
-            entity_counts=[int(c) for c in info["counts"]],
+            entity_types=types,
+            id_kind=first["ids"],
+            num_partitions=P,
+            entity_counts=[sum(t.counts[p] for t in types) for p in range(P)],
             relations=[r["name"] for r in raw["relations"]],
+            relation_types=[(index[r["lhs"]], index[r["rhs"]]) for r in raw["relations"]],
             bucket_counts={s: dict(v["buckets"]) for s, v in raw["splits"].items()},
             raw=raw,
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataLayoutError(f"{path}: manifest is missing or has a malformed field ({exc})") from None
+    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        raise DataLayoutError(f"{path}: manifest is missing or has a malformed field ({exc!r})") from None

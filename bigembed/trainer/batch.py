@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 
 from bigembed.config import Config, TrainingConfig
+from bigembed.storage.data_manifest import DataManifest
 from bigembed.trainer.adagrad import dense_adagrad_, dense_row_adagrad_, row_adagrad_
 from bigembed.trainer.model import NEG_INF, Comparator, Loss, SoftmaxLoss, make_comparator, make_loss
 from bigembed.trainer.negatives import in_chunk_mask, sample_negatives
-from bigembed.trainer.relations import RelationSpec, RelationState, relation_specs
+from bigembed.trainer.relations import RelationSpec, RelationState, one_type_pair, relation_specs
 from bigembed.trainer.state import PartitionState
 
 # One slice of all-negatives scores: 8M floats (32 MB) stays below glibc's largest
@@ -44,10 +45,18 @@ class Model:
     max_norm: float = 0.0
 
     @classmethod
-    def from_config(cls, config: Config, relation_names: list[str]) -> Model:
+    def from_config(cls, config: Config, relation_names: list[str],
+                    relation_types: list[tuple[int, int]] | None = None,
+                    type_names: list[str] | None = None) -> Model:
         m = config.model
         return cls(make_comparator(m.comparator), make_loss(m.loss, m.margin),
-                   relation_specs(config, relation_names), m.regularizer, m.regularization, m.max_norm)
+                   relation_specs(config, relation_names, relation_types, type_names),
+                   m.regularizer, m.regularization, m.max_norm)
+
+    @classmethod
+    def for_data(cls, config: Config, data: DataManifest) -> Model:
+        """The model of ``config`` over ``data``'s relations and their entity types."""
+        return cls.from_config(config, data.relations, data.relation_types, data.type_names)
 
 
 ELEMENTWISE_OPERATORS = ("translation", "diagonal", "complex_diagonal", "rotation")
@@ -59,7 +68,7 @@ def mixes_with_params(model: Model) -> bool:
     edge can carry its own relation's parameters. Mixed batches are larger and follow the
     shuffled edge order instead of one relation at a time."""
     first = model.specs[0] if model.specs else None
-    return first is not None and first.operator_name in ELEMENTWISE_OPERATORS and all(
+    return first is not None and first.operator_name in ELEMENTWISE_OPERATORS and one_type_pair(model.specs) and all(
         (s.operator_name, s.sides, s.all_negatives, s.weight)
         == (first.operator_name, "rhs", first.all_negatives, first.weight)
         for s in model.specs
@@ -68,42 +77,56 @@ def mixes_with_params(model: Model) -> bool:
 
 @dataclass
 class SideGrads:
-    """Gradient pieces for one partition: rows with their gradients, and maybe a dense (n, dim) one."""
+    """Gradient pieces for one partition: rows with their gradients, and maybe dense ones,
+    each covering the rows ``[start, start + len)`` of one entity type (``dense[start]``)."""
 
     rows: list[Tensor] = field(default_factory=list)
     grads: list[Tensor] = field(default_factory=list)
-    dense: Tensor | None = None
+    dense: dict[int, Tensor] = field(default_factory=dict)
 
     def add_rows(self, rows: Tensor, grad: Tensor) -> None:
         self.rows.append(rows.reshape(-1))
         self.grads.append(grad.reshape(-1, grad.shape[-1]))
 
-    def add_dense(self, grad: Tensor) -> None:
-        self.dense = grad if self.dense is None else self.dense + grad
+    def add_dense(self, grad: Tensor, start: int = 0) -> None:
+        old = self.dense.get(start)
+        self.dense[start] = grad if old is None else old + grad
 
     def merge(self, other: SideGrads) -> None:
         self.rows += other.rows
         self.grads += other.grads
-        if other.dense is not None:
-            self.add_dense(other.dense)
+        for start, grad in other.dense.items():
+            self.add_dense(grad, start)
 
     def apply(self, state: PartitionState, lr: float, max_norm: float) -> None:
-        if self.dense is not None:
-            dense = self.dense
-            for rows, grad in zip(self.rows, self.grads, strict=True):
-                dense = dense.index_add(0, rows, grad)
-            dense_row_adagrad_(state.emb, state.adagrad, dense, lr, max_norm)
-        elif self.rows:
-            row_adagrad_(state.emb, state.adagrad, torch.cat(self.rows), torch.cat(self.grads), lr, max_norm)
+        """One Adagrad step: a dense piece's rows (and the sparse rows inside it) are updated
+        together; sparse rows outside every dense piece are updated row by row."""
+        rows = torch.cat(self.rows) if self.rows else None
+        grads = torch.cat(self.grads) if self.grads else None
+        n = state.emb.shape[0]
+        for start, dense in self.dense.items():
+            stop = start + dense.shape[0]
+            if rows is not None and grads is not None:
+                inside = None if (start, stop) == (0, n) else (rows >= start) & (rows < stop)
+                if inside is None:
+                    dense = dense.index_add(0, rows, grads)
+                    rows = grads = None
+                else:
+                    dense = dense.index_add(0, rows[inside] - start, grads[inside])
+                    rows, grads = rows[~inside], grads[~inside]
+            dense_row_adagrad_(state.emb[start:stop], state.adagrad[start:stop], dense, lr, max_norm)
+        if rows is not None and grads is not None and rows.numel():
+            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm)
 
 
 @dataclass
 class Negatives:
-    """How one side is corrupted: sampled row indices per chunk, or the whole table."""
+    """How one side is corrupted: sampled row indices per chunk, or a whole entity type's rows."""
 
-    table: Tensor | None = None  # (n, dim) leaf: all negatives
+    table: Tensor | None = None  # (n, dim) leaf: all negatives (the rows [start, start + n))
     idx: Tensor | None = None  # (chunks, U) sampled rows
     rows: Tensor | None = None  # (chunks, U, dim) leaf of the sampled rows
+    start: int = 0  # first row of the corrupted side's entity type in its partition
 
 
 def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int,
@@ -143,6 +166,7 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
 
     if negs.table is not None:  # all negatives, in row slices of at most SCORE_ELEMENTS scores
         cands = candidates(negs.table)
+        idx = idx - negs.start if negs.start else idx
         query = fixed if corrupt_lhs else pos_query
         step = max(1, SCORE_ELEMENTS // max(1, cands.shape[0]))
         losses = []
@@ -215,13 +239,14 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
         if spec.sides == ("rhs" if corrupt_lhs else "lhs"):
             continue
         state, idx, own = (lhs, lhs_idx, L) if corrupt_lhs else (rhs, rhs_idx, R)
-        negs = Negatives()
+        start, stop = state.range_of(spec.lhs_type if corrupt_lhs else spec.rhs_type)
+        negs = Negatives(start=start)
         if spec.all_negatives:
-            negs.table = state.emb.detach().requires_grad_()
+            negs.table = state.emb[start:stop].detach().requires_grad_()
         else:
             pool = None if pools is None else pools[0 if corrupt_lhs else 1]
-            negs.idx = sample_negatives(state.emb.shape[0], n_chunks, config.negatives, config.degree_fraction,
-                                        pool, generator)
+            negs.idx = sample_negatives(stop - start, n_chunks, config.negatives, config.degree_fraction,
+                                        pool, generator, low=start)
             negs.rows = state.emb[negs.idx].requires_grad_()
         if spec.all_negatives or config.negatives or (config.batch_negatives and chunk > 1):
             per_edge = _side_loss(model, spec, query, R if corrupt_lhs else L, idx, negs, corrupt_lhs, params,
@@ -241,7 +266,9 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
 
     ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``;
     ``weights``: (B,) float32 edge weights or None; ``pools``: lhs and rhs row
-    indices of the slab's edges, for degree-proportional negatives. Updates
+    indices of the slab's edges whose side has the relation's entity type, for
+    degree-proportional negatives. Negatives of a side are rows of that side's
+    entity type only. Updates
     ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
     """
     b = batch_loss(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools,
@@ -264,7 +291,7 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
     for corrupt_lhs, negs in b.sides:
         target = lhs_g if corrupt_lhs else rhs_g
         if negs.table is not None:
-            target.add_dense(grad_of(negs.table))
+            target.add_dense(grad_of(negs.table), negs.start)
         elif negs.rows is not None and negs.idx is not None:
             target.add_rows(negs.idx, grad_of(negs.rows))
     if lhs is rhs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer.batch import Model, mixes_with_params, train_batch
-from bigembed.trainer.relations import RelationState
+from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 
 SLAB_EDGES = 4_000_000  # edges shuffled together; bounds the bucket's resident copy
@@ -67,12 +67,13 @@ def plan_batches(
 
 
 def mixes_relations(model: Model) -> bool:
-    """Whether batches may mix relations: no relation has parameters or settings of its own."""
+    """Whether batches may mix relations: no relation has parameters, settings or entity
+    types of its own."""
     first = model.specs[0] if model.specs else None
-    return first is None or all(
+    return first is None or (one_type_pair(model.specs) and all(
         s.shape is None and (s.sides, s.all_negatives, s.weight) == (first.sides, first.all_negatives, first.weight)
         for s in model.specs
-    )
+    ))
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,19 @@ class Slab:
     rhs: Tensor
     rel: Tensor
     weight: Tensor | None
+    pools: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+
+    def pool(self, side: str, entity_type: int, model: Model) -> Tensor:
+        """Rows at ``side`` of the slab's edges whose ``side`` is of ``entity_type``: drawing
+        from them picks nodes of that type in proportion to their degree."""
+        column = self.lhs if side == "lhs" else self.rhs
+        if one_type_pair(model.specs) or (side, entity_type) in self.pools:
+            return self.pools.get((side, entity_type), column)
+        forward = [s for s in model.specs if not s.inverse]
+        types = torch.tensor([s.lhs_type if side == "lhs" else s.rhs_type for s in forward])
+        picked = column[types[self.rel.long()] == entity_type]
+        self.pools[(side, entity_type)] = picked  # racing workers compute the same value
+        return picked
 
 
 class BucketTrainer:
@@ -111,17 +125,20 @@ class BucketTrainer:
     def _run_worker(self, batches: list[tuple[int, Tensor]], slab: Slab, lhs: PartitionState,
                     rhs: PartitionState, relations: RelationState, seed: int) -> float:
         generator = torch.Generator().manual_seed(seed)
-        pools = (slab.lhs, slab.rhs) if self.config.degree_fraction > 0 else None
-        reverse_pools = None if pools is None else (slab.rhs, slab.lhs)
+        degree = self.config.degree_fraction > 0
         total = 0.0
         for relation, pos in batches:
             li, ri = slab.lhs[pos], slab.rhs[pos]
             w = None if slab.weight is None else slab.weight[pos]
             rels = slab.rel[pos].long() if self.mixed_params else None
+            spec = self.model.specs[relation]
+            pools = (slab.pool("lhs", spec.lhs_type, self.model), slab.pool("rhs", spec.rhs_type, self.model)) \
+                if degree else None
             total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
                                  generator, pools, rels)
             if self.reciprocal:
                 back = None if rels is None else rels + self.num_relations
+                reverse_pools = None if pools is None else (pools[1], pools[0])
                 total += train_batch(self.model, rhs, lhs, relations, relation + self.num_relations, ri, li,
                                      w, self.config, generator, reverse_pools, back)
         return total

@@ -16,12 +16,15 @@ def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: to
 
 
 def sample_negatives(num_rows: int, num_chunks: int, per_chunk: int, degree_fraction: float,
-                     pool: Tensor | None, generator: torch.Generator) -> Tensor:
+                     pool: Tensor | None, generator: torch.Generator, low: int = 0) -> Tensor:
     """(num_chunks, per_chunk) rows: ``round(degree_fraction * per_chunk)`` of each chunk's
     drawn from ``pool`` (the side's endpoints of the slab's edges, so a node comes up in
-    proportion to its degree, as Marius does), the rest uniformly."""
+    proportion to its degree, as Marius does), the rest uniformly from
+    ``[low, low + num_rows)`` (one entity type's rows)."""
     k = round(degree_fraction * per_chunk) if pool is not None and pool.numel() else 0
     uniform = sample_uniform(num_rows, num_chunks, per_chunk - k, generator)
+    if low:
+        uniform += low
     if not k:
         return uniform
     assert pool is not None

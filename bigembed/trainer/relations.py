@@ -30,20 +30,36 @@ class RelationSpec:
     weight: float
     offset: int  # start of this relation's slice of the flat parameter vector
     shape: tuple[int, ...] | None
+    lhs_type: int = 0  # entity type indices of the two sides
+    rhs_type: int = 0
+    inverse: bool = False  # the learnt inverse of a relation (``model.reciprocal``)
 
 
-def relation_specs(config: Config, names: list[str]) -> list[RelationSpec]:
-    """Specs of ``names`` (then of their inverses when ``model.reciprocal``)."""
+def relation_specs(config: Config, names: list[str], types: list[tuple[int, int]] | None = None,
+                   type_names: list[str] | None = None) -> list[RelationSpec]:
+    """Specs of ``names`` (then of their inverses when ``model.reciprocal``, whose sides
+    swap types). ``types[r]``: (lhs, rhs) entity type indices of relation ``r`` (default
+    all 0), named by ``type_names``; a config whose schema disagrees is refused."""
     unknown = sorted(set(config.relations) - set(names))
     if unknown:
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
         raise ConfigError(f"relations.{unknown[0]}: no relation named {unknown[0]!r} in the DATA (it has: {shown})")
+    types = types or [(0, 0)] * len(names)
+    type_names = type_names or ["node"]
+    for name, pair in zip(names, types, strict=True):
+        rc = config.relation(name)
+        for side, declared, got in (("lhs", rc.lhs, pair[0]), ("rhs", rc.rhs, pair[1])):
+            if declared is not None and declared != type_names[got]:
+                raise ConfigError(
+                    f"relations.{name}.{side}: {declared!r} in the config, but the DATA's {name} has "
+                    f"{side} type {type_names[got]!r} (import again with this config)"
+                )
     dim = config.model.dim
     reciprocal = config.model.reciprocal
     specs: list[RelationSpec] = []
     offset = 0
     for inverse in (False, True) if reciprocal else (False,):
-        for name in names:
+        for name, (lt, rt) in zip(names, types, strict=True):
             rc = config.relation(name)
             op_name = rc.operator or config.model.operator
             operator = make_operator(op_name, f"relations.{name}.operator")
@@ -51,9 +67,15 @@ def relation_specs(config: Config, names: list[str]) -> list[RelationSpec]:
             sides = "rhs" if reciprocal else (rc.negative_sides or config.training.negative_sides)
             all_negs = config.training.all_negatives if rc.all_negatives is None else rc.all_negatives
             specs.append(RelationSpec(f"{name} (inverse)" if inverse else name, op_name, operator, sides,
-                                      all_negs, rc.weight, offset, shape))
+                                      all_negs, rc.weight, offset, shape, *((rt, lt) if inverse else (lt, rt)),
+                                      inverse))
             offset += param_size(shape)
     return specs
+
+
+def one_type_pair(specs: list[RelationSpec]) -> bool:
+    """Whether every relation links the same (lhs type, rhs type), so a batch may mix them."""
+    return len({(s.lhs_type, s.rhs_type) for s in specs if not s.inverse}) <= 1
 
 
 def initial_params(specs: list[RelationSpec], dim: int, random_scale: float = 0.0,

@@ -11,10 +11,17 @@ from torch import Tensor
 @dataclass
 class PartitionState:
     """``emb``: (n, dim) float32; ``adagrad``: (n,) float32 per-row accumulator, or (n, dim)
-    per-coordinate accumulators (``training.optimizer = "adagrad"``)."""
+    per-coordinate accumulators (``training.optimizer = "adagrad"``). ``ranges[t]`` is the
+    ``[start, stop)`` of entity type ``t``'s rows (None: one type, all rows)."""
 
     emb: Tensor
     adagrad: Tensor
+    ranges: tuple[tuple[int, int], ...] | None = None
+
+    def range_of(self, entity_type: int) -> tuple[int, int]:
+        if self.ranges is None:
+            return 0, self.emb.shape[0]
+        return self.ranges[entity_type]
 
     @classmethod
     def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator,

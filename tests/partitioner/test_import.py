@@ -26,7 +26,7 @@ def read_back(data_dir: Path, split: str = "train") -> list[tuple[str, str, str]
         if dm.id_kind == "int":
             names.append([str(o * dm.num_partitions + p) for o in range(dm.entity_counts[p])])
         else:
-            names.append([n for chunk in iter_names(names_dir(data_dir, dm.entity, p), dm.entity_counts[p])
+            names.append([n for chunk in iter_names(names_dir(data_dir, dm.type_names[0], p), dm.entity_counts[p])
                           for n in chunk])
     out = []
     for l in range(dm.num_partitions):
