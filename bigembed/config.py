@@ -30,7 +30,7 @@ COMPARATORS = ("dot", "cos", "l2", "squared_l2")
 LOSSES = ("ranking", "logistic", "softmax")
 REGULARIZERS = ("none", "n3", "l2")
 NEGATIVE_SIDES = ("both", "lhs", "rhs")
-BUCKET_ORDERS = ("inside_out", "outside_in", "random", "sequential")
+BUCKET_ORDERS = ("inside_out", "outside_in", "beta", "random", "sequential")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -128,7 +128,16 @@ class TrainingConfig:
         False, "Single worker and seeded per bucket: a resumed run equals an uninterrupted one."
     )
     bucket_order: str = _opt(
-        "inside_out", "Order in which the P x P buckets are visited.", choices=BUCKET_ORDERS
+        "inside_out",
+        "Order in which the P x P buckets are visited (beta: Marius's order for a buffer of "
+        "training.buffer_partitions, the fewest loads per epoch).",
+        choices=BUCKET_ORDERS,
+    )
+    buffer_partitions: int = _opt(
+        2,
+        "Partitions held in memory at once (c); peak memory is about c / P of the table. "
+        "The partition evicted is the one needed furthest in the future.",
+        min=2,
     )
     eval_every: int = _opt(
         0, "Rank the eval_split with the filtered protocol every N epochs (0: never).", min=0

@@ -132,7 +132,8 @@ class _Session:
         self.run_dir, self.data, self.config = run_dir, data, config
         self.base = base
         self.writer = VersionWriter(run_dir, base, base.version + 1)
-        self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(2, self._load, self._store)
+        self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(
+            config.training.buffer_partitions, self._load, self._store)
         self.model = Model.for_data(config, data)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
@@ -178,7 +179,8 @@ class _Session:
 
 
 def _epoch_order(config: Config, P: int, epoch: int) -> list:
-    return order_buckets(P, config.training.bucket_order, np.random.default_rng([config.training.seed, epoch]))
+    t = config.training
+    return order_buckets(P, t.bucket_order, np.random.default_rng([t.seed, epoch]), t.buffer_partitions)
 
 
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
@@ -186,6 +188,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
     """Train the rest of ``epoch`` from bucket ``start``; False when stopped by a signal."""
     config, data = session.config, session.data
     order = _epoch_order(config, data.num_partitions, epoch)
+    upcoming = [(b.lhs, b.rhs) if data.edge_count("train", b) else () for b in order]  # what the buffer will need
     total = sum(data.edge_count("train", b) for b in order)
     done = sum(data.edge_count("train", b) for b in order[:start])
     loss_sum = 0.0
@@ -195,7 +198,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
             bucket = order[k]
             count = data.edge_count("train", bucket)
             if count:
-                session.buffer.acquire([bucket.lhs, bucket.rhs])
+                session.buffer.acquire([bucket.lhs, bucket.rhs], upcoming, k + 1)
                 edges = read_edges(data.path.parent, "train", bucket, count, data.weighted)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                              session.relations, bucket_seed(config.training.seed, epoch, k))

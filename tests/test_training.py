@@ -77,6 +77,19 @@ def test_partitioned_training_beats_random_and_matches_one_partition(tmp_path, d
     assert abs(mrr1 - mrr4) < 0.05, (mrr1, mrr4)
 
 
+def test_beta_order_with_three_partitions_in_memory_trains_each_bucket_once_per_epoch(tmp_path, data1, data4):
+    overrides = {**OVERRIDES, "training.bucket_order": "beta", "training.buffer_partitions": 3}
+    train(data4, tmp_path / "beta", None, overrides, log=quiet)
+    records = [json.loads(line) for line in (tmp_path / "beta" / "stats.jsonl").read_text().splitlines()]
+    dm = read_data_manifest(data4)
+    nonempty = sorted((int(k.split("_")[0]), int(k.split("_")[1])) for k, c in dm.bucket_counts["train"].items() if c)
+    for epoch in range(OVERRIDES["training.epochs"]):
+        trained = sorted((r["lhs"], r["rhs"]) for r in records if r.get("epoch") == epoch and "lhs" in r)
+        assert trained == nonempty
+    train(data1, tmp_path / "p1", None, OVERRIDES, log=quiet)
+    assert abs(test_mrr(tmp_path / "beta", data4, OVERRIDES) - test_mrr(tmp_path / "p1", data1, OVERRIDES)) < 0.05
+
+
 def cli_train(data: Path, run: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "bigembed.cli.main", "train", str(data), "-o", str(run), "--dim", "16",
            "--epochs", "3", "--no-progress", *extra]
@@ -102,8 +115,12 @@ def finish(proc: subprocess.Popen) -> str:
     return err
 
 
-def test_deterministic_kill_and_resume_is_bit_identical(tmp_path, data4):
-    args = ("--deterministic", "--set", "checkpoint.interval_seconds=0")
+BETA_C3 = ("--set", "training.bucket_order=beta", "--set", "training.buffer_partitions=3")
+
+
+@pytest.mark.parametrize("order", [(), BETA_C3])
+def test_deterministic_kill_and_resume_is_bit_identical(tmp_path, data4, order):
+    args = ("--deterministic", "--set", "checkpoint.interval_seconds=0", *order)
     finish(cli_train(data4, tmp_path / "straight", *args))
     run = tmp_path / "killed"
     for lines in (3, 11, 26):  # three kills at different moments

@@ -1,10 +1,11 @@
 """The scheduler: which bucket to train next and which partitions are in memory.
 
 Policy: each epoch visits all P x P buckets exactly once, in an order chosen by
-name (``inside_out`` by default) and randomised by a seeded generator. The
-partition buffer holds at most ``capacity`` partitions; a bucket's two
-partitions are loaded on demand and the partition not needed by the bucket is
-evicted (written back through a callback) when the buffer is full.
+name (``inside_out`` by default; ``beta`` plans for a buffer of c partitions)
+and randomised by a seeded generator. The partition buffer holds at most
+``capacity`` partitions; a bucket's two partitions are loaded on demand and,
+when the buffer is full, the resident partition needed furthest in the future
+is evicted (written back through a callback).
 
 Invariants: ``order_buckets`` returns a permutation of all P x P buckets;
 the buffer never holds more than ``capacity`` partitions; every partition

@@ -1,13 +1,15 @@
 from collections import Counter
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from bigembed.errors import BigembedError, ConfigError
 from bigembed.scheduler import PartitionBuffer, order_buckets
+from bigembed.scheduler.orders import beta_states, beta_swaps
 from bigembed.storage.edges import Bucket
 
-ORDERS = ["inside_out", "outside_in", "random", "sequential"]
+ORDERS = ["inside_out", "outside_in", "beta", "random", "sequential"]
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -39,7 +41,7 @@ def test_orders_are_seeded():
 
 
 def test_unknown_order_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="inside_out, outside_in, random, sequential"):
+    with pytest.raises(ConfigError, match="beta, inside_out, outside_in, random, sequential"):
         order_buckets(2, "spiral", np.random.default_rng(0))
 
 
@@ -60,3 +62,64 @@ def test_buffer_respects_capacity_and_writes_back_dirty_partitions():
 def test_buffer_rejects_capacity_below_two():
     with pytest.raises(BigembedError, match="capacity must be >= 2"):
         PartitionBuffer(1, load=lambda p: p, store=lambda p, v: None)
+
+
+@pytest.mark.parametrize("c", [2, 3, 4, 6])
+@pytest.mark.parametrize("P", [1, 2, 3, 5, 8, 16])
+def test_beta_visits_every_bucket_once_with_at_most_c_partitions_resident(P, c):
+    for seed in range(2):
+        buckets = order_buckets(P, "beta", np.random.default_rng(seed), c)
+        assert Counter(buckets) == Counter(Bucket(i, j) for i in range(P) for j in range(P))
+    assert all(len(state) <= c for state in beta_states(P, c))
+
+
+def _loads(buckets: list[Bucket], c: int, future: bool) -> list[int]:
+    loads: list[int] = []
+    buf = PartitionBuffer(c, load=lambda p: loads.append(p) or p, store=lambda p, v: None)
+    pairs = [(b.lhs, b.rhs) for b in buckets]
+    for k, b in enumerate(buckets):
+        buf.acquire([b.lhs, b.rhs], pairs if future else None, k + 1)
+        assert len(buf.resident()) <= c
+    return loads
+
+
+@pytest.mark.parametrize("c", [2, 3, 4, 5])
+@pytest.mark.parametrize("P", [2, 4, 7, 16, 23])
+def test_beta_swaps_match_the_formula_and_the_pair_bound(P, c):
+    """Loads with the furthest-next-use buffer equal c + beta_swaps(P, c), and no order can do
+    better than the pair bound: every pair of partitions must share the buffer, the first c
+    make C(c, 2) pairs and each later load makes at most c - 1 new ones."""
+    states = beta_states(P, c)
+    swaps = sum(len(set(b) - set(a)) for a, b in pairwise(states))
+    assert swaps == beta_swaps(P, c)
+    for seed in range(2):
+        loads = _loads(order_buckets(P, "beta", np.random.default_rng(seed), c), c, future=True)
+        assert len(loads) == min(P, c) + beta_swaps(P, c)
+    pair_bound = -(-(P * (P - 1) // 2 - c * (c - 1) // 2) // (c - 1)) if c < P else 0
+    assert pair_bound <= beta_swaps(P, c) <= pair_bound + P  # BETA is close to the bound
+
+
+def test_beta_formula_values():
+    assert beta_swaps(4, 2) == 5  # = the pair bound: (6 - 1) / 1
+    assert beta_swaps(16, 4) == 42  # pair bound 38
+    assert beta_swaps(16, 16) == 0 and beta_swaps(3, 5) == 0
+    assert beta_swaps(8, 2) == (8 - 1) * (8 - 2) // 2 + 8 - 2
+
+
+def test_beta_loads_fewer_partitions_than_inside_out_for_the_same_buffer():
+    P, c = 16, 4
+    beta = len(_loads(order_buckets(P, "beta", np.random.default_rng(0), c), c, future=True))
+    inside = len(_loads(order_buckets(P, "inside_out", np.random.default_rng(0)), c, future=True))
+    assert beta < inside
+
+
+def test_the_buffer_evicts_the_partition_needed_furthest_in_the_future():
+    loads: list[int] = []
+    buf = PartitionBuffer(3, load=lambda p: loads.append(p) or p, store=lambda p, v: None)
+    buf.acquire([0, 1])
+    buf.acquire([2])
+    future = [(3,), (0,), (2,), (1,)]
+    buf.acquire([3], future, 1)  # 1 is needed last: evicted, though 0 is least recently used
+    assert sorted(buf.resident()) == [0, 2, 3]
+    buf.acquire([1], [(0,), (2,), (1,)], 3)  # nothing after: the least recently used (0) goes
+    assert sorted(buf.resident()) == [1, 2, 3]
