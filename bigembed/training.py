@@ -51,6 +51,7 @@ from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
+from bigembed.scheduler.memory import MemoryModel, choose_buffer
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.edges import read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
@@ -282,16 +283,38 @@ def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
+                      budget: int, log: Log) -> dict[str, Any]:
+    """``training.buffer_partitions`` (and the beta order) for a memory budget, said aloud."""
+    base = flatten(read_run_config(run_dir)["config"]) if is_run(run_dir) else None
+    config = load_config(config_file, overrides, base=base)
+    all_negs = config.training.all_negatives or any(r.all_negatives for r in config.relations.values())
+    model = MemoryModel(config.model.dim, config.training.optimizer == "adagrad", all_negs)
+    biggest = max(data.bucket_counts["train"].values(), default=0)
+    choice = choose_buffer(model, data.entity_counts, biggest, budget)
+    c = max(2, min(choice.c, data.num_partitions))
+    out: dict[str, Any] = {"training.buffer_partitions": c}
+    order = config.training.bucket_order
+    if 2 < c < data.num_partitions and order == "inside_out":
+        out["training.bucket_order"] = order = "beta"
+    log(f"{choice.message}: training.buffer_partitions={c}, bucket order {order}")
+    return out
+
+
 def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
           overrides: dict[str, Any] | None = None, override: bool = False,
-          log: Log = print, show_progress: bool = True) -> TrainResult:
+          log: Log = print, show_progress: bool = True, memory: int | None = None) -> TrainResult:
     """Train (or resume training of) ``run_dir`` on the DATA at ``data_dir``.
 
     Holds ``RUN/.lock`` throughout, so a second trainer on the same RUN is refused.
+    ``memory``: a budget in bytes; the buffer size (and order) are chosen to fit it.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     data = read_data_manifest(data_dir)
     data.require_split("train")
+    if memory is not None:
+        overrides = {**(overrides or {}), **_memory_overrides(data, run_dir, config_file, dict(overrides or {}),
+                                                              memory, log)}
     keep_freed_buffers()
     if not is_run(run_dir):  # refuse bad settings before anything is created
         _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)

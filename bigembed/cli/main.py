@@ -55,7 +55,7 @@ def cli() -> None:
 @cli.command("import")
 @click.argument("edges", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="DATA directory to create.")
-@click.option("-p", "--partitions", default=1, show_default=True, type=click.IntRange(min=1), help="Node partitions P.")
+@click.option("-p", "--partitions", type=click.IntRange(min=1), help="Node partitions P (default 1).")
 @click.option("--split", "splits", multiple=True, metavar="NAME=FILE",
               help="Another split sharing the dictionary, e.g. --split test=test.tsv (repeatable).")
 @click.option("--delimiter", default="\t", show_default="TAB", help="Field separator (use ',' for CSV).")
@@ -67,11 +67,15 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="Config whose [entities.NAME] and [relations.NAME] lhs/rhs give the entity types "
                    "(the schema); without one every node is of type 'node'.")
+@click.option("--memory", metavar="SIZE",
+              help="Pick --partitions so that training at --dim fits SIZE (e.g. 8G), instead of -p.")
+@click.option("--dim", "memory_dim", type=int, default=100, show_default=True,
+              help="Embedding dimension --memory plans for.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
-def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tuple[str, ...], delimiter: str,
-               columns: str, ids: str, seed: int, config_file: Path | None, overwrite: bool,
-               progress: bool) -> None:
+def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, splits: tuple[str, ...],
+               delimiter: str, columns: str, ids: str, seed: int, config_file: Path | None, memory: str | None,
+               memory_dim: int, overwrite: bool, progress: bool) -> None:
     """Import edge files (TSV/CSV, optionally gzipped) into a partitioned DATA directory.
 
     EDGES are the training edges; --split NAME=FILE adds evaluation splits. With
@@ -93,14 +97,21 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int, splits: tupl
         raise click.UsageError("give at least one edge file (EDGES or --split NAME=FILE)")
     if delimiter == "\\t":
         delimiter = "\t"
+    from bigembed.scheduler.memory import human, parse_bytes
+
+    if memory is not None and partitions is not None:
+        raise click.UsageError("give --memory or -p/--partitions, not both")
+    budget = None if memory is None else parse_bytes(memory)
     schema = None if config_file is None else Schema.from_config(load_config(config_file), str(config_file))
-    spec = ImportSpec(sources=sources, num_partitions=partitions, columns=ColumnSpec.parse(columns),
-                      delimiter=delimiter, ids=ids, seed=seed, schema=schema)
+    spec = ImportSpec(sources=sources, num_partitions=partitions or 1, columns=ColumnSpec.parse(columns),
+                      delimiter=delimiter, ids=ids, seed=seed, schema=schema, memory=budget, memory_dim=memory_dim)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
     with _counter("reading (pass 1/2)", "B", total_bytes or None, progress) as bar:
         plan = plan_import(spec, bar.update)
+    if budget is not None:
+        _log(f"memory budget {human(budget)} at dim {memory_dim}: {plan.spec.num_partitions} partitions")
     _log(f"plan: {plan.summary()}")
     total = sum(plan.edges_per_split.values())
     with _counter("writing (pass 2/2)", "edge", total, progress) as bar:
@@ -129,10 +140,13 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
 @click.option("--deterministic", is_flag=True, default=None, help="training.deterministic=true")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.margin=0.2.")
 @click.option("--override", is_flag=True, help="Resume even though settings differ from the saved run's.")
+@click.option("--memory", metavar="SIZE",
+              help="Memory budget, e.g. 8G: sets training.buffer_partitions (and the beta order) to fit it.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
 def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
           batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
-          deterministic: bool | None, sets: tuple[str, ...], override: bool, progress: bool) -> None:
+          deterministic: bool | None, sets: tuple[str, ...], override: bool, memory: str | None,
+          progress: bool) -> None:
     """Train embeddings for DATA into RUN (or resume RUN where it stopped).
 
     See `bigembed config-help` for every config key.
@@ -144,7 +158,11 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
              "training.negatives": negatives, "training.workers": workers, "training.seed": seed,
              "training.deterministic": deterministic}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    result = run_training(data, run, config_file, overrides, override, log=_log, show_progress=progress)
+    from bigembed.scheduler.memory import parse_bytes
+
+    budget = None if memory is None else parse_bytes(memory)
+    result = run_training(data, run, config_file, overrides, override, log=_log, show_progress=progress,
+                          memory=budget)
     if result.stopped:
         raise SystemExit(130)
     _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")

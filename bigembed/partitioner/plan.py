@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ class ImportSpec:
     entity: str = "node"
     chunk_size: int = 500_000
     schema: Schema | None = None
+    memory: int | None = None  # choose num_partitions for this training memory budget (bytes)...
+    memory_dim: int = 100  # ...at this embedding dimension
 
     @property
     def type_names(self) -> list[str]:
@@ -257,6 +259,9 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
         assert pair is not None  # chunk_types checked every relation
         relation_types.append((type_of[pair[0]], type_of[pair[1]]))
     sizes = [max_id[t] + 1 if spec.ids == "int" else len(node_index[t]) for t in range(T)]
+    if spec.memory is not None:
+        spec = replace(spec, num_partitions=_partitions_for_budget(spec, sum(sizes),
+                                                                    edges_per_split.get("train", 0)))
     P = spec.num_partitions
     parts, locals_, type_counts = [], [], []
     for t, num in enumerate(sizes):
@@ -285,6 +290,17 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
         type_counts=type_counts,
         edges_per_split=edges_per_split,
     )
+
+
+def _partitions_for_budget(spec: ImportSpec, num_nodes: int, num_edges: int) -> int:
+    from bigembed.scheduler.memory import MemoryModel, human, partitions_for
+
+    assert spec.memory is not None
+    P = partitions_for(MemoryModel(spec.memory_dim), num_nodes, spec.memory, num_edges)
+    if P is None:
+        raise InputFormatError(f"--memory {human(spec.memory)}: too small for {num_nodes} nodes at dim "
+                               f"{spec.memory_dim} even with 4096 partitions")
+    return P
 
 
 def source_record(source: Source) -> dict[str, object]:

@@ -1,0 +1,98 @@
+"""The memory model, and choosing partitions and buffer size for a memory budget.
+
+While training, resident memory is about::
+
+    c x (rows of the largest partition) x bytes per row   the partition buffer
+    + one slab of a bucket's edges (at most 4 M edges)     shuffled copies of lhs/rhs/rel/weight
+    + a fixed overhead                                      Python, torch, zarr, allocator slack
+
+A row is the embedding (dim float32) plus its Adagrad state (one float32, or dim of
+them with ``training.optimizer = "adagrad"``). All-negatives batches build a dense
+gradient for a whole partition, so they add about 3 partition-sized temporaries.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bigembed.errors import BigembedError
+
+FIXED_OVERHEAD = 480 << 20  # measured: ~255 MiB for Python + torch + zarr, plus up to ~220 MiB
+# that the allocator keeps after frees (trim threshold 256 MB, see trainer/allocator.py) and IO buffers
+SLAB_EDGES = 4_000_000
+EDGE_BYTES = 2 * (8 + 8 + 4 + 4)  # lhs, rhs, rel, weight; read, then shuffled
+UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (units are powers of 1024)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise BigembedError(f"--memory: expected a size such as 8G, 512M or 1.5GiB, got {text!r}")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    dim: int
+    per_coordinate: bool = False  # training.optimizer = "adagrad"
+    all_negatives: bool = False
+
+    @property
+    def row_bytes(self) -> int:
+        return 4 * self.dim + 4 * (self.dim if self.per_coordinate else 1)
+
+    def estimate(self, partition_rows: int, c: int, bucket_edges: int = SLAB_EDGES) -> int:
+        """Peak bytes with ``c`` partitions of at most ``partition_rows`` rows in memory."""
+        buffer = c * partition_rows * self.row_bytes
+        temporaries = 3 * partition_rows * 4 * self.dim if self.all_negatives else 0
+        return buffer + temporaries + min(bucket_edges, SLAB_EDGES) * EDGE_BYTES + FIXED_OVERHEAD
+
+
+@dataclass(frozen=True)
+class BufferChoice:
+    c: int
+    estimate: int
+    message: str
+
+
+def choose_buffer(model: MemoryModel, partition_counts: list[int], bucket_edges: int, budget: int) -> BufferChoice:
+    """The largest buffer (2 <= c <= P) whose estimate fits ``budget``; an error naming the
+    number of partitions to import with when even two do not fit."""
+    P = len(partition_counts)
+    rows = max(partition_counts) if partition_counts else 0
+    for c in range(max(2, P), 1, -1):
+        need = model.estimate(rows, min(c, P), bucket_edges)
+        if need <= budget:
+            held = "all" if c >= P else f"{c} of {P}"
+            return BufferChoice(c, need, f"memory budget {human(budget)}: holding {held} partitions "
+                                         f"(about {human(need)} at peak)")
+    total = sum(partition_counts)
+    suggest = partitions_for(model, total, budget, bucket_edges)
+    hint = (f"import again with -p {suggest} (or `bigembed import --memory {human(budget)} --dim "
+            f"{model.dim}`)") if suggest else "no number of partitions fits it: raise --memory"
+    raise BigembedError(
+        f"--memory {human(budget)}: two partitions of {rows} rows need about "
+        f"{human(model.estimate(rows, 2, bucket_edges))} with dim {model.dim}; {hint}"
+    )
+
+
+def partitions_for(model: MemoryModel, num_nodes: int, budget: int, num_edges: int = SLAB_EDGES,
+                   limit: int = 4096) -> int | None:
+    """The fewest partitions (fewest loads per epoch) whose two-partition estimate fits
+    ``budget``; None if none up to ``limit`` does. A bucket is taken to hold about
+    1.2 / P^2 of the ``num_edges`` training edges (nodes are spread at random)."""
+    for P in range(1, limit + 1):
+        rows = -(-num_nodes // P)
+        if model.estimate(rows, min(2, P), int(1.2 * num_edges / P**2) + 1) <= budget:
+            return P
+    return None
