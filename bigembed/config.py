@@ -133,6 +133,12 @@ class TrainingConfig:
         "training.buffer_partitions, the fewest loads per epoch).",
         choices=BUCKET_ORDERS,
     )
+    prefetch: bool = _opt(
+        True,
+        "With bucket_order = beta and buffer_partitions >= 3: plan the order for one partition "
+        "less and load the next partition (writing back the one it replaces) on a background "
+        "thread while the current bucket trains, so IO overlaps compute.",
+    )
     buffer_partitions: int = _opt(
         2,
         "Partitions held in memory at once (c); peak memory is about c / P of the table. "

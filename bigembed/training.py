@@ -179,9 +179,19 @@ class _Session:
         return manifest
 
 
-def _epoch_order(config: Config, P: int, epoch: int) -> list:
+def _prefetches(config: Config) -> bool:
+    """Whether partitions are loaded in the background: with the beta order and c >= 3
+    (the order then leaves the last slot free for the next partition)."""
     t = config.training
-    return order_buckets(P, t.bucket_order, np.random.default_rng([t.seed, epoch]), t.buffer_partitions)
+    return t.prefetch and t.bucket_order == "beta" and t.buffer_partitions >= 3
+
+
+def _epoch_order(config: Config, P: int, epoch: int) -> list:
+    """The epoch's buckets. With prefetching and c >= 3, the order is planned for c - 1
+    partitions so the last slot is free to receive the next one in the background."""
+    t = config.training
+    plan_for = t.buffer_partitions - 1 if _prefetches(config) else t.buffer_partitions
+    return order_buckets(P, t.bucket_order, np.random.default_rng([t.seed, epoch]), plan_for)
 
 
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
@@ -193,13 +203,19 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
     total = sum(data.edge_count("train", b) for b in order)
     done = sum(data.edge_count("train", b) for b in order[:start])
     loss_sum = 0.0
+    loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
         for k in range(start, len(order)):
             bucket = order[k]
             count = data.edge_count("train", bucket)
             if count:
+                waited = time.perf_counter()
                 session.buffer.acquire([bucket.lhs, bucket.rhs], upcoming, k + 1)
+                waited = time.perf_counter() - waited
+                io_wait += waited
+                if _prefetches(config):
+                    session.buffer.prefetch(upcoming, k + 1, (bucket.lhs, bucket.rhs))
                 edges = read_edges(data.path.parent, "train", bucket, count, data.weighted)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                              session.relations, bucket_seed(config.training.seed, epoch, k))
@@ -207,7 +223,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
                 append_stats(session.run_dir, {
                     "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs,
                     "edges": stats.edges, "loss": stats.loss / max(1, stats.edges),
-                    "seconds": round(stats.seconds, 4),
+                    "seconds": round(stats.seconds, 4), "io_wait_s": round(waited, 4),
                     "edges_per_s": round(stats.edges / max(stats.seconds, 1e-9), 1),
                 })
                 bar.update(count)
@@ -221,8 +237,12 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
                     log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(order)}")
             if session.stop_requested:
                 return False
+    io = ""
+    if data.num_partitions > 1:
+        loads, prefetched = session.buffer.loads - loads0, session.buffer.prefetched - prefetched0
+        io = f" ({loads} partition loads, {prefetched} in the background; {io_wait:.1f} s waiting for them)"
     log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
-        f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}")
+        f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}{io}")
     return True
 
 
@@ -373,6 +393,7 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
                     break
     finally:
         trainer.close()
+        session.buffer.close()
     pos = session.base.position
     stopped = session.stop_requested is not None and pos.epoch < config.training.epochs
     if stopped:  # a signal during the very last bucket just lets training finish

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from bigembed.errors import BigembedError
@@ -18,6 +20,12 @@ class PartitionBuffer(Generic[T]):
     among the partitions not requested, the one needed furthest in the future
     (Belady's rule; ``upcoming`` lists the partitions of the buckets still to
     come), or, when the future is not given, the least recently used.
+
+    :meth:`prefetch` swaps in the next partition the order will need on a
+    background thread (writing back the partition it replaces first), so the IO
+    overlaps the training of the current bucket. Every other method waits for
+    it to finish, so callers never see a half-done swap; ``wait_seconds`` adds
+    up the time the training thread spent waiting for it.
     """
 
     def __init__(self, capacity: int, load: Callable[[int], T], store: Callable[[int, T], None]) -> None:
@@ -29,15 +37,78 @@ class PartitionBuffer(Generic[T]):
         self._items: dict[int, T] = {}  # insertion order = recency
         self._dirty: set[int] = set()
         self.loads = 0
+        self.prefetched = 0
+        self.wait_seconds = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def __getitem__(self, partition: int) -> T:
-        return self._items[partition]
+        return self._items[partition]  # a partition being trained is never swapped out
 
     def __contains__(self, partition: int) -> bool:
+        self.wait()
         return partition in self._items
 
     def resident(self) -> list[int]:
+        self.wait()
         return list(self._items)
+
+    def wait(self) -> None:
+        """Let a running prefetch finish (re-raising its error, if it failed)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            start = time.perf_counter()
+            try:
+                pending.result()
+            finally:
+                self.wait_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Wait for a running prefetch and stop the background thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def prefetch(self, upcoming: Sequence[Iterable[int]], start: int, current: Iterable[int]) -> None:
+        """Start loading, in the background, the first partition that ``upcoming[start:]``
+        needs and the buffer lacks. With the buffer full it first writes back the partition
+        not in ``current`` (the bucket being trained) needed furthest in the future, if that
+        is later than the partition it makes room for (else nothing happens now)."""
+        self.wait()
+        busy = set(current)
+        for i in range(start, len(upcoming)):
+            missing = [q for q in upcoming[i] if q not in self._items]
+            if missing:
+                wanted, needed_at = missing[0], i
+                break
+        else:
+            return
+        victim = None
+        if len(self._items) >= self.capacity:
+            # Evict only what demand paging would evict (the resident needed furthest in the
+            # future, the bucket being trained included), so prefetching never adds a load.
+            # The partition needed furthest in the future among those the current bucket
+            # does not use, if it is needed later than the one it makes room for. (With an
+            # order planned for one slot less, as training uses, this is the partition the
+            # order is done with: BETA's cycling slot.)
+            candidates = [q for q in self._items if q not in busy]
+            uses = self._next_uses(candidates, upcoming, start)
+            victim = max(candidates, key=uses.__getitem__) if candidates else None
+            if victim is None or uses[victim] <= needed_at:
+                return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bigembed-prefetch")
+        self._pending = self._pool.submit(self._swap, victim, wanted)
+
+    def _swap(self, victim: int | None, wanted: int) -> None:
+        if victim is not None:
+            self.evict(victim)
+        self._items[wanted] = self._load(wanted)
+        self.loads += 1
+        self.prefetched += 1
 
     def acquire(self, partitions: Iterable[int], upcoming: Sequence[Iterable[int]] | None = None,
                 start: int = 0) -> None:
@@ -45,6 +116,7 @@ class PartitionBuffer(Generic[T]):
 
         ``upcoming[start:]``: the partitions of each bucket still to come, in order.
         """
+        self.wait()
         wanted = list(dict.fromkeys(partitions))
         if len(wanted) > self.capacity:
             raise BigembedError(f"a bucket needs {len(wanted)} partitions but the buffer holds {self.capacity}")
@@ -64,6 +136,12 @@ class PartitionBuffer(Generic[T]):
         candidates = [q for q in self._items if q not in wanted]  # least recently used first
         if upcoming is None:
             return candidates[0]
+        next_use = self._next_uses(candidates, upcoming, start)
+        return max(candidates, key=next_use.__getitem__)  # ties: the least recently used
+
+    @staticmethod
+    def _next_uses(candidates: list[int], upcoming: Sequence[Iterable[int]], start: int) -> dict[int, int]:
+        """Index of the first bucket from ``start`` needing each candidate (len(upcoming): never)."""
         next_use = {q: len(upcoming) for q in candidates}
         pending = set(candidates)
         for i in range(start, len(upcoming)):
@@ -72,7 +150,7 @@ class PartitionBuffer(Generic[T]):
                 pending.discard(q)
             if not pending:
                 break
-        return max(candidates, key=next_use.__getitem__)  # ties: the least recently used
+        return next_use
 
     def evict(self, partition: int) -> None:
         value = self._items.pop(partition)
@@ -82,6 +160,7 @@ class PartitionBuffer(Generic[T]):
 
     def flush(self) -> list[int]:
         """Write back every dirty partition, keeping it resident; returns those written."""
+        self.wait()
         written = sorted(self._dirty)
         for p in written:
             self._store(p, self._items[p])
@@ -89,4 +168,5 @@ class PartitionBuffer(Generic[T]):
         return written
 
     def dirty(self) -> set[int]:
+        self.wait()
         return set(self._dirty)

@@ -123,3 +123,39 @@ def test_the_buffer_evicts_the_partition_needed_furthest_in_the_future():
     assert sorted(buf.resident()) == [0, 2, 3]
     buf.acquire([1], [(0,), (2,), (1,)], 3)  # nothing after: the least recently used (0) goes
     assert sorted(buf.resident()) == [1, 2, 3]
+
+
+def _run(order: list[Bucket], c: int, prefetch: bool, load=None) -> PartitionBuffer:
+    buf = PartitionBuffer(c, load=load or (lambda p: p), store=lambda p, v: None)
+    pairs = [(b.lhs, b.rhs) for b in order]
+    for k, b in enumerate(order):
+        buf.acquire([b.lhs, b.rhs], pairs, k + 1)
+        assert buf[b.lhs] == b.lhs and buf[b.rhs] == b.rhs
+        assert len(buf.resident()) <= c
+        if prefetch:
+            buf.prefetch(pairs, k + 1, (b.lhs, b.rhs))
+    buf.close()
+    return buf
+
+
+@pytest.mark.parametrize(("P", "c"), [(4, 3), (8, 4), (16, 4), (16, 5), (7, 3), (23, 6)])
+def test_prefetching_with_beta_planned_for_one_slot_less_hides_almost_every_load(P, c):
+    """Training plans the beta order for c - 1 partitions and prefetches into the c-th slot:
+    the loads are those of the plan (c - 1 + beta_swaps(P, c - 1), or fewer) and all but
+    the first few happen in the background."""
+    for seed in range(3):
+        buckets = order_buckets(P, "beta", np.random.default_rng(seed), c - 1)
+        buf = _run(buckets, c, True)
+        assert buf.loads <= (c - 1) + beta_swaps(P, c - 1)
+        assert buf.prefetched >= buf.loads - c
+        assert buf.loads >= _run(buckets, c, False).loads  # demand paging is the floor
+
+
+def test_a_failed_background_load_is_raised_to_the_trainer():
+    def load(p: int) -> int:
+        if p == 3:
+            raise OSError("disk gone")
+        return p
+
+    with pytest.raises(OSError, match="disk gone"):
+        _run(order_buckets(4, "beta", np.random.default_rng(0), 2), 3, True, load)
