@@ -123,7 +123,7 @@ def main() -> None:
             row["pbg"] = {"train_wall_s": pbg["train_wall_s"], "epoch_wall_s": pbg["epoch_wall_s"],
                           "peak_rss_mib": pbg["peak_rss_mib"], "test_mrr": round(pbg["test"]["mrr"], 4),
                           "test_hits@10": round(pbg["test"]["hits@10"], 4)}
-        for system, r in row.items():
+        for r in row.values():
             r["edges_per_s_epoch2"] = round(train_edges / r["epoch_wall_s"][-1])
         if "pbg" in row:
             row["speedup"] = round(row["bigembed"]["edges_per_s_epoch2"] / row["pbg"]["edges_per_s_epoch2"], 2)
