@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 BIGEMBED = [sys.executable, "-m", "bigembed.cli.main"]
 
@@ -18,3 +20,31 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
     return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def epoch_seconds(stats: Path) -> list[float]:
+    """Wall time of each epoch from a RUN's stats.jsonl: end of its last bucket minus end of
+    the previous epoch's (the first epoch from its first bucket's start)."""
+    ends: dict[int, float] = {}
+    first_start = None
+    for line in stats.read_text().splitlines():
+        r = json.loads(line)
+        if "epoch" in r and "time" in r and "edges" in r:
+            ends[r["epoch"]] = r["time"]
+            if first_start is None:
+                first_start = r["time"] - r["seconds"]
+    out, prev = [], first_start
+    for e in sorted(ends):
+        out.append(ends[e] - prev)
+        prev = ends[e]
+    return out
+
+
+def io_wait_seconds(stats: Path, epoch: int) -> float:
+    """Seconds an epoch's buckets waited for their partitions (``io_wait_s`` in stats.jsonl)."""
+    total = 0.0
+    for line in stats.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("epoch") == epoch and "io_wait_s" in r:
+            total += r["io_wait_s"]
+    return total

@@ -1,44 +1,68 @@
-"""Peak memory of training with P=1 against P=8 partitions on the same graph, side by side.
+"""Peak memory and epoch time of training with P partitions and a buffer of c, side by side.
 
-Each training run is a separate process; its peak RSS is read with os.wait4.
-Usage:  python benchmarks/memory.py [--nodes 1000000] [--edges 2000000] [--dim 128]
+Each run (``P:c``) trains the same generated graph for two epochs in its own process;
+its peak RSS is read with os.wait4 and the second epoch's wall time from stats.jsonl
+(the first epoch also writes the initial table). A buffer of c >= 3 uses the beta
+order, with prefetching (training.prefetch, on by default).
+
+Usage::
+
+    python benchmarks/memory.py --nodes 8000000 --edges 20000000 --dim 128 --runs 1:2 16:4 16:2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
-from measure import BIGEMBED, run_measured
+from measure import BIGEMBED, epoch_seconds, io_wait_seconds, run_measured
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--edges", type=int, default=2_000_000)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--partitions", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--runs", nargs="+", default=["1:2", "8:2"], help="P:c pairs")
+    ap.add_argument("--extra", nargs="*", default=[], help="more `bigembed train` arguments for every run")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/memory"))
+    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    graph = args.work / "graph"
-    subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges",
-                    str(args.edges), "--ids", "int", "--communities", "100", "--no-progress"], check=True)
+    graph = args.work / f"graph-{args.nodes}-{args.edges}"
+    if not (graph / "train.tsv").exists():
+        subprocess.run([*BIGEMBED, "generate", "-o", str(graph), "--nodes", str(args.nodes), "--edges",
+                        str(args.edges), "--ids", "int", "--communities", "100", "--no-progress"], check=True)
     table_mib = args.nodes * (args.dim + 1) * 4 / 2**20
-    print(f"graph: {args.nodes} nodes, {args.edges} edges, dim {args.dim}: table {table_mib:.0f} MiB")
+    print(f"graph: {args.nodes} nodes, {args.edges} edges, dim {args.dim}: table {table_mib:.0f} MiB", flush=True)
     rows = []
-    for P in args.partitions:
-        data, run_dir = args.work / f"data{P}", args.work / f"run{P}"
-        subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P),
-                        "--ids", "int", "--no-progress"], check=True)
+    for run in args.runs:
+        P, c = (int(x) for x in run.split(":"))
+        data, run_dir = args.work / f"data{P}", args.work / f"run{P}-c{c}"
+        if not (data / "manifest.json").exists():
+            subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P),
+                            "--ids", "int", "--no-progress"], check=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        order = ["--set", "training.bucket_order=beta"] if c >= 3 else []
         wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run_dir), "--dim", str(args.dim),
-                                  "--epochs", "1", "--no-progress"])
-        rows.append((P, wall, rss))
-    print(f"{'P':>3} {'epoch wall s':>13} {'peak RSS MiB':>13} {'vs P=' + str(rows[0][0]):>8}")
-    for P, wall, rss in rows:
-        print(f"{P:>3} {wall:>13.1f} {rss:>13.0f} {rss / rows[0][2]:>8.2f}")
+                                  "--epochs", "2", "--set", f"training.buffer_partitions={c}", *order,
+                                  *args.extra, "--no-progress"])
+        epochs = epoch_seconds(run_dir / "stats.jsonl")
+        rows.append({"P": P, "c": c, "train_wall_s": round(wall, 1), "epoch2_s": round(epochs[-1], 1),
+                     "epoch2_io_wait_s": round(io_wait_seconds(run_dir / "stats.jsonl", 1), 1),
+                     "peak_rss_mib": round(rss)})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]
+    print(f"{'P':>3} {'c':>2} {'epoch 2 s':>10} {'IO wait s':>10} {'peak RSS MiB':>13} "
+          f"{'RSS vs first':>13} {'time vs first':>14}")
+    for r in rows:
+        print(f"{r['P']:>3} {r['c']:>2} {r['epoch2_s']:>10.1f} {r['epoch2_io_wait_s']:>10.1f} {r['peak_rss_mib']:>13} "
+              f"{r['peak_rss_mib'] / base['peak_rss_mib']:>13.2f} {r['epoch2_s'] / base['epoch2_s']:>14.2f}")
+    if args.out:
+        args.out.write_text(json.dumps({"nodes": args.nodes, "edges": args.edges, "dim": args.dim, "rows": rows},
+                                       indent=2))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import BIGEMBED, run_measured
+from measure import BIGEMBED, epoch_seconds, run_measured
 from pbg_baseline import DEFAULT_PBG_PYTHON, run_pbg
 
 from bigembed.generator import GraphSpec, write_graph
@@ -52,24 +52,6 @@ def generate(work: Path, nodes: int, edges: int, seed: int) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return folder
-
-
-def epoch_seconds(stats: Path) -> list[float]:
-    """Wall time of each epoch from stats.jsonl: end of its last bucket minus end of the
-    previous epoch's (the first epoch is measured from its first bucket's start)."""
-    ends: dict[int, float] = {}
-    first_start = None
-    for line in stats.read_text().splitlines():
-        r = json.loads(line)
-        if "epoch" in r and "time" in r and "edges" in r:
-            ends[r["epoch"]] = r["time"]
-            if first_start is None:
-                first_start = r["time"] - r["seconds"]
-    out, prev = [], first_start
-    for e in sorted(ends):
-        out.append(ends[e] - prev)
-        prev = ends[e]
-    return out
 
 
 def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any]) -> dict[str, Any]:
