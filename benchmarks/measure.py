@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,10 +15,23 @@ BIGEMBED = [sys.executable, "-m", "bigembed.cli.main"]
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd`` to completion; return (wall seconds, its peak RSS in MiB, via wait4)."""
+    """Run ``cmd`` to completion; return (wall seconds, its peak RSS in MiB).
+
+    The peak comes from GNU time run as the child: Linux carries a process's
+    high-water RSS across fork and exec, so ``wait4`` on a child forked from a big
+    benchmark process reports at least that process's RSS. ``/usr/bin/time`` is
+    small, and it forks the command itself. Without it, ``wait4`` is used.
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
+    if shutil.which("/usr/bin/time"):
+        with tempfile.NamedTemporaryFile("r", suffix=".rss") as out:
+            proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd])
+            if proc.returncode != 0:
+                raise SystemExit(f"failed: {' '.join(cmd)}")
+            kib = int(out.read().strip().splitlines()[-1])
+        return time.perf_counter() - start, kib / 1024
+    proc2 = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc2.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
     return time.perf_counter() - start, usage.ru_maxrss / 1024

@@ -15,7 +15,7 @@ What :func:`run_pbg` does, in a work folder:
    (edges are written for each split, but only the train edges are trained on);
 2. writes a PBG config (``pbg_config.py``) and a driver script
    (``pbg_driver.py``) and trains in a measured child process: total wall
-   time, peak RSS (largest process of the tree, through ``wait4``, as for
+   time, peak RSS (largest process of the tree, through GNU time, as for
    bigembed's own runs; PBG's Hogwild workers share the embeddings, so RSS is
    not summed) and the wall time of each epoch, from one "Starting epoch" log
    line of PBG's to the next (the last to its "Exiting"), so an epoch includes

@@ -7,6 +7,7 @@ with the filtered protocol (`bigembed eval`, realistic ties). Tasks:
 * ``wn18rr``      the WN18RR config (published ComplEx: MRR 0.475, Hits@10 0.547)
 * ``codex-m``     the CoDEx-M config (published ComplEx: MRR 0.337)
 * ``partitions``  the CoDEx-S config trained with P=1 and with P=4 partitions
+* ``partitions-sampled``  the same with sampled negatives (configs/codex-s-sampled.toml)
 * ``pbg``         bigembed and PyTorch-BigGraph 1.0.0 (its own venv) with the same
                   dimension, epochs and negatives, ranked by the same evaluator
 
@@ -77,12 +78,12 @@ def task_dataset(name: str, work: Path) -> dict[str, Any]:
             **train_and_eval(data, work / f"run-{name}", CONFIGS / f"{name}.toml", [])}
 
 
-def task_partitions(work: Path, dataset: str = "codex-s") -> dict[str, Any]:
-    """The dataset's config, unchanged, on one partition and on four."""
-    out: dict[str, Any] = {"dataset": dataset}
+def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s") -> dict[str, Any]:
+    """A config, unchanged, on one partition and on four."""
+    out: dict[str, Any] = {"dataset": dataset, "config": config}
     for P in (1, 4):
         data = import_dataset(dataset, work, P)
-        out[f"P={P}"] = train_and_eval(data, work / f"run-{dataset}-p{P}", CONFIGS / f"{dataset}.toml", [])
+        out[f"P={P}"] = train_and_eval(data, work / f"run-{config}-p{P}", CONFIGS / f"{config}.toml", [])
     out["mrr_gap"] = round(abs(out["P=1"]["test"]["mrr"] - out["P=4"]["test"]["mrr"]), 4)
     return out
 
@@ -115,7 +116,8 @@ PBG_SETTINGS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="+", choices=["wn18rr", "codex-m", "codex-s", "partitions", "pbg"])
+    parser.add_argument("tasks", nargs="+",
+                        choices=["wn18rr", "codex-m", "codex-s", "partitions", "partitions-sampled", "pbg"])
     parser.add_argument("--work", type=Path, default=HERE / "work" / "quality")
     parser.add_argument("--out", type=Path, default=HERE / "work" / "quality.json")
     parser.add_argument("--pbg-python", default="/tmp/pbgvenv/bin/python")
@@ -127,6 +129,8 @@ def main() -> None:
         print(f"== {task}", flush=True)
         if task == "partitions":
             results[task] = task_partitions(args.work)
+        elif task == "partitions-sampled":
+            results[task] = task_partitions(args.work, config="codex-s-sampled")
         elif task == "pbg":
             results[task] = task_pbg(args.work, args.pbg_dataset, PBG_SETTINGS, args.pbg_python)
         else:
