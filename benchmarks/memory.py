@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for run in args.runs:
         P, c = (int(x) for x in run.split(":"))
-        data, run_dir = args.work / f"data{P}", args.work / f"run{P}-c{c}"
+        data, run_dir = args.work / f"{graph.name}-data{P}", args.work / f"{graph.name}-run{P}-c{c}"
         if not (data / "manifest.json").exists():
             subprocess.run([*BIGEMBED, "import", str(graph / "train.tsv"), "-o", str(data), "-p", str(P),
                             "--ids", "int", "--no-progress"], check=True)
