@@ -25,7 +25,7 @@ from bigembed.storage.edges import Bucket, read_edges
 from bigembed.storage.names import iter_names, names_dir
 from bigembed.trainer import Model, PartitionState, RelationState, initial_params
 from bigembed.trainer.batch import batch_loss, train_batch
-from bigembed.trainer.bucket import Slab
+from bigembed.trainer.bucket import BucketTrainer, Slab
 from bigembed.training import train
 
 SCHEMA = """
@@ -208,11 +208,16 @@ def test_all_negatives_rank_and_update_only_the_answers_type(loss):
 def test_degree_pools_hold_only_endpoints_of_the_type():
     config = load_config(overrides={"model.dim": 3})
     model = Model.from_config(config, ["friend", "likes"], [(1, 1), (1, 0)], ["item", "user"])
+    trainer = BucketTrainer(model, config.training)
+    trainer.close()
+    types = trainer.side_types
+    assert types is not None
     slab = Slab(torch.tensor([0, 1, 2, 3]), torch.tensor([10, 11, 12, 13]), torch.tensor([0, 1, 1, 0]), None)
-    assert slab.pool("rhs", 0, model).tolist() == [11, 12]  # items: rhs of likes
-    assert slab.pool("rhs", 1, model).tolist() == [10, 13]  # users: rhs of friend
-    assert slab.pool("lhs", 1, model).tolist() == [0, 1, 2, 3]
-    assert slab.pool("lhs", 0, model).tolist() == []
+    assert slab.pool("rhs", 0, types["rhs"]).tolist() == [11, 12]  # items: rhs of likes
+    assert slab.pool("rhs", 1, types["rhs"]).tolist() == [10, 13]  # users: rhs of friend
+    assert slab.pool("lhs", 1, types["lhs"]).tolist() == [0, 1, 2, 3]
+    assert slab.pool("lhs", 0, types["lhs"]).tolist() == []
+    assert slab.pool("rhs", 0, None) is slab.rhs  # one pair of types: the whole column
 
 
 def test_full_ranking_counts_only_candidates_of_the_answers_type(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -24,8 +23,7 @@ class PartitionBuffer(Generic[T]):
     :meth:`prefetch` swaps in the next partition the order will need on a
     background thread (writing back the partition it replaces first), so the IO
     overlaps the training of the current bucket. Every other method waits for
-    it to finish, so callers never see a half-done swap; ``wait_seconds`` adds
-    up the time the training thread spent waiting for it.
+    it to finish, so callers never see a half-done swap.
     """
 
     def __init__(self, capacity: int, load: Callable[[int], T], store: Callable[[int, T], None]) -> None:
@@ -38,7 +36,6 @@ class PartitionBuffer(Generic[T]):
         self._dirty: set[int] = set()
         self.loads = 0
         self.prefetched = 0
-        self.wait_seconds = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
 
@@ -57,11 +54,7 @@ class PartitionBuffer(Generic[T]):
         """Let a running prefetch finish (re-raising its error, if it failed)."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            start = time.perf_counter()
-            try:
-                pending.result()
-            finally:
-                self.wait_seconds += time.perf_counter() - start
+            pending.result()
 
     def close(self) -> None:
         """Wait for a running prefetch and stop the background thread."""
@@ -88,8 +81,6 @@ class PartitionBuffer(Generic[T]):
             return
         victim = None
         if len(self._items) >= self.capacity:
-            # Evict only what demand paging would evict (the resident needed furthest in the
-            # future, the bucket being trained included), so prefetching never adds a load.
             # The partition needed furthest in the future among those the current bucket
             # does not use, if it is needed later than the one it makes room for. (With an
             # order planned for one slot less, as training uses, this is the partition the

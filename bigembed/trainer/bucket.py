@@ -86,17 +86,17 @@ class Slab:
     weight: Tensor | None
     pools: dict[tuple[str, int], Tensor] = field(default_factory=dict)
 
-    def pool(self, side: str, entity_type: int, model: Model) -> Tensor:
+    def pool(self, side: str, entity_type: int, types: Tensor | None) -> Tensor:
         """Rows at ``side`` of the slab's edges whose ``side`` is of ``entity_type``: drawing
-        from them picks nodes of that type in proportion to their degree."""
+        from them picks nodes of that type in proportion to their degree. ``types[r]``: the
+        ``side`` entity type of relation ``r`` (None: every relation has the same types)."""
         column = self.lhs if side == "lhs" else self.rhs
-        if one_type_pair(model.specs) or (side, entity_type) in self.pools:
-            return self.pools.get((side, entity_type), column)
-        forward = [s for s in model.specs if not s.inverse]
-        types = torch.tensor([s.lhs_type if side == "lhs" else s.rhs_type for s in forward])
-        picked = column[types[self.rel.long()] == entity_type]
-        self.pools[(side, entity_type)] = picked  # racing workers compute the same value
-        return picked
+        if types is None:
+            return column
+        key = (side, entity_type)
+        if key not in self.pools:  # racing workers compute the same value
+            self.pools[key] = column[types[self.rel.long()] == entity_type]
+        return self.pools[key]
 
 
 class BucketTrainer:
@@ -112,6 +112,10 @@ class BucketTrainer:
         self.reciprocal = reciprocal
         self.num_relations = len(model.specs) // 2 if reciprocal else len(model.specs)
         self.mixed_params = not mixes_relations(model) and mixes_with_params(model)
+        forward = [s for s in model.specs if not s.inverse]
+        # each relation's entity type per side, for degree pools (None: one pair of types)
+        self.side_types = None if one_type_pair(model.specs) else {
+            "lhs": torch.tensor([s.lhs_type for s in forward]), "rhs": torch.tensor([s.rhs_type for s in forward])}
         # All-negatives batches update every row of a partition: Hogwild threads would
         # only collide, so one worker uses all cores through intra-op parallelism.
         self.workers = 1 if any(spec.all_negatives for spec in model.specs) else resolve_workers(config)
@@ -132,8 +136,9 @@ class BucketTrainer:
             w = None if slab.weight is None else slab.weight[pos]
             rels = slab.rel[pos].long() if self.mixed_params else None
             spec = self.model.specs[relation]
-            pools = (slab.pool("lhs", spec.lhs_type, self.model), slab.pool("rhs", spec.rhs_type, self.model)) \
-                if degree else None
+            types = self.side_types
+            pools = (slab.pool("lhs", spec.lhs_type, None if types is None else types["lhs"]),
+                     slab.pool("rhs", spec.rhs_type, None if types is None else types["rhs"])) if degree else None
             total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
                                  generator, pools, rels)
             if self.reciprocal:
