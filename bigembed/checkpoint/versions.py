@@ -6,8 +6,8 @@ Layout::
     RUN/checkpoints/v7/manifest.json    shard paths + sha256 + training position
     RUN/checkpoints/v7/emb_node_3.zarr  only the shards that changed since v6
 
-Commit protocol: shards of the new version are written (each fsynced, renamed
-into place), then the version's manifest (temp file, fsync, rename), then
+Commit protocol: shards of the new version are written (each renamed into
+place; all fsynced at the commit), then the version's manifest (temp file, fsync, rename), then
 ``CURRENT`` is replaced atomically. A crash at any instant leaves the previous
 version whole; folders newer than ``CURRENT`` are uncommitted and removed on
 the next start. Unchanged shards are referenced by path, never copied.
@@ -26,7 +26,7 @@ import numpy as np
 
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
-from bigembed.storage.shards import read_shard, write_shard
+from bigembed.storage.shards import read_shard, sync_shard, write_shard
 
 CHECKPOINT_FORMAT = "bigembed-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -184,9 +184,11 @@ class VersionWriter:
         return self.folder / (key.replace("/", "_") + ".zarr")
 
     def write(self, key: str, array: np.ndarray) -> None:
+        """Stage ``key``; it is made durable at :meth:`commit` (a partition evicted and
+        reloaded several times before a commit is synced once)."""
         path = self.shard_path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
-        checksum = write_shard(path, array)
+        checksum = write_shard(path, array, durable=False)
         self.written[key] = {
             "path": str(path.relative_to(self.run_dir)),
             "sha256": checksum,
@@ -213,6 +215,8 @@ class VersionWriter:
             extra=extra,
         )
         self.folder.mkdir(parents=True, exist_ok=True)
+        for entry in self.written.values():
+            sync_shard(self.run_dir / entry["path"])
         atomic_write_json(self.folder / "manifest.json", manifest.to_json())
         fsync_dir(self.folder.parent)
         atomic_write_bytes(self.run_dir / "CURRENT", f"v{self.version}\n".encode())

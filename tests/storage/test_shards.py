@@ -1,0 +1,37 @@
+"""Shard files: the direct chunk reader agrees with zarr, fills left-out chunks, and
+refuses a damaged shard."""
+
+import numpy as np
+import pytest
+import zarr
+
+from bigembed.errors import CheckpointError
+from bigembed.storage.shards import CHUNK_BYTES, read_shard, write_shard
+
+
+def test_read_equals_what_was_written_including_all_zero_chunks(tmp_path):
+    rows = CHUNK_BYTES // (4 * 8) + 100  # two chunks, the second short
+    table = np.random.default_rng(0).random((rows, 8), dtype=np.float32)
+    table[: CHUNK_BYTES // 32] = 0.0  # zarr leaves an all-fill chunk out of the store
+    checksum = write_shard(tmp_path / "t.zarr", table)
+    assert not (tmp_path / "t.zarr" / "c" / "0" / "0").exists()
+    assert np.array_equal(read_shard(tmp_path / "t.zarr", checksum, table.shape), table)
+    vector = np.zeros(5000, np.float32)
+    checksum = write_shard(tmp_path / "v.zarr", vector)
+    assert np.array_equal(read_shard(tmp_path / "v.zarr", checksum, vector.shape), vector)
+
+
+def test_a_compressed_shard_from_another_tool_is_read_through_zarr(tmp_path):
+    table = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    z = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=table.shape, chunks=(300, 3), dtype="float32")
+    z[:] = table  # zarr's default compressor
+    assert np.array_equal(read_shard(tmp_path / "c.zarr", None, table.shape), table)
+
+
+def test_a_truncated_chunk_is_reported_with_the_shard_path(tmp_path):
+    table = np.ones((1000, 4), np.float32)
+    checksum = write_shard(tmp_path / "t.zarr", table)
+    chunk = tmp_path / "t.zarr" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"t\.zarr: shard is missing or damaged .*chunk 0 is short"):
+        read_shard(tmp_path / "t.zarr", checksum, table.shape)
