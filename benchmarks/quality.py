@@ -6,7 +6,8 @@ with the filtered protocol (`bigembed eval`, realistic ties). Tasks:
 
 * ``wn18rr``      the WN18RR config (published ComplEx: MRR 0.475, Hits@10 0.547)
 * ``codex-m``     the CoDEx-M config (published ComplEx: MRR 0.337)
-* ``partitions``  the CoDEx-S config trained with P=1 and with P=4 partitions
+* ``partitions``  the CoDEx-S config trained with P=1 and with P=4 partitions (its
+                  buffer holds all 4), and with P=4 and a buffer of 2 for comparison
 * ``partitions-sampled``  the same with sampled negatives (configs/codex-s-sampled.toml)
 * ``pbg``         bigembed and PyTorch-BigGraph 1.0.0 (its own venv) with the same
                   dimension, epochs and negatives, ranked by the same evaluator
@@ -85,6 +86,12 @@ def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s
         data = import_dataset(dataset, work, P)
         out[f"P={P}"] = train_and_eval(data, work / f"run-{config}-p{P}", CONFIGS / f"{config}.toml", [])
     out["mrr_gap"] = round(abs(out["P=1"]["test"]["mrr"] - out["P=4"]["test"]["mrr"]), 4)
+    # the same with a buffer of two partitions (half the table in memory): negatives then come
+    # from the answer's partition only
+    extra = ["--set", "training.buffer_partitions=2"]
+    out["P=4,c=2"] = train_and_eval(import_dataset(dataset, work, 4), work / f"run-{config}-p4-c2",
+                                    CONFIGS / f"{config}.toml", extra)
+    out["mrr_gap_c2"] = round(abs(out["P=1"]["test"]["mrr"] - out["P=4,c=2"]["test"]["mrr"]), 4)
     return out
 
 

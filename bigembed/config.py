@@ -97,7 +97,7 @@ class TrainingConfig:
         50, "Edges per negative-sharing chunk; also the number of in-batch negatives.", min=1
     )
     negatives: int = _opt(
-        50, "Sampled negatives per chunk, drawn from the bucket's partitions.", min=0
+        50, "Sampled negatives per chunk (see negative_partitions for where from).", min=0
     )
     batch_negatives: bool = _opt(
         True, "Use the other edges of a chunk as negatives (in-batch negatives)."
@@ -114,6 +114,13 @@ class TrainingConfig:
         "Score every positive against every node of the partition instead of sampling "
         "(for small entity types; [relations.NAME] overrides it).",
     )
+    negative_partitions: str = _opt(
+        "auto",
+        "Where a side's negatives come from: answer (only the true answer's partition, as "
+        "PyTorch-BigGraph does), all (every partition, uniformly; needs buffer_partitions >= P, "
+        "so all stay in memory) or auto (all when buffer_partitions >= P, else answer).",
+        choices=("auto", "all", "answer"),
+    )
     negative_sides: str = _opt(
         "both",
         "Which side of an edge is corrupted ([relations.NAME] overrides it; "
@@ -126,6 +133,14 @@ class TrainingConfig:
     seed: int = _opt(0, "Seed of every random choice (init, orders, negatives).", min=0)
     deterministic: bool = _opt(
         False, "Single worker and seeded per bucket: a resumed run equals an uninterrupted one."
+    )
+    edge_chunks: int = _opt(
+        1,
+        "Passes over the bucket order per epoch, each training a different 1/N of every "
+        "bucket's edges (as PyTorch-BigGraph's num_edge_chunks): with P > 1, training does not "
+        "dwell on one bucket's edges for long, which keeps quality close to P = 1; costs N times "
+        "the partition loads unless the buffer holds every partition.",
+        min=1,
     )
     bucket_order: str = _opt(
         "inside_out",

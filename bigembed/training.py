@@ -53,7 +53,7 @@ from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.scheduler.memory import MemoryModel, choose_buffer
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
-from bigembed.storage.edges import read_edges
+from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
 from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.bucket import resolve_workers
@@ -186,6 +186,20 @@ def _prefetches(config: Config) -> bool:
     return t.prefetch and t.bucket_order == "beta" and t.buffer_partitions >= 3
 
 
+def _all_negatives_partitions(config: Config, P: int) -> bool:
+    """Whether every partition is a source of negatives (``training.negative_partitions``).
+
+    Only when the buffer holds all P: drawing from just the partitions that happen to be
+    resident over-samples the query's own partition (CoDEx-S, P=4, c=2: 0.389 test MRR
+    against 0.421 from the answer's partition alone) and would depend on what a resumed
+    run has loaded so far."""
+    where, c = config.training.negative_partitions, config.training.buffer_partitions
+    if where == "all" and c < P:
+        raise BigembedError(f"training.negative_partitions = all needs training.buffer_partitions >= {P} "
+                            f"(the number of partitions), got {c}; or use answer")
+    return P > 1 and c >= P and where != "answer"
+
+
 def _epoch_order(config: Config, P: int, epoch: int) -> list:
     """The epoch's buckets. With prefetching and c >= 3, the order is planned for c - 1
     partitions so the last slot is free to receive the next one in the background."""
@@ -194,21 +208,39 @@ def _epoch_order(config: Config, P: int, epoch: int) -> list:
     return order_buckets(P, t.bucket_order, np.random.default_rng([t.seed, epoch]), plan_for)
 
 
+def _epoch_visits(config: Config, P: int, epoch: int) -> list[tuple[Bucket, int]]:
+    """The epoch's (bucket, edge chunk) visits: ``training.edge_chunks`` passes over the
+    bucket order, every other one reversed (its first buckets need the partitions the
+    previous pass ended with)."""
+    order = _epoch_order(config, P, epoch)
+    n = config.training.edge_chunks
+    return [(b, c) for c in range(n) for b in (order if c % 2 == 0 else order[::-1])]
+
+
+def _chunk_size(count: int, chunk: int, chunks: int) -> int:
+    """Edges in chunk ``chunk`` of ``chunks`` of a bucket of ``count`` edges (every
+    ``chunks``-th edge from position ``chunk``, so a sorted input file still mixes)."""
+    return len(range(chunk, count, chunks))
+
+
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
                  show_progress: bool) -> bool:
-    """Train the rest of ``epoch`` from bucket ``start``; False when stopped by a signal."""
+    """Train the rest of ``epoch`` from visit ``start``; False when stopped by a signal."""
     config, data = session.config, session.data
-    order = _epoch_order(config, data.num_partitions, epoch)
-    upcoming = [(b.lhs, b.rhs) if data.edge_count("train", b) else () for b in order]  # what the buffer will need
-    total = sum(data.edge_count("train", b) for b in order)
-    done = sum(data.edge_count("train", b) for b in order[:start])
+    chunks = config.training.edge_chunks
+    visits = _epoch_visits(config, data.num_partitions, epoch)
+    counts = [_chunk_size(data.edge_count("train", b), c, chunks) for b, c in visits]
+    upcoming = [(b.lhs, b.rhs) if n else () for (b, _), n in zip(visits, counts, strict=True)]  # buffer needs
+    total = sum(counts)
+    done = sum(counts[:start])
+    everywhere = _all_negatives_partitions(config, data.num_partitions)
     loss_sum = 0.0
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
-        for k in range(start, len(order)):
-            bucket = order[k]
-            count = data.edge_count("train", bucket)
+        for k in range(start, len(visits)):
+            bucket, chunk = visits[k]
+            count = counts[k]
             if count:
                 waited = time.perf_counter()
                 session.buffer.acquire([bucket.lhs, bucket.rhs], upcoming, k + 1)
@@ -216,25 +248,34 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
                 io_wait += waited
                 if _prefetches(config):
                     session.buffer.prefetch(upcoming, k + 1, (bucket.lhs, bucket.rhs))
-                edges = read_edges(data.path.parent, "train", bucket, count, data.weighted)
+                extras = None
+                if everywhere:  # every other partition is a source of negatives too
+                    others = [p for p in range(data.num_partitions) if p not in (bucket.lhs, bucket.rhs)]
+                    session.buffer.acquire(others)
+                    extras = [session.buffer[p] for p in others]
+                edges = read_edges(data.path.parent, "train", bucket, data.edge_count("train", bucket),
+                                   data.weighted)
+                if chunks > 1:
+                    edges = EdgeArrays(edges.lhs[chunk::chunks], edges.rhs[chunk::chunks], edges.rel[chunk::chunks],
+                                       None if edges.weight is None else edges.weight[chunk::chunks])
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
-                                             session.relations, bucket_seed(config.training.seed, epoch, k))
+                                             session.relations, bucket_seed(config.training.seed, epoch, k), extras)
                 loss_sum += stats.loss
                 append_stats(session.run_dir, {
-                    "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs,
+                    "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs, "edge_chunk": chunk,
                     "edges": stats.edges, "loss": stats.loss / max(1, stats.edges),
                     "seconds": round(stats.seconds, 4), "io_wait_s": round(waited, 4),
                     "edges_per_s": round(stats.edges / max(stats.seconds, 1e-9), 1),
                 })
                 bar.update(count)
-                bar.set_postfix(bucket=f"{k + 1}/{len(order)}", loss=f"{stats.loss / max(1, count):.4f}")
-            last = k + 1 == len(order)
+                bar.set_postfix(bucket=f"{k + 1}/{len(visits)}", loss=f"{stats.loss / max(1, count):.4f}")
+            last = k + 1 == len(visits)
             position = Position(epoch + 1, 0) if last else Position(epoch, k + 1)
             due = time.monotonic() - session.last_commit >= config.checkpoint.interval_seconds
             if last or due or session.stop_requested:
                 manifest = session.commit(position)
                 if not last:
-                    log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(order)}")
+                    log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(visits)}")
             if session.stop_requested:
                 return False
     io = ""
@@ -337,7 +378,8 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
                                                               memory, log)}
     keep_freed_buffers()
     if not is_run(run_dir):  # refuse bad settings before anything is created
-        _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
+        config, _ = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
+        _all_negatives_partitions(config, data.num_partitions)
     with exclusive_run(run_dir):
         return _train_locked(data, run_dir, config_file, dict(overrides or {}), override, log, show_progress)
 
@@ -373,7 +415,7 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
                 "(set training.early_stopping=0 to train on)")
             return TrainResult(base.version, base.position.epoch, resumed)
         log(f"resuming {run_dir} from v{base.version}: epoch {base.position.epoch + 1}, "
-            f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2}")
+            f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2 * config.training.edge_chunks}")
     else:
         base = _create_run(run_dir, config, data)
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "

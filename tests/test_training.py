@@ -17,7 +17,7 @@ import pytest
 from bigembed.checkpoint import read_current, read_manifest, read_shard_of
 from bigembed.checkpoint.versions import list_versions
 from bigembed.config import load_config
-from bigembed.errors import CheckpointError, ConfigConflictError
+from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
 from bigembed.evaluation import evaluate_sampled
 from bigembed.generator import GraphSpec, write_graph
 from bigembed.storage.data_manifest import read_data_manifest
@@ -90,6 +90,33 @@ def test_beta_order_with_three_partitions_in_memory_trains_each_bucket_once_per_
     assert abs(test_mrr(tmp_path / "beta", data4, OVERRIDES) - test_mrr(tmp_path / "p1", data1, OVERRIDES)) < 0.05
 
 
+def test_edge_chunks_visit_every_bucket_n_times_and_every_edge_once(tmp_path, data4):
+    overrides = {**OVERRIDES, "training.epochs": 2, "training.edge_chunks": 3}
+    train(data4, tmp_path / "chunks", None, overrides, log=quiet)
+    records = [json.loads(line) for line in (tmp_path / "chunks" / "stats.jsonl").read_text().splitlines()]
+    counts = read_data_manifest(data4).bucket_counts["train"]
+    for epoch in range(2):
+        visits = [r for r in records if r.get("epoch") == epoch and "lhs" in r]
+        for key, count in counts.items():
+            lhs, rhs = (int(x) for x in key.split("_"))
+            mine = [r for r in visits if (r["lhs"], r["rhs"]) == (lhs, rhs)]
+            if count:
+                assert sorted(r["edge_chunk"] for r in mine) == [0, 1, 2]
+                assert sum(r["edges"] for r in mine) == count
+            else:
+                assert not mine
+        # the second pass runs the order backwards
+        first_pass = [(r["lhs"], r["rhs"]) for r in visits if r["edge_chunk"] == 0]
+        second_pass = [(r["lhs"], r["rhs"]) for r in visits if r["edge_chunk"] == 1]
+        assert second_pass == first_pass[::-1]
+
+
+def test_negatives_from_all_partitions_need_them_all_in_memory(tmp_path, data4):
+    with pytest.raises(BigembedError, match=r"negative_partitions = all needs training.buffer_partitions >= 4"):
+        train(data4, tmp_path / "run", None, {**OVERRIDES, "training.negative_partitions": "all"}, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
 def cli_train(data: Path, run: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "bigembed.cli.main", "train", str(data), "-o", str(run), "--dim", "16",
            "--epochs", "3", "--no-progress", *extra]
@@ -116,9 +143,12 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 BETA_C3 = ("--set", "training.bucket_order=beta", "--set", "training.buffer_partitions=3")
+# negatives from every partition (all 4 in memory) and two passes over the buckets per epoch
+ALL_NEGS_CHUNKS = ("--set", "training.buffer_partitions=4", "--set", "training.negative_partitions=all",
+                   "--set", "training.edge_chunks=2")
 
 
-@pytest.mark.parametrize("order", [(), BETA_C3])
+@pytest.mark.parametrize("order", [(), BETA_C3, ALL_NEGS_CHUNKS])
 def test_deterministic_kill_and_resume_is_bit_identical(tmp_path, data4, order):
     args = ("--deterministic", "--set", "checkpoint.interval_seconds=0", *order)
     finish(cli_train(data4, tmp_path / "straight", *args))

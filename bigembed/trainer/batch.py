@@ -5,18 +5,25 @@ A batch of B edges (all of one relation) is scored on each corrupted side
 
 * sampled: the batch is cut into chunks of C edges; a chunk's positives are
   corrupted with the chunk's own other edges (in-batch negatives, when
-  ``training.batch_negatives``) and U rows sampled from the side's partition,
+  ``training.batch_negatives``) and U rows sampled from the side's entity type,
   shared by the whole chunk (a fraction ``training.degree_fraction`` of them are
   endpoints of random training edges, i.e. degree-proportional). Scoring is a
   batched matrix multiply (chunks, C, dim) x (chunks, dim, C + U).
-* all negatives: every positive against every row of the side's partition,
-  (B, dim) x (dim, n); the gradient then reaches every row of the partition.
+* all negatives: every positive against every row of the side's entity type,
+  (B, dim) x (dim, n); the gradient then reaches every one of those rows.
+
+Where the rows come from (``training.negative_partitions``): from the corrupted
+side's own partition only, as PyTorch-BigGraph does (then a query (h, r, ?) whose
+answer lies in partition j is never contrasted with the nodes of the other
+partitions), or from every resident partition that holds the side's entity type
+(the bucket's two and the rest of the buffer), uniformly over their union.
 
 Losses are per positive, multiplied by the edge's weight and the relation's weight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +33,7 @@ from bigembed.config import Config, TrainingConfig
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.trainer.adagrad import dense_adagrad_, dense_row_adagrad_, row_adagrad_
 from bigembed.trainer.model import NEG_INF, Comparator, Loss, SoftmaxLoss, make_comparator, make_loss
-from bigembed.trainer.negatives import in_chunk_mask, sample_negatives
+from bigembed.trainer.negatives import degree_count, in_chunk_mask, sample_negatives, share_uniform
 from bigembed.trainer.relations import RelationSpec, RelationState, one_type_pair, relation_specs
 from bigembed.trainer.state import PartitionState
 
@@ -92,12 +99,6 @@ class SideGrads:
         old = self.dense.get(start)
         self.dense[start] = grad if old is None else old + grad
 
-    def merge(self, other: SideGrads) -> None:
-        self.rows += other.rows
-        self.grads += other.grads
-        for start, grad in other.dense.items():
-            self.add_dense(grad, start)
-
     def apply(self, state: PartitionState, lr: float, max_norm: float) -> None:
         """One Adagrad step: a dense piece's rows (and the sparse rows inside it) are updated
         together; sparse rows outside every dense piece are updated row by row."""
@@ -120,13 +121,52 @@ class SideGrads:
 
 
 @dataclass
-class Negatives:
-    """How one side is corrupted: sampled row indices per chunk, or a whole entity type's rows."""
+class Source:
+    """Candidate rows of one resident partition: all rows of the corrupted side's entity type
+    (``table``) or rows sampled per chunk (``idx``, ``rows``)."""
 
-    table: Tensor | None = None  # (n, dim) leaf: all negatives (the rows [start, start + n))
-    idx: Tensor | None = None  # (chunks, U) sampled rows
-    rows: Tensor | None = None  # (chunks, U, dim) leaf of the sampled rows
-    start: int = 0  # first row of the corrupted side's entity type in its partition
+    state: PartitionState
+    start: int  # first row of the entity type in ``state``
+    table: Tensor | None = None  # (n, dim) leaf: the rows [start, start + n)
+    idx: Tensor | None = None  # (chunks, U_s) sampled rows
+    rows: Tensor | None = None  # (chunks, U_s, dim) leaf of the sampled rows
+
+
+@dataclass
+class Negatives:
+    """How one side is corrupted: candidate rows from one or more partitions, the answer's
+    partition first."""
+
+    sources: list[Source]
+
+    @property
+    def own(self) -> Source:
+        return self.sources[0]
+
+    @property
+    def table(self) -> Tensor | None:
+        return self.own.table
+
+    @property
+    def idx(self) -> Tensor | None:
+        return self.own.idx
+
+    @property
+    def start(self) -> int:
+        return self.own.start
+
+    def all_table(self) -> Tensor:
+        """Every candidate row, the answer's partition's first."""
+        tables = [s.table for s in self.sources if s.table is not None]
+        return tables[0] if len(tables) == 1 else torch.cat(tables)
+
+    def all_rows(self) -> Tensor:
+        """(chunks, U, dim) every sampled row, the answer's partition's first."""
+        rows = [s.rows for s in self.sources if s.rows is not None]
+        return rows[0] if len(rows) == 1 else torch.cat(rows, 1)
+
+    def leaves(self) -> list[Tensor]:
+        return [t for s in self.sources for t in (s.table, s.rows) if t is not None]
 
 
 def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int,
@@ -165,7 +205,7 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
         return op.apply(x, params) if corrupt_lhs else x
 
     if negs.table is not None:  # all negatives, in row slices of at most SCORE_ELEMENTS scores
-        cands = candidates(negs.table)
+        cands = candidates(negs.all_table())
         idx = idx - negs.start if negs.start else idx
         query = fixed if corrupt_lhs else pos_query
         step = max(1, SCORE_ELEMENTS // max(1, cands.shape[0]))
@@ -184,13 +224,13 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
     B, d = pos_query.shape
     full, rem = divmod(B, chunk)
     out: list[Tensor] = []
-    assert negs.rows is not None
+    all_rows = negs.all_rows()
     for start, count, n_chunks, first in ((0, chunk, full, 0), (full * chunk, rem, 1 if rem else 0, full)):
         if not n_chunks:
             continue
         end = start + count * n_chunks
         q = (fixed if corrupt_lhs else pos_query)[start:end].view(n_chunks, count, d)
-        parts = [negs.rows[first : first + n_chunks]]
+        parts = [all_rows[first : first + n_chunks]]
         if batch_negatives:
             parts.insert(0, own[start:end].view(n_chunks, count, d))
         neg = comp.negative(q, candidates(torch.cat(parts, 1)))
@@ -214,9 +254,13 @@ class BatchLoss:
 def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
                relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                config: TrainingConfig, generator: torch.Generator,
-               pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None) -> BatchLoss:
+               pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None,
+               extras: Sequence[PartitionState] | None = None) -> BatchLoss:
     """The summed, weighted, regularised loss of a batch of edges of ``relation``.
 
+    ``extras``: None to draw a side's negatives from its own partition only, else the
+    resident partitions besides the bucket's two, which are all sources of negatives
+    (the caller decides, from ``training.negative_partitions``).
     With ``rels`` ((B,) relation of each edge) the batch mixes relations: allowed
     when :func:`mixes_with_params` holds, the parameters of all relations form
     one (num_relations, ...) leaf and each edge uses its own row.
@@ -239,15 +283,27 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
         if spec.sides == ("rhs" if corrupt_lhs else "lhs"):
             continue
         state, idx, own = (lhs, lhs_idx, L) if corrupt_lhs else (rhs, rhs_idx, R)
-        start, stop = state.range_of(spec.lhs_type if corrupt_lhs else spec.rhs_type)
-        negs = Negatives(start=start)
+        entity_type = spec.lhs_type if corrupt_lhs else spec.rhs_type
+        sources = [Source(state, state.range_of(entity_type)[0])]
+        if extras is not None:
+            for other in (rhs if corrupt_lhs else lhs, *extras):
+                o_start, o_stop = other.range_of(entity_type)
+                if o_stop > o_start and all(other is not s.state for s in sources):
+                    sources.append(Source(other, o_start))
+        sizes = [s.state.range_of(entity_type)[1] - s.start for s in sources]
         if spec.all_negatives:
-            negs.table = state.emb[start:stop].detach().requires_grad_()
+            for src, n in zip(sources, sizes, strict=True):
+                src.table = src.state.emb[src.start : src.start + n].detach().requires_grad_()
         else:
             pool = None if pools is None else pools[0 if corrupt_lhs else 1]
-            negs.idx = sample_negatives(stop - start, n_chunks, config.negatives, config.degree_fraction,
-                                        pool, generator, low=start)
-            negs.rows = state.emb[negs.idx].requires_grad_()
+            k = degree_count(config.negatives, config.degree_fraction, pool)
+            counts = share_uniform(config.negatives - k, sizes)
+            counts[0] += k
+            for src, n, count in zip(sources, sizes, counts, strict=True):
+                src.idx = sample_negatives(n, n_chunks, count, config.degree_fraction, pool if src is sources[0]
+                                           else None, generator, low=src.start, k=k if src is sources[0] else 0)
+                src.rows = src.state.emb[src.idx].requires_grad_()
+        negs = Negatives(sources)
         if spec.all_negatives or config.negatives or (config.batch_negatives and chunk > 1):
             per_edge = _side_loss(model, spec, query, R if corrupt_lhs else L, idx, negs, corrupt_lhs, params,
                                   chunk, config.batch_negatives, own)
@@ -261,7 +317,8 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
 def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
                 relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                 config: TrainingConfig, generator: torch.Generator,
-                pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None) -> float:
+                pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None,
+                extras: Sequence[PartitionState] | None = None) -> float:
     """One Adagrad step on a batch of edges of ``relation``; returns the batch's summed loss.
 
     ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``;
@@ -272,10 +329,10 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
     ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
     """
     b = batch_loss(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools,
-                   rels)
+                   rels, extras)
     if not b.loss.requires_grad:  # no negatives at all: nothing to learn from
         return 0.0
-    leaves = [b.L, b.R] + [t for _, n in b.sides for t in (n.table, n.rows) if t is not None]
+    leaves = [b.L, b.R] + [t for _, n in b.sides for t in n.leaves()]
     if b.params is not None:
         leaves.append(b.params)
     grads = dict(zip((id(t) for t in leaves), torch.autograd.grad(b.loss, leaves, allow_unused=True),
@@ -285,21 +342,21 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
         g = grads[id(t)]
         return torch.zeros_like(t) if g is None else g
 
-    lhs_g, rhs_g = SideGrads(), SideGrads()
-    lhs_g.add_rows(lhs_idx, grad_of(b.L))
-    rhs_g.add_rows(rhs_idx, grad_of(b.R))
-    for corrupt_lhs, negs in b.sides:
-        target = lhs_g if corrupt_lhs else rhs_g
-        if negs.table is not None:
-            target.add_dense(grad_of(negs.table), negs.start)
-        elif negs.rows is not None and negs.idx is not None:
-            target.add_rows(negs.idx, grad_of(negs.rows))
-    if lhs is rhs:
-        lhs_g.merge(rhs_g)
-        lhs_g.apply(lhs, config.lr, model.max_norm)
-    else:
-        lhs_g.apply(lhs, config.lr, model.max_norm)
-        rhs_g.apply(rhs, config.lr, model.max_norm)
+    per_state: dict[int, tuple[PartitionState, SideGrads]] = {}
+
+    def grads_for(state: PartitionState) -> SideGrads:
+        return per_state.setdefault(id(state), (state, SideGrads()))[1]
+
+    grads_for(lhs).add_rows(lhs_idx, grad_of(b.L))
+    grads_for(rhs).add_rows(rhs_idx, grad_of(b.R))
+    for _, negs in b.sides:
+        for src in negs.sources:
+            if src.table is not None:
+                grads_for(src.state).add_dense(grad_of(src.table), src.start)
+            elif src.rows is not None and src.idx is not None:
+                grads_for(src.state).add_rows(src.idx, grad_of(src.rows))
+    for state, side_grads in per_state.values():
+        side_grads.apply(state, config.lr, model.max_norm)
     if b.params is not None:
         if rels is None:
             view, acc = relations.param(relation), relations.adagrad_of(relation)

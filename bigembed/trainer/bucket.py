@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -127,7 +128,8 @@ class BucketTrainer:
             self.pool.shutdown()
 
     def _run_worker(self, batches: list[tuple[int, Tensor]], slab: Slab, lhs: PartitionState,
-                    rhs: PartitionState, relations: RelationState, seed: int) -> float:
+                    rhs: PartitionState, relations: RelationState, seed: int,
+                    extras: Sequence[PartitionState] | None = None) -> float:
         generator = torch.Generator().manual_seed(seed)
         degree = self.config.degree_fraction > 0
         total = 0.0
@@ -140,17 +142,20 @@ class BucketTrainer:
             pools = (slab.pool("lhs", spec.lhs_type, None if types is None else types["lhs"]),
                      slab.pool("rhs", spec.rhs_type, None if types is None else types["rhs"])) if degree else None
             total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
-                                 generator, pools, rels)
+                                 generator, pools, rels, extras)
             if self.reciprocal:
                 back = None if rels is None else rels + self.num_relations
                 reverse_pools = None if pools is None else (pools[1], pools[0])
                 total += train_batch(self.model, rhs, lhs, relations, relation + self.num_relations, ri, li,
-                                     w, self.config, generator, reverse_pools, back)
+                                     w, self.config, generator, reverse_pools, back, extras)
         return total
 
     def train_bucket(self, edges: EdgeArrays, lhs: PartitionState, rhs: PartitionState,
-                     relations: RelationState, seed: int) -> BucketStats:
-        """Train every edge of a bucket once. ``seed`` fixes all its randomness."""
+                     relations: RelationState, seed: int,
+                     extras: Sequence[PartitionState] | None = None) -> BucketStats:
+        """Train every edge of a bucket once. ``seed`` fixes all its randomness. ``extras``:
+        None, or the other resident partitions, then sources of negatives with the bucket's own
+        (``training.negative_partitions``)."""
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         n = len(edges)
@@ -165,11 +170,11 @@ class BucketTrainer:
             batches = plan_batches(rel, self.config.batch_size, by_relation, generator)
             base = int(torch.randint(2**62, (1,), generator=generator))
             if self.pool is None:
-                total += self._run_worker(batches, slab, lhs, rhs, relations, base)
+                total += self._run_worker(batches, slab, lhs, rhs, relations, base, extras)
             else:
                 futures = [
                     self.pool.submit(self._run_worker, batches[w :: self.workers], slab,
-                                     lhs, rhs, relations, base + w)
+                                     lhs, rhs, relations, base + w, extras)
                     for w in range(self.workers)
                 ]
                 total += sum(f.result() for f in futures)

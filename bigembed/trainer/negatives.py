@@ -15,13 +15,35 @@ def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: to
     return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator)
 
 
+def degree_count(per_chunk: int, degree_fraction: float, pool: Tensor | None) -> int:
+    """How many of a chunk's ``per_chunk`` sampled negatives come from the degree pool."""
+    return round(degree_fraction * per_chunk) if pool is not None and pool.numel() else 0
+
+
+def share_uniform(count: int, sizes: list[int]) -> list[int]:
+    """Split ``count`` uniform negatives between partitions holding ``sizes`` rows of the
+    entity type, in proportion to their sizes (largest remainders), so that together they
+    are uniform over the union."""
+    total = sum(sizes)
+    if not total:
+        return [count] + [0] * (len(sizes) - 1)
+    exact = [count * n / total for n in sizes]
+    shares = [int(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: shares[i] - exact[i])
+    for i in by_remainder[: count - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 def sample_negatives(num_rows: int, num_chunks: int, per_chunk: int, degree_fraction: float,
-                     pool: Tensor | None, generator: torch.Generator, low: int = 0) -> Tensor:
+                     pool: Tensor | None, generator: torch.Generator, low: int = 0,
+                     k: int | None = None) -> Tensor:
     """(num_chunks, per_chunk) rows: ``round(degree_fraction * per_chunk)`` of each chunk's
-    drawn from ``pool`` (the side's endpoints of the slab's edges, so a node comes up in
-    proportion to its degree, as Marius does), the rest uniformly from
+    (or ``k``) drawn from ``pool`` (the side's endpoints of the slab's edges, so a node comes
+    up in proportion to its degree, as Marius does), the rest uniformly from
     ``[low, low + num_rows)`` (one entity type's rows)."""
-    k = round(degree_fraction * per_chunk) if pool is not None and pool.numel() else 0
+    if k is None:
+        k = degree_count(per_chunk, degree_fraction, pool)
     uniform = sample_uniform(num_rows, num_chunks, per_chunk - k, generator)
     if low:
         uniform += low

@@ -173,20 +173,29 @@ LOSS_FORMULAS = {
 }
 
 
+@pytest.mark.parametrize("where", ["answer", "buffer"])
 @pytest.mark.parametrize("operator", sorted(OPERATORS))
 @pytest.mark.parametrize("loss", sorted(LOSS_FORMULAS))
-def test_batch_loss_equals_a_direct_double_loop(operator, loss):
-    """Chunked in-batch + sampled negatives on both sides equal the per-pair formula."""
+def test_batch_loss_equals_a_direct_double_loop(operator, loss, where):
+    """Chunked in-batch + sampled negatives on both sides equal the per-pair formula; with
+    negative_partitions = buffer a side's sampled negatives also come from the other partition."""
     config, model, lhs, rhs, relations = _setup({
         "model.margin": 0.3, "model.operator": operator, "model.loss": loss, "model.comparator": "dot",
         "training.chunk_size": 2, "training.negatives": 3})
     lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1]), torch.tensor([5, 4, 3, 2, 1])
     weights = torch.tensor([1.0, 0.5, 2.0, 1.5, 0.25])
     b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, weights, config.training,
-                   torch.Generator().manual_seed(2))
+                   torch.Generator().manual_seed(2), extras=() if where == "buffer" else None)
     (rhs_side, rhs_negs), (lhs_side, lhs_negs) = b.sides
     assert not rhs_side and lhs_side
     ur, ul = rhs_negs.idx, lhs_negs.idx
+    # rhs negatives from the lhs partition and vice versa (7 and 6 rows: 2 and 1 of the 3)
+    ur_other, ul_other = (None, None) if where == "answer" else (rhs_negs.sources[1].idx, lhs_negs.sources[1].idx)
+    if where == "answer":
+        assert len(rhs_negs.sources) == len(lhs_negs.sources) == 1 and ur.shape == ul.shape == (3, 3)
+    else:
+        assert ur_other.shape == (3, 2) and ur.shape == (3, 1) and ul_other.shape == (3, 1) and ul.shape == (3, 2)
+        assert int(ur_other.max()) < 7 and int(ul_other.max()) < 6
     p = relations.param(0)
 
     def op(x):
@@ -200,19 +209,25 @@ def test_batch_loss_equals_a_direct_double_loop(operator, loss):
             pos = float(op(L) @ R)
             rhs_negs_ = [rhs.emb[rhs_idx[j]] for j in members if j != i] + [rhs.emb[k] for k in ur[c]]
             lhs_negs_ = [lhs.emb[lhs_idx[j]] for j in members if j != i] + [lhs.emb[k] for k in ul[c]]
+            if where == "buffer":
+                rhs_negs_ += [lhs.emb[k] for k in ur_other[c]]
+                lhs_negs_ += [rhs.emb[k] for k in ul_other[c]]
             expected += float(weights[i]) * formula(pos, [float(op(L) @ n) for n in rhs_negs_])
             expected += float(weights[i]) * formula(pos, [float(op(n) @ R) for n in lhs_negs_])
     assert abs(float(b.loss.detach()) - expected) < 1e-3 * max(1.0, abs(expected))
 
 
+@pytest.mark.parametrize("where", ["answer", "buffer"])
 @pytest.mark.parametrize("loss", sorted(LOSS_FORMULAS))
 @pytest.mark.parametrize("comparator", sorted(COMPARATORS))
-def test_all_negatives_scores_against_every_row(loss, comparator):
+def test_all_negatives_scores_against_every_row(loss, comparator, where):
+    """Every row of the answer's partition (and with buffer, of the lhs partition too)."""
     config, model, lhs, rhs, relations = _setup({
         "model.margin": 0.3, "model.operator": "diagonal", "model.loss": loss, "model.comparator": comparator,
         "training.all_negatives": True, "training.negative_sides": "rhs"})
     lhs_idx, rhs_idx = torch.tensor([0, 3, 6]), torch.tensor([5, 0, 2])
-    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator(),
+                   extras=() if where == "buffer" else None)
     comp = COMPARATORS[comparator]()
     p = relations.param(0)
     expected = 0.0
@@ -220,6 +235,8 @@ def test_all_negatives_scores_against_every_row(loss, comparator):
         q = (lhs.emb[lhs_idx[i]] * p).unsqueeze(0)
         pos = float(comp.positive(q, rhs.emb[rhs_idx[i]].unsqueeze(0))[0])
         negs = [float(comp.positive(q, rhs.emb[k].unsqueeze(0))[0]) for k in range(6) if k != rhs_idx[i]]
+        if where == "buffer":
+            negs += [float(comp.positive(q, lhs.emb[k].unsqueeze(0))[0]) for k in range(7)]
         expected += LOSS_FORMULAS[loss](pos, negs)
     assert len(b.sides) == 1 and b.sides[0][1].table is not None
     assert abs(float(b.loss.detach()) - expected) < 1e-3 * max(1.0, abs(expected))
@@ -284,6 +301,37 @@ def test_train_batch_lowers_the_loss_and_touches_only_batch_rows():
         last = train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
                            torch.Generator())
     assert last < first
+
+
+@pytest.mark.parametrize("all_negatives", [False, True])
+def test_extra_partitions_are_negatives_only_when_passed_and_get_their_gradient(all_negatives):
+    """A resident partition outside the bucket is a source of negatives only when given as an
+    extra; then its rows move (sampled: only rows drawn; all negatives: every row)."""
+    config, model, lhs, rhs, relations = _setup({
+        "model.operator": "diagonal", "model.loss": "softmax", "training.negatives": 40,
+        "training.all_negatives": all_negatives, "training.lr": 0.1})
+    gen = torch.Generator().manual_seed(3)
+    third = PartitionState(torch.randn(5, 4, generator=gen), torch.zeros(5))
+    lhs_idx, rhs_idx = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    before = third.emb.clone()
+    train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, torch.Generator())
+    assert torch.equal(third.emb, before)
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                   torch.Generator().manual_seed(0), extras=[third])
+    for _, negs in b.sides:
+        assert [id(src.state) for src in negs.sources][1:] in ([id(lhs), id(third)], [id(rhs), id(third)])
+        if not all_negatives:  # 40 uniform negatives split 7 : 6 : 5 by rows (own partition first)
+            assert sum(src.idx.shape[1] for src in negs.sources) == 40
+    train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                torch.Generator().manual_seed(0), extras=[third])
+    moved = (third.emb != before).any(1)
+    if all_negatives:
+        assert moved.all()
+    else:
+        drawn = set()
+        for _, negs in b.sides:
+            drawn |= set(negs.sources[2].idx.flatten().tolist())
+        assert set(moved.nonzero().flatten().tolist()) == drawn and drawn
 
 
 def test_plan_batches_groups_by_relation_and_covers_every_edge():
