@@ -197,9 +197,10 @@ class VersionWriter:
 
     def read(self, key: str) -> np.ndarray:
         """The newest copy of ``key``: staged here, else the base version's."""
-        if key in self.written:
+        if key in self.written:  # staged by this writer: hashed as it was written, so not again
+            # (the checksum in the manifest still guards it from the next session on)
             entry = self.written[key]
-            return read_shard(self.run_dir / entry["path"], entry["sha256"], tuple(entry["shape"]))
+            return read_shard(self.run_dir / entry["path"], None, tuple(entry["shape"]))
         if self.base is None:
             raise CheckpointError(f"no shard {key!r} staged and no base version")
         return read_shard_of(self.run_dir, self.base, key)

@@ -50,10 +50,11 @@ def write_shard(path: Path, array: np.ndarray, durable: bool = True) -> str:
             compressors=None,
             overwrite=True,
         )
-        # Chunk by chunk: a whole-array assignment encodes many chunks at once,
-        # which costs several chunks of extra memory.
-        for start in range(0, array.shape[0], chunks[0]):
-            z[start : start + chunks[0]] = array[start : start + chunks[0]]
+        if _raw_chunks(z):
+            _write_raw(tmp, z, array)
+        else:  # chunk by chunk: a whole-array assignment encodes many chunks at once
+            for start in range(0, array.shape[0], chunks[0]):
+                z[start : start + chunks[0]] = array[start : start + chunks[0]]
         if durable:
             fsync_tree(tmp)
         atomic_replace_dir(tmp, path)
@@ -103,6 +104,22 @@ def _read_raw(path: Path, z: zarr.Array) -> np.ndarray:
             if f.readinto(target) != target.nbytes:
                 raise ValueError(f"chunk {i} is short")
     return array
+
+
+def _write_raw(path: Path, z: zarr.Array, array: np.ndarray) -> None:
+    """Write each chunk's rows as its file, as zarr would with no compression (the last
+    chunk padded to the full chunk shape), without zarr's per-chunk encoding (about 10x
+    the time of the write itself for a 256 MB shard)."""
+    step = z.chunks[0]
+    chunk_bytes = step * array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    for i, start in enumerate(range(0, array.shape[0], step)):
+        data = array[start : start + step].reshape(-1).view(np.uint8).data
+        file = path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1))
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with open(file, "wb") as f:
+            f.write(data)
+            if data.nbytes < chunk_bytes:
+                f.write(bytes(chunk_bytes - data.nbytes))
 
 
 def read_shard(path: Path, checksum: str | None, shape: tuple[int, ...]) -> np.ndarray:

@@ -9,13 +9,23 @@ from bigembed.errors import CheckpointError
 from bigembed.storage.shards import CHUNK_BYTES, read_shard, write_shard
 
 
-def test_read_equals_what_was_written_including_all_zero_chunks(tmp_path):
+def test_read_equals_what_was_written_and_zarr_reads_it_too(tmp_path):
     rows = CHUNK_BYTES // (4 * 8) + 100  # two chunks, the second short
     table = np.random.default_rng(0).random((rows, 8), dtype=np.float32)
-    table[: CHUNK_BYTES // 32] = 0.0  # zarr leaves an all-fill chunk out of the store
+    table[: CHUNK_BYTES // 32] = 0.0
     checksum = write_shard(tmp_path / "t.zarr", table)
-    assert not (tmp_path / "t.zarr" / "c" / "0" / "0").exists()
     assert np.array_equal(read_shard(tmp_path / "t.zarr", checksum, table.shape), table)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "t.zarr"), mode="r")[:], table)
+
+
+def test_a_chunk_zarr_left_out_reads_as_its_fill_value(tmp_path):
+    table = np.random.default_rng(1).random((CHUNK_BYTES // 32 * 2, 8), dtype=np.float32)
+    table[: CHUNK_BYTES // 32] = 0.0
+    z = zarr.create_array(store=str(tmp_path / "z.zarr"), shape=table.shape, chunks=(CHUNK_BYTES // 32, 8),
+                          dtype="float32", compressors=None)
+    z[:] = table  # zarr does not store the all-zero first chunk
+    assert not (tmp_path / "z.zarr" / "c" / "0" / "0").exists()
+    assert np.array_equal(read_shard(tmp_path / "z.zarr", None, table.shape), table)
     vector = np.zeros(5000, np.float32)
     checksum = write_shard(tmp_path / "v.zarr", vector)
     assert np.array_equal(read_shard(tmp_path / "v.zarr", checksum, vector.shape), vector)
