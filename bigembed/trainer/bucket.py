@@ -167,6 +167,7 @@ class BucketTrainer:
             rel = torch.from_numpy(np.array(edges.rel[s:e]))
             slab = Slab(torch.from_numpy(np.array(edges.lhs[s:e])), torch.from_numpy(np.array(edges.rhs[s:e])), rel,
                         None if edges.weight is None else torch.from_numpy(np.array(edges.weight[s:e])))
+            edges.drop_pages()  # the slab is a copy; keep resident memory flat in the bucket's size
             batches = plan_batches(rel, self.config.batch_size, by_relation, generator)
             base = int(torch.randint(2**62, (1,), generator=generator))
             if self.pool is None:
