@@ -103,7 +103,8 @@ def describe_run(path: Path) -> dict[str, Any]:
         facts["epochs done"] = manifest.position.epoch
         facts["finished"] = manifest.position.epoch >= config["training"]["epochs"]
         if not facts["finished"]:
-            facts["next bucket"] = f"{manifest.position.bucket + 1} of {P * P} in epoch {manifest.position.epoch + 1}"
+            visits = P * P * int(config["training"].get("edge_chunks", 1))  # edge_chunks passes an epoch
+            facts["next bucket"] = f"{manifest.position.bucket + 1} of {visits} in epoch {manifest.position.epoch + 1}"
     facts["last epoch trained"] = last_epoch_stats(path / "stats.jsonl")
     evals = read_evals(path)
     if evals["best"]:
