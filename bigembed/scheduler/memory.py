@@ -20,7 +20,7 @@ from bigembed.errors import BigembedError
 
 FIXED_OVERHEAD = 480 << 20  # measured: ~255 MiB for Python + torch + zarr, plus up to ~220 MiB
 # that the allocator keeps after frees (trim threshold 256 MB, see trainer/allocator.py) and IO buffers
-SLAB_EDGES = 4_000_000
+SLAB_EDGES = 1_000_000  # as bigembed.trainer.bucket.SLAB_EDGES
 EDGE_BYTES = 2 * (8 + 8 + 4 + 4)  # lhs, rhs, rel, weight; read, then shuffled
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

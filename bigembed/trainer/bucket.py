@@ -18,7 +18,8 @@ from bigembed.trainer.batch import Model, mixes_with_params, train_batch
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 
-SLAB_EDGES = 4_000_000  # edges shuffled together; bounds the bucket's resident copy
+SLAB_EDGES = 1_000_000  # edges shuffled together; bounds the bucket's resident copy (about 60 MB with
+# the shuffle's index arrays), so peak memory does not grow with the bucket beyond this
 
 
 @dataclass(frozen=True)
