@@ -132,7 +132,8 @@ class _Session:
     def __init__(self, run_dir: Path, data: DataManifest, config: Config, base: VersionManifest) -> None:
         self.run_dir, self.data, self.config = run_dir, data, config
         self.base = base
-        self.writer = VersionWriter(run_dir, base, base.version + 1)
+        # ``base`` was verified shard by shard (resume) or just written: trust its shards
+        self.writer = VersionWriter(run_dir, base, base.version + 1, {e["path"] for e in base.shards.values()})
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(
             config.training.buffer_partitions, self._load, self._store)
         self.model = Model.for_data(config, data)
@@ -174,7 +175,7 @@ class _Session:
         manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
         collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
         self.base = manifest
-        self.writer = VersionWriter(self.run_dir, manifest, manifest.version + 1)
+        self.writer = self.writer.successor(manifest)
         self.last_commit = time.monotonic()
         return manifest
 

@@ -86,3 +86,20 @@ def test_staged_shard_is_read_back_before_commit(tmp_path):
     np.testing.assert_array_equal(writer.read("a"), np.ones((2, 2)))
     writer.write("a", np.full((2, 2), 7, np.float32))
     np.testing.assert_array_equal(writer.read("a"), np.full((2, 2), 7))
+
+
+def test_only_shards_this_session_trusts_skip_the_checksum(tmp_path):
+    """A base shard is verified on read unless the session already knows it good (it
+    verified the version at resume, or wrote the shard); a successor trusts what its
+    predecessor wrote."""
+    v0 = commit(tmp_path, None, 0, {"a": np.ones((2, 2), np.float32), "b": np.ones(3, np.float32)})
+    damage(tmp_path, v0, "a")
+    with pytest.raises(CheckpointError, match=r"a\.zarr: shard checksum mismatch"):
+        VersionWriter(tmp_path, v0, 1).read("a")
+    trusting = VersionWriter(tmp_path, v0, 1, {v0.shards["a"]["path"]})
+    assert trusting.read("a")[0, 0] != 1.0  # read as stored, not checked again
+    trusting.write("b", np.full(3, 5, np.float32))
+    v1 = trusting.commit(Position(1, 0), {})
+    successor = trusting.successor(v1)
+    assert successor.trusted == {v0.shards["a"]["path"], v1.shards["b"]["path"]}
+    np.testing.assert_array_equal(successor.read("b"), np.full(3, 5))
