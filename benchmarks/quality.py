@@ -7,7 +7,8 @@ with the filtered protocol (`bigembed eval`, realistic ties). Tasks:
 * ``wn18rr``      the WN18RR config (published ComplEx: MRR 0.475, Hits@10 0.547)
 * ``codex-m``     the CoDEx-M config (published ComplEx: MRR 0.337)
 * ``partitions``  the CoDEx-S config trained with P=1 and with P=4 partitions (its
-                  buffer holds all 4), and with P=4 and a buffer of 2 for comparison
+                  buffer holds all 4), and with P=4 and a buffer of 2 for comparison,
+                  each with seeds 0, 1, 2 (``--seeds``), compared by their means
 * ``partitions-sampled``  the same with sampled negatives (configs/codex-s-sampled.toml)
 * ``pbg``         bigembed and PyTorch-BigGraph 1.0.0 (its own venv) with the same
                   dimension, epochs and negatives, ranked by the same evaluator
@@ -79,19 +80,28 @@ def task_dataset(name: str, work: Path) -> dict[str, Any]:
             **train_and_eval(data, work / f"run-{name}", CONFIGS / f"{name}.toml", [])}
 
 
-def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s") -> dict[str, Any]:
-    """A config, unchanged, on one partition and on four."""
-    out: dict[str, Any] = {"dataset": dataset, "config": config}
-    for P in (1, 4):
+def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s",
+                    seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """A config, unchanged, on one partition and on four (its buffer holding all four), and on
+    four with a buffer of two (half the table in memory; negatives then come from the answer's
+    partition only). Each is trained once per seed (``training.seed``: initialisation,
+    negatives, orders); the gaps are between the means over seeds."""
+    out: dict[str, Any] = {"dataset": dataset, "config": config, "seeds": list(seeds)}
+    runs = {"P=1": (1, []), "P=4": (4, []), "P=4,c=2": (4, ["--set", "training.buffer_partitions=2"])}
+    for name, (P, extra) in runs.items():
         data = import_dataset(dataset, work, P)
-        out[f"P={P}"] = train_and_eval(data, work / f"run-{config}-p{P}", CONFIGS / f"{config}.toml", [])
-    out["mrr_gap"] = round(abs(out["P=1"]["test"]["mrr"] - out["P=4"]["test"]["mrr"]), 4)
-    # the same with a buffer of two partitions (half the table in memory): negatives then come
-    # from the answer's partition only
-    extra = ["--set", "training.buffer_partitions=2"]
-    out["P=4,c=2"] = train_and_eval(import_dataset(dataset, work, 4), work / f"run-{config}-p4-c2",
-                                    CONFIGS / f"{config}.toml", extra)
-    out["mrr_gap_c2"] = round(abs(out["P=1"]["test"]["mrr"] - out["P=4,c=2"]["test"]["mrr"]), 4)
+        per_seed = []
+        for seed in seeds:
+            tag = name.replace("=", "").replace(",", "-").lower()
+            per_seed.append(train_and_eval(data, work / f"run-{config}-{tag}-s{seed}", CONFIGS / f"{config}.toml",
+                                           [*extra, "--set", f"training.seed={seed}"]))
+        mrrs = [r["test"]["mrr"] for r in per_seed]
+        out[name] = {"test_mrr_per_seed": mrrs, "test_mrr_mean": round(sum(mrrs) / len(mrrs), 4),
+                     "test_hits@10_mean": round(sum(r["test"]["hits@10"] for r in per_seed) / len(per_seed), 4),
+                     "train_wall_s_mean": round(sum(r["train_wall_s"] for r in per_seed) / len(per_seed), 1),
+                     "train_peak_rss_mib_max": max(r["train_peak_rss_mib"] for r in per_seed)}
+    out["mrr_gap"] = round(abs(out["P=1"]["test_mrr_mean"] - out["P=4"]["test_mrr_mean"]), 4)
+    out["mrr_gap_c2"] = round(abs(out["P=1"]["test_mrr_mean"] - out["P=4,c=2"]["test_mrr_mean"]), 4)
     return out
 
 
@@ -129,15 +139,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "work" / "quality.json")
     parser.add_argument("--pbg-python", default="/tmp/pbgvenv/bin/python")
     parser.add_argument("--pbg-dataset", default="wn18rr")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for the partitions tasks")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     for task in args.tasks:
         print(f"== {task}", flush=True)
         if task == "partitions":
-            results[task] = task_partitions(args.work)
+            results[task] = task_partitions(args.work, seeds=tuple(args.seeds))
         elif task == "partitions-sampled":
-            results[task] = task_partitions(args.work, config="codex-s-sampled")
+            results[task] = task_partitions(args.work, config="codex-s-sampled", seeds=tuple(args.seeds))
         elif task == "pbg":
             results[task] = task_pbg(args.work, args.pbg_dataset, PBG_SETTINGS, args.pbg_python)
         else:

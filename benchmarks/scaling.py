@@ -1,0 +1,96 @@
+"""Does training time grow linearly with edges, and memory stay flat? One graph size per row.
+
+For each edge count the same number of nodes gets a generated graph (planted communities,
+one relation, integer ids), imported with ``-p P``, and one epoch of training with the
+throughput settings (dim 128, dot + margin ranking, 50 in-batch + 50 uniform negatives,
+batch 1000, 2 workers). Reported per row: the epoch's wall time (first bucket start to
+last bucket end, from stats.jsonl), edges/s, the training process's peak RSS, and both
+relative to the first row. Each graph's files are deleted after its row (100M edges take
+about 5 GB of text and edge arrays).
+
+    python benchmarks/scaling.py --nodes 1000000 --edges 1000000 10000000 100000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import BIGEMBED, epoch_seconds, run_measured
+
+from bigembed.storage.data_manifest import read_data_manifest
+
+HERE = Path(__file__).resolve().parent
+CONFIG = """[model]
+dim = 128
+operator = "none"
+comparator = "dot"
+loss = "ranking"
+margin = 0.1
+[training]
+epochs = 1
+lr = 0.1
+batch_size = 1000
+negatives = 50
+chunk_size = 50
+workers = 2
+"""
+
+
+def one_size(work: Path, nodes: int, edges: int, P: int) -> dict[str, Any]:
+    folder = work / f"{nodes}-{edges}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    gen_wall, _ = run_measured([*BIGEMBED, "generate", "-o", str(folder / "graph"), "--nodes", str(nodes),
+                                "--edges", str(edges), "--relations", "1", "--communities", "100", "--ids", "int",
+                                "--no-progress"])
+    data = folder / "data"
+    import_wall, import_rss = run_measured([*BIGEMBED, "import", str(folder / "graph" / "train.tsv"), "-o", str(data),
+                                            "-p", str(P), "--ids", "int", "--no-progress"])
+    shutil.rmtree(folder / "graph")  # the text is not needed any more
+    config = folder / "config.toml"
+    config.write_text(CONFIG)
+    train_edges = read_data_manifest(data).num_edges("train")
+    wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(folder / "run"), "--config", str(config),
+                              "--no-progress"])
+    epoch = epoch_seconds(folder / "run" / "stats.jsonl")[0]
+    shutil.rmtree(folder)
+    return {"nodes": nodes, "edges": edges, "train_edges": train_edges, "partitions": P,
+            "generate_s": round(gen_wall, 1), "import_s": round(import_wall, 1),
+            "import_peak_rss_mib": round(import_rss),
+            "train_wall_s": round(wall, 1), "epoch_s": round(epoch, 2), "edges_per_s": round(train_edges / epoch),
+            "train_peak_rss_mib": round(rss)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=1_000_000)
+    ap.add_argument("--edges", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "scaling")
+    ap.add_argument("--out", type=Path, default=HERE / "work" / "scaling.json")
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    for edges in args.edges:
+        row = one_size(args.work, args.nodes, edges, args.partitions)
+        first = rows[0] if rows else row
+        row["edges_per_s_vs_first"] = round(row["edges_per_s"] / first["edges_per_s"], 3)
+        row["rss_vs_first"] = round(row["train_peak_rss_mib"] / first["train_peak_rss_mib"], 3)
+        rows.append(row)
+        print(f"{row['train_edges']:>12,} train edges: epoch {row['epoch_s']:>8.1f} s  "
+              f"{row['edges_per_s']:>9,} edges/s "
+              f"({row['edges_per_s_vs_first']:.2f}x the first)  peak RSS {row['train_peak_rss_mib']} MiB "
+              f"({row['rss_vs_first']:.2f}x)  import {row['import_s']} s, {row['import_peak_rss_mib']} MiB",
+              flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
