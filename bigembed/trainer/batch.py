@@ -15,8 +15,8 @@ A batch of B edges (all of one relation) is scored on each corrupted side
 Where the rows come from (``training.negative_partitions``): from the corrupted
 side's own partition only, as PyTorch-BigGraph does (then a query (h, r, ?) whose
 answer lies in partition j is never contrasted with the nodes of the other
-partitions), or from every resident partition that holds the side's entity type
-(the bucket's two and the rest of the buffer), uniformly over their union.
+partitions), or, when the buffer holds every partition, from all of them that hold
+the side's entity type, uniformly over their union (``extras``).
 
 Losses are per positive, multiplied by the edge's weight and the relation's weight.
 """
