@@ -24,8 +24,9 @@ from bigembed.storage.data_manifest import read_data_manifest
 from bigembed.storage.edges import Bucket, read_edges
 from bigembed.storage.names import iter_names, names_dir
 from bigembed.trainer import Model, PartitionState, RelationState, initial_params
-from bigembed.trainer.batch import batch_loss, train_batch
+from bigembed.trainer.batch import batch_loss
 from bigembed.trainer.bucket import BucketTrainer, Slab
+from bigembed.trainer.step import train_batch
 from bigembed.training import train
 
 SCHEMA = """

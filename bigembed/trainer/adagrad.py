@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from bigembed.trainer.kernels import fused_clip_rows_, fused_row_adagrad
 
 EPS = 1e-10
 
 
-def row_adagrad_(table: Tensor, state: Tensor, index: Tensor, grad: Tensor, lr: float,
-                 max_norm: float = 0.0) -> None:
+def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor], grad: Tensor | Sequence[Tensor],
+                 lr: float, max_norm: float = 0.0) -> None:
     """Update ``table[index]`` in place from ``grad``, touching only those rows.
 
     ``table``: (n, dim) float32; ``state``: (n,) float32 sum of mean squared
     gradients per row (row-wise Adagrad), or (n, dim) sum of squared gradients
     per coordinate (plain Adagrad); ``index``: (k,) int64, may repeat (repeats
-    are summed first); ``grad``: (k, dim). ``max_norm`` > 0 rescales updated
-    rows longer than it.
+    are summed first); ``grad``: (k, dim); or both as lists of pieces, read as
+    their concatenation (saves copying the gradients into one tensor).
+    ``max_norm`` > 0 rescales updated rows longer than it.
     """
-    if index.numel() == 0:
-        return
-    rows, inverse = torch.unique(index, return_inverse=True)
-    summed = torch.zeros(rows.shape[0], grad.shape[1], dtype=grad.dtype)
-    summed.index_add_(0, inverse, grad)
-    squares = summed.pow(2) if state.dim() == 2 else summed.pow(2).mean(1)
-    new_state = state[rows] + squares
-    state[rows] = new_state
-    step = new_state.sqrt_().add_(EPS).reciprocal_().mul_(-lr)
-    table.index_add_(0, rows, summed.mul_(step if state.dim() == 2 else step.unsqueeze(1)))
-    if max_norm > 0:
-        _clip_rows_(table, rows, max_norm)
+    indices = [index] if isinstance(index, Tensor) else list(index)
+    grads = [grad] if isinstance(grad, Tensor) else list(grad)
+    if indices:
+        fused_row_adagrad(table, state, indices, grads, lr, max_norm)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:
@@ -42,15 +39,7 @@ def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, ma
         state.add_(grad.pow(2).mean(1))
         table.addcdiv_(grad, state.sqrt().add_(EPS).unsqueeze(1), value=-lr)
     if max_norm > 0:
-        _clip_rows_(table, torch.arange(table.shape[0]), max_norm)
-
-
-def _clip_rows_(table: Tensor, rows: Tensor, max_norm: float) -> None:
-    norms = table[rows].norm(dim=1)
-    over = norms > max_norm
-    if bool(over.any()):
-        long_rows = rows[over]
-        table[long_rows] *= (max_norm / norms[over]).unsqueeze(1)
+        fused_clip_rows_(table, torch.arange(table.shape[0]), max_norm)
 
 
 def dense_adagrad_(param: Tensor, state: Tensor, grad: Tensor, lr: float) -> None:

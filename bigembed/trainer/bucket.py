@@ -14,9 +14,10 @@ from torch import Tensor
 
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
-from bigembed.trainer.batch import Model, mixes_with_params, train_batch
+from bigembed.trainer.batch import Model, mixes_with_params
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
+from bigembed.trainer.step import train_batch
 
 SLAB_EDGES = 1_000_000  # edges shuffled together; bounds the bucket's resident copy (about 60 MB with
 # the shuffle's index arrays), so peak memory does not grow with the bucket beyond this

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bigembed.errors import ConfigError
+from bigembed.trainer.kernels import LOSS_LOGISTIC, LOSS_RANKING, LOSS_SOFTMAX, fused_loss_grads
 
 NEG_INF = float("-inf")
 
@@ -208,15 +209,30 @@ class SquaredL2Comparator:
 
 
 class Loss(Protocol):
+    kind: int  # the loss's number in :mod:`bigembed.trainer.kernels` (LOSS_*)
+    margin: float
+
     def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
         """``pos``: (..., n), ``neg``: (..., n, m) -> (..., n) loss of each positive.
 
         Negatives scored ``-inf`` are masked out (an edge's own positive, for instance).
         """
 
+    def with_grads(self, pos: Tensor, negs: list[Tensor], weight: Tensor,
+                   masked: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The weighted loss and its gradients without autograd, for the fused training step.
+
+        ``negs``: blocks (..., n, m_k) of one row of negatives each, read as their
+        concatenation along the last axis (not modified); ``weight``: (..., n);
+        ``masked``: how many of each row's negatives are ``-inf``. Returns the scalar
+        ``sum(weight * loss)``, its gradient with respect to ``pos`` and to each block.
+        """
+
 
 class RankingLoss:
     """Margin ranking: ``sum_j max(0, margin - pos + neg_j)``."""
+
+    kind = LOSS_RANKING
 
     def __init__(self, margin: float) -> None:
         self.margin = margin
@@ -224,21 +240,39 @@ class RankingLoss:
     def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
         return torch.relu(self.margin - pos.unsqueeze(-1) + neg).sum(-1)
 
+    def with_grads(self, pos: Tensor, negs: list[Tensor], weight: Tensor,
+                   masked: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        return fused_loss_grads(self.kind, self.margin, pos, negs, weight, masked)
+
 
 class LogisticLoss:
     """Binary cross-entropy: the positive labelled 1, each negative 0 with weight 1/#negatives."""
+
+    kind = LOSS_LOGISTIC
+    margin = 0.0
 
     def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
         valid = (neg != NEG_INF).sum(-1).clamp_min(1)
         return torch.nn.functional.softplus(-pos) + torch.nn.functional.softplus(neg).sum(-1) / valid
 
+    def with_grads(self, pos: Tensor, negs: list[Tensor], weight: Tensor,
+                   masked: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        return fused_loss_grads(self.kind, self.margin, pos, negs, weight, masked)
+
 
 class SoftmaxLoss:
     """Cross-entropy of the positive against itself plus its negatives: ``logsumexp - pos``."""
 
+    kind = LOSS_SOFTMAX
+    margin = 0.0
+
     def __call__(self, pos: Tensor, neg: Tensor) -> Tensor:
         both = torch.cat([pos.unsqueeze(-1), neg], -1)
         return torch.logsumexp(both, -1) - pos
+
+    def with_grads(self, pos: Tensor, negs: list[Tensor], weight: Tensor,
+                   masked: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        return fused_loss_grads(self.kind, self.margin, pos, negs, weight, masked)
 
 
 OPERATORS: dict[str, Callable[[], Operator]] = {

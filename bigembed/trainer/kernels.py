@@ -1,0 +1,245 @@
+"""The hot loops of the fused training step, compiled with TorchScript.
+
+A training step on the CPU is some 150 small tensor operations. Run from Python,
+each one parses its arguments while holding the interpreter lock, so Hogwild
+worker threads queue behind each other (measured: 2 threads ran tiny operations
+0.8x as fast as one). Compiled by TorchScript, a whole function runs without the
+lock, the workers overlap fully, and the per-operation cost falls too. The
+functions below are plain typed Python; :func:`compiled` scripts them once, and
+falls back to the Python function where TorchScript is unavailable (it is
+deprecated in favour of ``torch.compile``, which needs a C++ compiler at run time
+and keeps the lock between kernels; TorchScript still ships in every torch this
+project supports).
+
+``LOSS_*``: the losses by number, as TorchScript has no polymorphism over classes (the
+functions compare with the literal numbers: TorchScript reads no module globals).
+"""
+
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+LOSS_RANKING = 0
+LOSS_LOGISTIC = 1
+LOSS_SOFTMAX = 2
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def loss_grads(kind: int, margin: float, pos: Tensor, negs: list[Tensor], weight: Tensor,
+               masked: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """A loss and its gradients without autograd: ``sum(weight * loss(pos, negs))``.
+
+    ``pos``: (..., n); ``negs``: blocks (..., n, m_k) read as their concatenation along
+    the last axis (not modified); ``masked``: how many negatives of each row are ``-inf``
+    (they add nothing and get no gradient). Returns (loss, d loss / d pos, [d loss / d block]).
+    """
+    grads: list[Tensor] = []
+    if kind == 0:  # LOSS_RANKING: sum_j max(0, margin - pos + neg_j)
+        total = pos.new_zeros(())
+        dpos = torch.zeros_like(pos)
+        shift = (margin - pos).unsqueeze(-1)
+        w = weight.unsqueeze(-1)
+        for neg in negs:
+            hinge = (neg + shift).clamp_min_(0.0)
+            grad = hinge.sign().mul_(w)  # relu's gradient: 1 where positive, 0 at the kink, as autograd's
+            total += (grad * hinge).sum()
+            dpos -= grad.sum(-1)
+            grads.append(grad)
+        return total, dpos, grads
+    if kind == 1:  # LOSS_LOGISTIC: softplus(-pos) + mean_j softplus(neg_j)
+        count = 0
+        for neg in negs:
+            count += neg.shape[-1]
+        valid = max(1, count - masked)
+        total = (torch.nn.functional.softplus(-pos) * weight).sum()
+        dpos = torch.sigmoid(-pos).mul_(weight).neg_()
+        scale = weight / valid
+        for neg in negs:
+            total += (torch.nn.functional.softplus(neg).sum(-1) * scale).sum()
+            grads.append(torch.sigmoid(neg).mul_(scale.unsqueeze(-1)))
+        return total, dpos, grads
+    # softmax: logsumexp over the positive and the negatives, minus the positive
+    top = pos.clone()
+    for neg in negs:
+        if neg.shape[-1] > 0:
+            top = torch.maximum(top, neg.amax(-1))
+    exps: list[Tensor] = []
+    for neg in negs:
+        exps.append((neg - top.unsqueeze(-1)).exp_())
+    own = (pos - top).exp_()
+    norm = own.clone()
+    for e in exps:
+        norm += e.sum(-1)
+    total = ((norm.log() + top - pos) * weight).sum()
+    scale = weight / norm
+    dpos = own.mul_(scale).sub_(weight)
+    for e in exps:
+        grads.append(e.mul_(scale.unsqueeze(-1)))
+    return total, dpos, grads
+
+
+def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bool, lhs_side: bool,
+                    weight: Tensor, chunk: int, batch_negatives: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The weighted loss of a batch scored by dot products, and its gradients.
+
+    ``X``: (2, B, dim) the queries ``Q`` over the rhs rows ``R``; ``rhs_side``,
+    ``lhs_side``: which sides are corrupted; ``Y``: (k, chunks, U, dim) one set of
+    sampled candidates per chunk of ``chunk`` edges for each corrupted side (k of them,
+    the rhs side's ``Nr`` first, then the lhs side's operated rows ``Ml``); ``weight``:
+    (B,). With ``batch_negatives`` the chunk's other edges are negatives too. Per chunk,
+    ``A = Q R^T`` holds the positives on its diagonal and both sides' in-batch negatives
+    (the rhs side reads its rows, the lhs side its columns); ``S = [Q; R] [Nr; Ml]^T``
+    scores both sides' sampled rows in one product. Returns ``(loss, dX, dY)``.
+    """
+    k = int(rhs_side) + int(lhs_side)
+    B = X.shape[1]
+    d = X.shape[2]
+    U = Y.shape[2]
+    full = B // chunk
+    rem = B - full * chunk
+    total = X.new_zeros(())
+    dX = torch.empty_like(X) if U > 0 else torch.zeros_like(X)  # without sampled rows a group may be skipped
+    dY = torch.empty_like(Y)
+    groups: list[tuple[int, int, int, int]] = [(0, chunk, full, 0)]
+    if rem > 0:
+        groups.append((full * chunk, rem, 1, full))
+    for group in groups:
+        start, c, n, first = group
+        if n == 0:
+            continue
+        end = start + c * n
+        x = X[:, start:end].reshape(2, n, c, d)
+        q = x[0]
+        r = x[1]
+        # what each corrupted side's candidates are scored against: Q for the rhs side, R for the lhs side
+        if k == 2:
+            fixed = x.reshape(2 * n, c, d)
+        elif rhs_side:
+            fixed = q
+        else:
+            fixed = r
+        y = Y[:, first : first + n].reshape(k * n, U, d)
+        w = weight[start:end].view(n, c)
+        in_batch = batch_negatives and c > 1
+        blocks: list[Tensor] = []
+        if in_batch:
+            A = torch.bmm(q, r.transpose(1, 2))
+            diagonal = A.diagonal(0, 1, 2)
+            pos = diagonal.clone()
+            diagonal.fill_(float("-inf"))  # an edge is not its own negative
+            if k == 2:
+                blocks.append(torch.cat([A, A.transpose(1, 2)]))
+            elif rhs_side:
+                blocks.append(A)
+            else:
+                blocks.append(A.transpose(1, 2))
+        else:
+            pos = (q * r).sum(-1)
+        if U > 0:
+            blocks.append(torch.bmm(fixed, y.transpose(1, 2)))
+        if len(blocks) == 0:  # a one-edge remainder chunk without sampled negatives: nothing to score
+            continue
+        if k == 2:
+            part, dpos_k, grads = loss_grads(kind, margin, pos.repeat(2, 1), blocks, w.repeat(2, 1),
+                                             1 if in_batch else 0)
+            dpos = dpos_k[:n] + dpos_k[n:]
+        else:
+            part, dpos, grads = loss_grads(kind, margin, pos, blocks, w, 1 if in_batch else 0)
+        total += part
+        whole = n * c == B  # one group: write the gradients straight into dX and dY
+        dq = torch.empty(0)
+        dr = torch.empty(0)
+        have_q = False
+        have_r = False
+        if U > 0:
+            dS = grads[len(grads) - 1]
+            if whole:
+                torch.bmm(dS.transpose(1, 2), fixed, out=dY.view(k * n, U, d))
+            else:
+                dY[:, first : first + n].copy_(torch.bmm(dS.transpose(1, 2), fixed).view(k, n, U, d))
+            dfixed = torch.bmm(dS, y, out=dX.view(2 * n, c, d)) if whole and k == 2 else torch.bmm(dS, y)
+            if k == 2:
+                dq, dr = dfixed[:n], dfixed[n:]
+                have_q = True
+                have_r = True
+            elif rhs_side:
+                dq = dfixed
+                have_q = True
+            else:
+                dr = dfixed
+                have_r = True
+        if in_batch:
+            g = grads[0]
+            if k == 2:
+                dA = g[:n].add_(g[n:].transpose(1, 2))
+            elif rhs_side:
+                dA = g
+            else:
+                dA = g.transpose(1, 2)
+            dA.diagonal(0, 1, 2).add_(dpos)
+            dq = dq.baddbmm_(dA, r) if have_q else torch.bmm(dA, r)
+            dr = dr.baddbmm_(dA.transpose(1, 2), q) if have_r else torch.bmm(dA.transpose(1, 2), q)
+        else:
+            p = dpos.unsqueeze(-1)
+            dq = dq.addcmul_(p, r) if have_q else p * r
+            dr = dr.addcmul_(p, q) if have_r else p * q
+        if not (whole and k == 2 and U > 0):  # else dq and dr were computed in place, in dX
+            dX[0, start:end].view(n, c, d).copy_(dq)
+            dX[1, start:end].view(n, c, d).copy_(dr)
+    return total, dX, dY
+
+
+def row_adagrad(table: Tensor, state: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
+                max_norm: float) -> None:
+    """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
+    ``indices`` of ``table``, from ``grads``; both lists of pieces read as their concatenation.
+    Repeated rows have their gradients summed first; only the rows named are touched."""
+    flat = indices[0] if len(indices) == 1 else torch.cat(indices)
+    if flat.numel() == 0:
+        return
+    rows, inverse = torch.unique(flat, return_inverse=True)
+    summed = grads[0].new_zeros(rows.shape[0], grads[0].shape[1])
+    start = 0
+    for g in grads:
+        summed.index_add_(0, inverse[start : start + g.shape[0]], g)
+        start += g.shape[0]
+    if state.dim() == 2:
+        new_state = state.index_select(0, rows).add_(summed.square())
+    else:  # the mean of squares through the norm: one pass, no (k, dim) temporary
+        new_state = state.index_select(0, rows).add_(torch.linalg.vector_norm(summed, dim=1).square_()
+                                                     .div_(summed.shape[1]))
+    state.index_copy_(0, rows, new_state)
+    step = new_state.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
+    table.index_add_(0, rows, summed.mul_(step if state.dim() == 2 else step.unsqueeze(1)))
+    if max_norm > 0:
+        clip_rows_(table, rows, max_norm)
+
+
+def clip_rows_(table: Tensor, rows: Tensor, max_norm: float) -> None:
+    """Rescale the rows ``rows`` of ``table`` that are longer than ``max_norm`` to that length."""
+    norms = torch.linalg.vector_norm(table.index_select(0, rows), dim=1)
+    over = norms > max_norm
+    if bool(over.any()):
+        long_rows = rows[over]
+        table.index_copy_(0, long_rows, table.index_select(0, long_rows) * (max_norm / norms[over]).unsqueeze(1))
+
+
+def compiled(fn: F) -> F:
+    """``fn`` compiled by TorchScript, or ``fn`` itself where that is not possible."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(fn)
+    except Exception:  # noqa: BLE001 - any failure to compile leaves the Python function, same results
+        return fn
+
+
+fused_score_gradients = compiled(score_gradients)
+fused_loss_grads = compiled(loss_grads)
+fused_row_adagrad = compiled(row_adagrad)
+fused_clip_rows_ = compiled(clip_rows_)
+SCRIPTED = not isinstance(fused_row_adagrad, type(row_adagrad))
