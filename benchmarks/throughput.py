@@ -54,25 +54,26 @@ def generate(work: Path, nodes: int, edges: int, seed: int) -> Path:
     return folder
 
 
-def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any]) -> dict[str, Any]:
+def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bool = True) -> dict[str, Any]:
     data = work / f"bigembed-data-p{P}"
     if not (data / "manifest.json").exists():
         run_measured([*BIGEMBED, "import", str(dataset / "train.txt"), "--split", f"valid={dataset / 'valid.txt'}",
                       "--split", f"test={dataset / 'test.txt'}", "-o", str(data), "-p", str(P), "--overwrite",
                       "--no-progress"])
-    config = work / "bigembed.toml"
+    tag = f"p{P}" + ("" if fused else "-autograd")
+    config = work / f"bigembed-{tag}.toml"
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
         f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\n'
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
         f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nchunk_size = {s["batch_negs"]}\n'
-        f'workers = {s["workers"]}\n'
+        f'workers = {s["workers"]}\nfused_step = {"true" if fused else "false"}\n'
     )
-    run = work / f"bigembed-run-p{P}"
+    run = work / f"bigembed-run-{tag}"
     shutil.rmtree(run, ignore_errors=True)
     wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run), "--config", str(config),
                               "--no-progress"])
-    metrics = work / f"bigembed-test-p{P}.json"
+    metrics = work / f"bigembed-test-{tag}.json"
     run_measured([*BIGEMBED, "eval", str(run), str(data), "--split", "test", "--json", str(metrics), "--no-progress"])
     m = json.loads(metrics.read_text())
     epochs = epoch_seconds(run / "stats.jsonl")
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pbg-python", default=DEFAULT_PBG_PYTHON)
     ap.add_argument("--skip-pbg", action="store_true", help="bigembed only")
+    ap.add_argument("--autograd-too", action="store_true",
+                    help="also train bigembed with training.fused_step = false (the autograd step, as before the "
+                         "fused one), in the same run")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "throughput")
     ap.add_argument("--out", type=Path, default=HERE / "work" / "throughput.json")
     args = ap.parse_args()
@@ -98,6 +102,8 @@ def main() -> None:
                                "settings": SETTINGS, "runs": {}}
     for P in args.partitions:
         row: dict[str, Any] = {"bigembed": run_bigembed(dataset, args.work / f"p{P}", P, SETTINGS)}
+        if args.autograd_too:
+            row["bigembed-autograd"] = run_bigembed(dataset, args.work / f"p{P}", P, SETTINGS, fused=False)
         if not args.skip_pbg:
             pbg = run_pbg(dataset.name, args.work / f"p{P}" / "pbg", args.pbg_python, datasets=dataset.parent,
                           data_dir=args.work / f"p{P}" / "bigembed-data-p1-for-pbg", num_partitions=P,
@@ -113,8 +119,9 @@ def main() -> None:
         results["runs"][f"P={P}"] = row
         for system, r in row.items():
             if isinstance(r, dict):
-                print(f"P={P} {system:9s} epoch-2 {r['edges_per_s_epoch2']:>9,} edges/s  epochs {r['epoch_wall_s']} s  "
-                      f"peak RSS {r['peak_rss_mib']} MiB  test MRR {r['test_mrr']}", flush=True)
+                print(f"P={P} {system:17s} epoch-2 {r['edges_per_s_epoch2']:>9,} edges/s  "
+                      f"epochs {r['epoch_wall_s']} s  peak RSS {r['peak_rss_mib']} MiB  test MRR {r['test_mrr']}",
+                      flush=True)
         if "speedup" in row:
             print(f"P={P} bigembed / PBG: {row['speedup']}x edges/s, MRR difference {row['mrr_diff']:+.4f}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
