@@ -130,7 +130,8 @@ class TrainingConfig:
     fused_step: bool = _opt(
         True,
         "Score sampled negatives with hand-written gradients (dot and cos comparators) instead "
-        "of autograd: the same step, about twice as fast; false runs the autograd reference.",
+        "of autograd: the same step, 1.5-1.7x the edges/s end to end (benchmarks/throughput.py); "
+        "false runs the autograd reference.",
     )
     workers: int = _opt(
         0, "Hogwild worker threads (0: one per CPU core, at most 8).", min=0

@@ -7,6 +7,7 @@ its own package; this module only wires them together.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -139,6 +140,7 @@ class _Session:
         self.model = Model.for_data(config, data)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
+        self.flushing = False  # True while commit writes the resident partitions back
         self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
         self.evals = read_evals(run_dir)
 
@@ -154,8 +156,11 @@ class _Session:
         return PartitionState(torch.from_numpy(emb), torch.from_numpy(ada), ranges)
 
     def _store(self, p: int, state: PartitionState) -> None:
-        write_partition(self.writer.write, self.data, p, state.emb.numpy(), emb_key)
-        write_partition(self.writer.write, self.data, p, state.adagrad.numpy(), adagrad_key)
+        # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
+        # a commit's flush hashes from memory at once (cheaper than reading the shard back)
+        write = functools.partial(self.writer.write, hash_now=self.flushing)
+        write_partition(write, self.data, p, state.emb.numpy(), emb_key)
+        write_partition(write, self.data, p, state.adagrad.numpy(), adagrad_key)
 
     def _load_relations(self) -> RelationState:
         specs = self.model.specs
@@ -168,7 +173,12 @@ class _Session:
         )
 
     def commit(self, position: Position, extra: dict[str, Any] | None = None) -> VersionManifest:
-        self.buffer.flush()
+        self.buffer.wait()
+        self.flushing = True
+        try:
+            self.buffer.flush()
+        finally:
+            self.flushing = False
         if self.relations.params.numel():
             self.writer.write(RELATION_PARAMS_KEY, self.relations.params.numpy())
             self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.numpy())

@@ -26,7 +26,7 @@ import numpy as np
 
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
-from bigembed.storage.shards import read_shard, sync_shard, write_shard
+from bigembed.storage.shards import read_shard, shard_checksum, sync_shard, write_shard
 
 CHECKPOINT_FORMAT = "bigembed-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -193,12 +193,15 @@ class VersionWriter:
     def shard_path(self, key: str) -> Path:
         return self.folder / (key.replace("/", "_") + ".zarr")
 
-    def write(self, key: str, array: np.ndarray) -> None:
+    def write(self, key: str, array: np.ndarray, hash_now: bool = True) -> None:
         """Stage ``key``; it is made durable at :meth:`commit` (a partition evicted and
-        reloaded several times before a commit is synced once)."""
+        reloaded several times before a commit is synced once). ``hash_now=False`` leaves
+        the checksum to :meth:`commit`, which then hashes only the last copy written (a
+        partition evicted four times an epoch is hashed once; the hashing was CPU time
+        taken from training on a 2-core machine)."""
         path = self.shard_path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
-        checksum = write_shard(path, array, durable=False)
+        checksum = write_shard(path, array, durable=False, checksum=hash_now)
         self.written[key] = {
             "path": str(path.relative_to(self.run_dir)),
             "sha256": checksum,
@@ -219,6 +222,9 @@ class VersionWriter:
         return read_shard_of(self.run_dir, self.base, key)
 
     def commit(self, position: Position, extra: dict[str, Any]) -> VersionManifest:
+        for entry in self.written.values():
+            if entry["sha256"] is None:  # staged with hash_now=False: hash the copy that stays
+                entry["sha256"] = shard_checksum(self.run_dir / entry["path"], tuple(entry["shape"]))
         shards = dict(self.base.shards) if self.base else {}
         shards.update(self.written)
         manifest = VersionManifest(

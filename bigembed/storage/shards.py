@@ -29,12 +29,14 @@ def array_checksum(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def write_shard(path: Path, array: np.ndarray, durable: bool = True) -> str:
+def write_shard(path: Path, array: np.ndarray, durable: bool = True, checksum: bool = True) -> str | None:
     """Write ``array`` (2-d or 1-d float32) as a zarr array at ``path``; return its checksum.
 
     ``durable=False`` skips the fsync: the caller syncs the shard (:func:`sync_shard`)
     before anything refers to it (a checkpoint commit does; a partition evicted from the
-    buffer in between costs no fsync, and may be written several times before then)."""
+    buffer in between costs no fsync, and may be written several times before then).
+    ``checksum=False`` skips the hash (returns None): the caller hashes the file later with
+    :func:`shard_checksum`, once, if it is still the newest copy by then."""
     path = Path(path)
     array = np.ascontiguousarray(array)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -61,7 +63,34 @@ def write_shard(path: Path, array: np.ndarray, durable: bool = True) -> str:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{path}: cannot write shard ({exc.strerror or exc})") from None
-    return array_checksum(array)
+    return array_checksum(array) if checksum else None
+
+
+def shard_checksum(path: Path, shape: tuple[int, ...]) -> str:
+    """The checksum :func:`write_shard` would have returned for the shard at ``path``,
+    computed from its files a chunk at a time (no whole copy of the array in memory)."""
+    path = Path(path)
+    try:
+        z = zarr.open_array(str(path), mode="r")
+        if tuple(z.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: shard has shape {z.shape}, expected {shape}")
+        if not _raw_chunks(z):
+            return array_checksum(read_shard(path, None, shape))
+        digest = hashlib.sha256()
+        step = z.chunks[0]
+        row_bytes = z.dtype.itemsize * int(np.prod(z.shape[1:], dtype=np.int64))
+        for i, start in enumerate(range(0, z.shape[0], step)):
+            want = (min(start + step, z.shape[0]) - start) * row_bytes
+            with open(path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)), "rb") as f:
+                data = f.read(want)
+            if len(data) != want:
+                raise ValueError(f"chunk {i} is short")
+            digest.update(data)
+        return digest.hexdigest()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged store
+        raise CheckpointError(f"{path}: shard is missing or damaged ({type(exc).__name__}: {exc})") from None
 
 
 def sync_shard(path: Path) -> None:

@@ -103,3 +103,23 @@ def test_only_shards_this_session_trusts_skip_the_checksum(tmp_path):
     successor = trusting.successor(v1)
     assert successor.trusted == {v0.shards["a"]["path"], v1.shards["b"]["path"]}
     np.testing.assert_array_equal(successor.read("b"), np.full(3, 5))
+
+
+def test_a_shard_staged_without_its_hash_is_hashed_once_at_commit_as_last_written(tmp_path):
+    """An evicted partition is staged with hash_now=False, maybe several times; the commit
+    records the checksum of the last copy, and a resume verifies against it."""
+    from bigembed.storage.shards import array_checksum
+
+    v0 = commit(tmp_path, None, 0, {"emb/n/0": np.zeros((5, 2), np.float32)})
+    writer = VersionWriter(tmp_path, v0, 1)
+    for value in (1.0, 2.0, 3.0):
+        writer.write("emb/n/0", np.full((5, 2), value, np.float32), hash_now=False)
+        assert writer.written["emb/n/0"]["sha256"] is None
+    v1 = writer.commit(Position(1, 0), {})
+    assert v1.shards["emb/n/0"]["sha256"] == array_checksum(np.full((5, 2), 3.0, np.float32))
+    assert read_manifest(tmp_path, 1).shards["emb/n/0"]["sha256"] == v1.shards["emb/n/0"]["sha256"]
+    warnings: list[str] = []
+    assert load_good_version(tmp_path, warnings.append).version == 1 and not warnings
+    damage(tmp_path, v1, "emb/n/0")
+    assert load_good_version(tmp_path, warnings.append).version == 0  # the recorded checksum catches it
+    assert warnings and "checksum" in warnings[0]

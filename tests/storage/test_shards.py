@@ -6,7 +6,7 @@ import pytest
 import zarr
 
 from bigembed.errors import CheckpointError
-from bigembed.storage.shards import CHUNK_BYTES, read_shard, write_shard
+from bigembed.storage.shards import CHUNK_BYTES, array_checksum, read_shard, shard_checksum, write_shard
 
 
 def test_read_equals_what_was_written_and_zarr_reads_it_too(tmp_path):
@@ -45,3 +45,22 @@ def test_a_truncated_chunk_is_reported_with_the_shard_path(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"t\.zarr: shard is missing or damaged .*chunk 0 is short"):
         read_shard(tmp_path / "t.zarr", checksum, table.shape)
+
+
+def test_a_deferred_checksum_from_the_files_equals_the_one_taken_at_write(tmp_path):
+    """Hashing a shard from its chunk files (the last one padded on disk) gives the checksum
+    of the array; for a shard in another layout too; a short chunk is a one-line error."""
+    rows = CHUNK_BYTES // (4 * 8) + 100  # two chunks, the second short and padded
+    table = np.random.default_rng(2).random((rows, 8), dtype=np.float32)
+    assert write_shard(tmp_path / "t.zarr", table, checksum=False) is None
+    assert shard_checksum(tmp_path / "t.zarr", table.shape) == array_checksum(table)
+    other = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    z = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=other.shape, chunks=(300, 3), dtype="float32")
+    z[:] = other
+    assert shard_checksum(tmp_path / "c.zarr", other.shape) == array_checksum(other)
+    with pytest.raises(CheckpointError, match=r"t\.zarr: shard has shape"):
+        shard_checksum(tmp_path / "t.zarr", (rows, 9))
+    chunk = tmp_path / "t.zarr" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"t\.zarr: shard is missing or damaged .*chunk 1 is short"):
+        shard_checksum(tmp_path / "t.zarr", table.shape)
