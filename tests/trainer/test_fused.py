@@ -4,32 +4,28 @@ import pytest
 import torch
 
 from bigembed.config import load_config
-from bigembed.trainer import Model, PartitionState, RelationState, initial_params
+from bigembed.trainer import Model, PartitionState
 from bigembed.trainer.fused import fused_supported
 from bigembed.trainer.model import LOSSES, OPERATORS, LogisticLoss, RankingLoss, SoftmaxLoss
 from bigembed.trainer.step import batch_gradients, train_batch
+from tests.trainer.test_math import _setup as setup_states
 
 INF = float("-inf")
 
 
-def _setup(overrides, relations=("r",), lhs_rows=9, rhs_rows=8, dim=6, seed=1):
-    config = load_config(overrides={"model.dim": dim, **overrides})
-    model = Model.from_config(config, list(relations))
-    gen = torch.Generator().manual_seed(seed)
-    lhs = PartitionState(torch.randn(lhs_rows, dim, generator=gen), torch.zeros(lhs_rows))
-    rhs = PartitionState(torch.randn(rhs_rows, dim, generator=gen), torch.zeros(rhs_rows))
-    params = initial_params(model.specs, dim)
-    params += 0.3 * torch.randn(params.shape, generator=gen)
-    return config, model, lhs, rhs, RelationState(model.specs, params, torch.zeros_like(params))
+def _setup(overrides, relations=("r",)):
+    """test_math's states, a little larger (9 and 8 rows of dim 6) for chunks of 3."""
+    return setup_states(overrides, relations, lhs_rows=9, rhs_rows=8, dim=6)
 
 
-def _both(config, model, lhs, rhs, relations, lhs_idx, rhs_idx, weights, extras=None, rels=None, relation=0):
+def _both(config, model, lhs, rhs, relations, lhs_idx, rhs_idx, weights, extras=None, rels=None, relation=0,
+          pools=None):
     """(fused, autograd): each the loss and the gradients of L, R, every sampled source, params."""
     out = []
     for fused in (True, False):
         cfg = config.training.__class__(**{**config.training.__dict__, "fused_step": fused})
         b, grads = batch_gradients(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, cfg,
-                                   torch.Generator().manual_seed(5), extras=extras, rels=rels)
+                                   torch.Generator().manual_seed(5), extras=extras, rels=rels, pools=pools)
         leaves = [b.L, b.R] + [s.rows for _, n in b.sides for s in n.sources] + [b.params]
         zero = torch.zeros(())
         out.append((float(b.loss.detach()), [None if t is None else grads.get(id(t), zero) for t in leaves],
@@ -80,15 +76,7 @@ def test_fused_gradients_equal_autograd_for_each_setting(settings, operator):
         "training.negatives": 4, **settings})
     lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 8, 3]), torch.tensor([5, 4, 3, 2, 1, 0, 7])
     pools = (lhs_idx, rhs_idx) if settings.get("training.degree_fraction") else None
-    out = []
-    for fused in (True, False):
-        cfg = config.training.__class__(**{**config.training.__dict__, "fused_step": fused})
-        b, grads = batch_gradients(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, cfg,
-                                   torch.Generator().manual_seed(5), pools=pools)
-        leaves = [b.L, b.R] + [s.rows for _, n in b.sides for s in n.sources] + [b.params]
-        out.append((float(b.loss.detach()), [grads.get(id(t), torch.zeros(())) for t in leaves],
-                    [s.idx for _, n in b.sides for s in n.sources]))
-    _assert_same(*out)
+    _assert_same(*_both(config, model, lhs, rhs, relations, lhs_idx, rhs_idx, None, pools=pools))
 
 
 @pytest.mark.parametrize("operator", ["none", "translation"])
