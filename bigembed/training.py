@@ -173,10 +173,9 @@ class _Session:
         )
 
     def commit(self, position: Position, extra: dict[str, Any] | None = None) -> VersionManifest:
-        self.buffer.wait()
         self.flushing = True
         try:
-            self.buffer.flush()
+            self.buffer.flush()  # waits for a background write-back first
         finally:
             self.flushing = False
         if self.relations.params.numel():
