@@ -13,7 +13,7 @@ EPS = 1e-10
 
 
 def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor], grad: Tensor | Sequence[Tensor],
-                 lr: float, max_norm: float = 0.0, scratch: bool = False) -> None:
+                 lr: float, max_norm: float = 0.0) -> None:
     """Update ``table[index]`` in place from ``grad``, touching only those rows.
 
     ``table``: (n, dim) float32; ``state``: (n,) float32 sum of mean squared
@@ -21,14 +21,12 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     per coordinate (plain Adagrad); ``index``: (k,) int64, may repeat (repeats
     are summed first); ``grad``: (k, dim); or both as lists of pieces, read as
     their concatenation (saves copying the gradients into one tensor).
-    ``max_norm`` > 0 rescales updated rows longer than it. ``scratch``: the gradient pieces
-    are distinct contiguous tensors the caller is done with, which the update may overwrite
-    (saves a copy of them).
+    ``max_norm`` > 0 rescales updated rows longer than it.
     """
     indices = [index] if isinstance(index, Tensor) else list(index)
     grads = [grad] if isinstance(grad, Tensor) else list(grad)
     if indices:
-        fused_row_adagrad(table, state, indices, grads, lr, max_norm, scratch)
+        fused_row_adagrad(table, state, indices, grads, lr, max_norm)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:

@@ -105,10 +105,7 @@ class SideGrads:
         n = state.emb.shape[0]
         if not self.dense:  # the common case: sparse rows only, passed as pieces (no copy)
             if self.rows:
-                # the step's own gradients may be scaled in place when no two share memory
-                scratch = all(g.is_contiguous() for g in self.grads) and len({g.data_ptr() for g in self.grads}) == len(
-                    self.grads)
-                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, scratch)
+                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm)
             return
         rows = torch.cat(self.rows) if self.rows else None
         grads = torch.cat(self.grads) if self.grads else None

@@ -194,25 +194,13 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
 
 
 def row_adagrad(table: Tensor, state: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
-                max_norm: float, scratch: bool = False) -> None:
+                max_norm: float) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
     ``indices`` of ``table``, from ``grads``; both lists of pieces read as their concatenation.
-    Repeated rows have their gradients summed first; only the rows named are touched. With
-    ``scratch`` the row-wise update may overwrite ``grads`` (distinct, contiguous pieces the
-    caller no longer needs) instead of allocating a scaled copy."""
+    Repeated rows have their gradients summed first; only the rows named are touched."""
     flat = indices[0] if len(indices) == 1 else torch.cat(indices)
     if flat.numel() == 0:
         return
-    if state.dim() == 2:
-        _summed_adagrad(table, state, flat, grads, lr)
-    else:
-        _row_adagrad_in_place(table, state, flat, indices, grads, lr, scratch)
-    if max_norm > 0:
-        clip_rows_(table, torch.unique(flat), max_norm)
-
-
-def _summed_adagrad(table: Tensor, state: Tensor, flat: Tensor, grads: list[Tensor], lr: float) -> None:
-    """Adagrad on the unique rows of ``flat``: gradients summed per row, then one update each."""
     rows, inverse = torch.unique(flat, return_inverse=True)
     summed = grads[0].new_zeros(rows.shape[0], grads[0].shape[1])
     start = 0
@@ -227,47 +215,8 @@ def _summed_adagrad(table: Tensor, state: Tensor, flat: Tensor, grads: list[Tens
     state.index_copy_(0, rows, new_state)
     step = new_state.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
     table.index_add_(0, rows, summed.mul_(step if state.dim() == 2 else step.unsqueeze(1)))
-
-
-def _row_adagrad_in_place(table: Tensor, state: Tensor, flat: Tensor, indices: list[Tensor], grads: list[Tensor],
-                          lr: float, scratch: bool) -> None:
-    """Row-wise Adagrad without a summing buffer. In a batch of a few thousand rows of a large
-    table almost every row comes once: its gradient piece is scaled in place and added to the
-    table straight from the piece. The few repeated rows get their own summed update (the
-    same result as summing everything first, which costs a zeroed (k, dim) buffer and an
-    extra pass over every gradient: measured as a third of the update)."""
-    ids, order = torch.sort(flat)
-    same = ids[1:] == ids[:-1]
-    edge = torch.zeros(1, dtype=torch.bool)
-    repeated_sorted = torch.cat([edge, same]).logical_or_(torch.cat([same, edge]))  # equal to a neighbour
-    dim = grads[0].shape[1]
-    squares = torch.cat([torch.linalg.vector_norm(g, dim=1) for g in grads]).square_().div_(dim)
-    new_state = state.index_select(0, flat).add_(squares)
-    any_repeated = bool(same.any())
-    once = torch.ones(flat.shape[0], dtype=torch.bool)
-    if any_repeated:
-        once[order[repeated_sorted]] = False
-        state.index_copy_(0, flat[once], new_state[once])
-    else:
-        state.index_copy_(0, flat, new_state)
-    scale = new_state.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
-    if any_repeated:
-        scale.masked_fill_(torch.logical_not(once), 0.0)
-        positions = torch.sort(order[repeated_sorted])[0]  # where the repeated rows lie in ``flat``, in order
-        pieces: list[Tensor] = []
-        start = 0
-        for g in grads:
-            stop = start + g.shape[0]
-            inside = (positions >= start) & (positions < stop)
-            pieces.append(g.index_select(0, positions[inside] - start))
-            start = stop
-        _summed_adagrad(table, state, flat.index_select(0, positions), [torch.cat(pieces)], lr)
-    start = 0
-    for idx, g in zip(indices, grads):
-        stop = start + g.shape[0]
-        factor = scale[start:stop].unsqueeze(1)
-        table.index_add_(0, idx, g.mul_(factor) if scratch else g * factor)
-        start = stop
+    if max_norm > 0:
+        clip_rows_(table, rows, max_norm)
 
 
 def clip_rows_(table: Tensor, rows: Tensor, max_norm: float) -> None:

@@ -57,20 +57,18 @@ def _row_adagrad_reference(table: torch.Tensor, state: torch.Tensor, index: torc
     return t, s
 
 
-@pytest.mark.parametrize("scratch", [False, True])
-def test_row_adagrad_in_pieces_with_rows_repeated_within_and_across_pieces(scratch):
-    """Most rows come once (updated straight from their piece), some twice or three times in
-    one piece or across pieces (summed first): every row gets the formula's update."""
+def test_row_adagrad_in_pieces_with_rows_repeated_within_and_across_pieces():
+    """Most rows come once, some twice or three times in one piece or across pieces (summed
+    first): every row gets the formula's update, and the caller's gradients are untouched."""
     gen = torch.Generator().manual_seed(3)
     table, state = torch.randn(50, 4, generator=gen), torch.rand(50, generator=gen)
     indices = [torch.tensor([0, 1, 2, 3, 4, 5, 0]), torch.tensor([6, 7, 8, 9, 1, 10]), torch.tensor([11, 12, 1, 13, 6])]
     grads = [torch.randn(i.shape[0], 4, generator=gen) for i in indices]
     originals = [g.clone() for g in grads]
     expected_t, expected_s = _row_adagrad_reference(table, state, torch.cat(indices), torch.cat(grads), 0.3)
-    row_adagrad_(table, state, indices, grads, 0.3, scratch=scratch)
+    row_adagrad_(table, state, indices, grads, 0.3)
     assert torch.allclose(table, expected_t, atol=1e-6) and torch.allclose(state, expected_s, atol=1e-6)
-    if not scratch:  # the caller's gradients are left as they were
-        assert all(torch.equal(g, o) for g, o in zip(grads, originals, strict=True))
+    assert all(torch.equal(g, o) for g, o in zip(grads, originals, strict=True))
 
 
 def test_row_adagrad_with_every_row_distinct_and_with_max_norm():
@@ -84,25 +82,6 @@ def test_row_adagrad_with_every_row_distinct_and_with_max_norm():
     row_adagrad_(table, state, index2, torch.ones(3, 3) * 100, 5.0, max_norm=1.0)
     norms = torch.linalg.vector_norm(table[index2.unique()], dim=1)
     assert torch.all(norms <= 1.0 + 1e-5)
-
-
-def test_side_grads_do_not_scale_a_shared_gradient_twice():
-    """Two pieces backed by one tensor must not be overwritten in place (the update would
-    scale the shared rows twice): the result is the formula's either way."""
-    from bigembed.trainer.batch import SideGrads
-    from bigembed.trainer.state import PartitionState
-
-    gen = torch.Generator().manual_seed(2)
-    state = PartitionState(torch.randn(20, 4, generator=gen), torch.rand(20, generator=gen))
-    grad = torch.randn(3, 4, generator=gen)
-    a, b = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
-    both = torch.cat([grad, grad])
-    expected_t, expected_s = _row_adagrad_reference(state.emb, state.adagrad, torch.cat([a, b]), both, 0.4)
-    side = SideGrads()
-    side.add_rows(a, grad)
-    side.add_rows(b, grad)
-    side.apply(state, 0.4, 0.0)
-    assert torch.allclose(state.emb, expected_t, atol=1e-6) and torch.allclose(state.adagrad, expected_s, atol=1e-6)
 
 
 def test_dense_row_adagrad_equals_the_sparse_one_on_every_row():
