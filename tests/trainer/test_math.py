@@ -32,29 +32,30 @@ from bigembed.trainer.step import train_batch
 INF = float("-inf")
 
 
-def test_row_adagrad_matches_the_formula_with_repeated_rows():
-    torch.manual_seed(0)
-    table = torch.randn(5, 3)
-    state = torch.rand(5)
-    index = torch.tensor([1, 3, 1])
-    grad = torch.randn(3, 3)
-    expected_t, expected_s = table.clone(), state.clone()
-    for row in (1, 3):
-        g = grad[index == row].sum(0)
-        expected_s[row] += (g * g).mean()
-        expected_t[row] -= 0.5 * g / (expected_s[row].sqrt() + EPS)
-    row_adagrad_(table, state, index, grad, 0.5)
-    assert torch.allclose(table, expected_t) and torch.allclose(state, expected_s)
-
-
 def _row_adagrad_reference(table: torch.Tensor, state: torch.Tensor, index: torch.Tensor, grad: torch.Tensor,
                            lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise Adagrad written out row by row: a repeated row's gradients summed, then
+    its accumulator grows by the mean square and the row steps by lr / sqrt(accumulator)."""
     t, s = table.clone(), state.clone()
     for row in index.unique().tolist():
         g = grad[index == row].sum(0)
         s[row] += (g * g).mean()
         t[row] -= lr * g / (s[row].sqrt() + EPS)
     return t, s
+
+
+def test_row_adagrad_matches_the_formula_with_repeated_rows():
+    torch.manual_seed(0)
+    table = torch.randn(5, 3)
+    state = torch.rand(5)
+    index = torch.tensor([1, 3, 1])
+    grad = torch.randn(3, 3)
+    before = table.clone()
+    expected_t, expected_s = _row_adagrad_reference(table, state, index, grad, 0.5)
+    row_adagrad_(table, state, index, grad, 0.5)
+    assert torch.allclose(table, expected_t) and torch.allclose(state, expected_s)
+    moved = (table != before).any(1)
+    assert moved.tolist() == [False, True, False, True, False]  # only the rows named
 
 
 def test_row_adagrad_in_pieces_with_rows_repeated_within_and_across_pieces():
