@@ -92,6 +92,13 @@ class TrainingConfig:
         "often better link prediction on knowledge graphs).",
         choices=("row_adagrad", "adagrad"),
     )
+    storage_dtype: str = _opt(
+        "float32",
+        "How embeddings are stored on disk and in the partition buffer: float32, or float16 / "
+        "bfloat16 for half the bytes a row (math stays float32; each update is rounded to the "
+        "stored precision). float16 keeps 3 more bits of precision, bfloat16 float32's range.",
+        choices=("float32", "float16", "bfloat16"),
+    )
     batch_size: int = _opt(1000, "Edges per batch.", min=1)
     chunk_size: int = _opt(
         50, "Edges per negative-sharing chunk; also the number of in-batch negatives.", min=1

@@ -92,6 +92,7 @@ def describe_run(path: Path) -> dict[str, Any]:
         "partitions": len(saved["data"]["entity_counts"]),
         "dim": config["model"]["dim"],
         "operator": config["model"]["operator"],
+        "storage": config["training"].get("storage_dtype", "float32"),
         "epochs planned": config["training"]["epochs"],
     }
     if current is None:

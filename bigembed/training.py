@@ -54,6 +54,7 @@ from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.scheduler.memory import MemoryModel, choose_buffer
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
+from bigembed.storage.dtypes import dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
 from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
 from bigembed.trainer.allocator import keep_freed_buffers
@@ -86,8 +87,9 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
     for p, rows in enumerate(data.entity_counts):
         gen = torch.Generator().manual_seed(_init_seed(config.training.seed, p))
         state = PartitionState.initial(rows, config.model.dim, config.model.init_scale, gen,
-                                       config.training.optimizer == "adagrad")
-        write_partition(writer.write, data, p, state.emb.numpy(), emb_key)
+                                       config.training.optimizer == "adagrad",
+                                       storage_dtype(config.training.storage_dtype))
+        write_partition(writer.write, data, p, to_numpy(state.emb), emb_key)
         write_partition(writer.write, data, p, state.adagrad.numpy(), adagrad_key)
     m = config.model
     params = initial_params(Model.for_data(config, data).specs, m.dim,
@@ -151,15 +153,19 @@ class _Session:
 
     def _load(self, p: int) -> PartitionState:
         emb = read_partition(self.writer.read, self.data, p, emb_key)
+        want = self.config.training.storage_dtype
+        if dtype_name(emb) != want:
+            raise CheckpointError(f"{self.run_dir}: partition {p}'s embeddings are stored as {dtype_name(emb)}, "
+                                  f"but the run's training.storage_dtype is {want}")
         ada = read_partition(self.writer.read, self.data, p, adagrad_key)
         ranges = tuple(self.data.type_ranges(p)) if self.data.typed else None
-        return PartitionState(torch.from_numpy(emb), torch.from_numpy(ada), ranges)
+        return PartitionState(from_numpy(emb), torch.from_numpy(ada), ranges)
 
     def _store(self, p: int, state: PartitionState) -> None:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
         write = functools.partial(self.writer.write, hash_now=self.flushing)
-        write_partition(write, self.data, p, state.emb.numpy(), emb_key)
+        write_partition(write, self.data, p, to_numpy(state.emb), emb_key)
         write_partition(write, self.data, p, state.adagrad.numpy(), adagrad_key)
 
     def _load_relations(self) -> RelationState:
@@ -360,7 +366,8 @@ def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | Non
     base = flatten(read_run_config(run_dir)["config"]) if is_run(run_dir) else None
     config = load_config(config_file, overrides, base=base)
     all_negs = config.training.all_negatives or any(r.all_negatives for r in config.relations.values())
-    model = MemoryModel(config.model.dim, config.training.optimizer == "adagrad", all_negs)
+    model = MemoryModel(config.model.dim, config.training.optimizer == "adagrad", all_negs,
+                        itemsize(config.training.storage_dtype))
     biggest = max(data.bucket_counts["train"].values(), default=0)
     choice = choose_buffer(model, data.entity_counts, biggest, budget)
     c = max(2, min(choice.c, data.num_partitions))

@@ -319,3 +319,59 @@ def test_a_stop_during_the_last_bucket_counts_as_finished(tmp_path, data4, monke
     result = train(data4, tmp_path / "run", None, {"model.dim": 8, "training.epochs": 1}, log=messages.append)
     assert not result.stopped and result.epochs_done == 1
     assert not any("rerun the same command" in m for m in messages)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage_learns_like_float32_in_half_the_bytes(tmp_path, data4, dtype):
+    import h5py
+    from click.testing import CliRunner
+
+    from bigembed.cli.main import cli
+    from bigembed.storage.dtypes import dtype_name, to_float32
+
+    half = {**OVERRIDES, "training.storage_dtype": dtype}
+    train(data4, tmp_path / "f32", None, OVERRIDES, log=quiet)
+    train(data4, tmp_path / "half", None, half, log=quiet)
+    train(data4, tmp_path / "random", None, {**half, "training.epochs": 0}, log=quiet)
+    mrr32, mrr_half = test_mrr(tmp_path / "f32", data4, OVERRIDES), test_mrr(tmp_path / "half", data4, half)
+    assert mrr_half > test_mrr(tmp_path / "random", data4, half) + 0.15
+    assert abs(mrr_half - mrr32) < 0.03, (mrr_half, mrr32)
+    f32, h = final_arrays(tmp_path / "f32"), final_arrays(tmp_path / "half")
+    for key in f32:
+        if key.startswith("emb/"):
+            assert dtype_name(h[key]) == dtype and h[key].nbytes * 2 == f32[key].nbytes, key
+        else:  # optimizer state stays float32
+            assert h[key].dtype == np.float32, key
+    runner = CliRunner()
+    for fmt in ("npy", "h5"):
+        r = runner.invoke(cli, ["export", str(tmp_path / "half"), "-o", str(tmp_path / fmt), "--format", fmt])
+        assert r.exit_code == 0, r.output
+    data = read_data_manifest(data4)
+    stored = [to_float32(h[f"emb/node/{p}"]) for p in range(data.num_partitions)]
+    exported = np.load(tmp_path / "npy" / "embeddings.npy")
+    assert exported.dtype == np.float32 and np.array_equal(exported, np.concatenate(stored))
+    version = read_current(tmp_path / "half")
+    with h5py.File(tmp_path / "h5" / f"embeddings_node_3.v{version}.h5") as f:
+        assert f["embeddings"].dtype == np.float32 and np.array_equal(f["embeddings"][...], stored[3])
+
+
+def test_half_precision_resumes_and_its_dtype_cannot_change(tmp_path, data4):
+    run = tmp_path / "run"
+    settings = {"model.dim": 8, "training.epochs": 1, "training.storage_dtype": "bfloat16"}
+    train(data4, run, None, settings, log=quiet)
+    train(data4, run, None, {"training.epochs": 2}, log=quiet)  # resumes with the saved bfloat16
+    assert read_manifest(run, read_current(run)).position.epoch == 2
+    assert final_arrays(run)["emb/node/0"].dtype == np.uint16  # bfloat16 bits
+    with pytest.raises(ConfigConflictError, match="cannot change training.storage_dtype"):
+        train(data4, run, None, {"training.storage_dtype": "float32", "training.epochs": 3}, override=True,
+              log=quiet)
+    # a config.json edited by hand to disagree with the shards: refused, naming the partition
+    path = run / "config.json"
+    saved = json.loads(path.read_text())
+    saved["config"]["training"]["storage_dtype"] = "float16"
+    path.write_text(json.dumps(saved))
+    before = read_current(run)
+    with pytest.raises(CheckpointError, match=r"run: partition \d's embeddings are stored as bfloat16, but the run's "
+                                              "training.storage_dtype is float16"):
+        train(data4, run, None, {"training.epochs": 3}, log=quiet)
+    assert read_current(run) == before

@@ -1,6 +1,6 @@
 """Checkpoints: what a version contains, committing it atomically, resuming, cleaning up."""
 
-from bigembed.checkpoint.partitions import read_partition, write_partition
+from bigembed.checkpoint.partitions import read_embeddings, read_partition, write_partition
 from bigembed.checkpoint.versions import (
     RELATION_ADAGRAD_KEY,
     RELATION_PARAMS_KEY,
@@ -28,6 +28,7 @@ __all__ = [
     "emb_key",
     "load_good_version",
     "read_current",
+    "read_embeddings",
     "read_manifest",
     "read_partition",
     "read_shard_of",

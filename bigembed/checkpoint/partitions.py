@@ -10,11 +10,13 @@ exactly one shard and is read without a copy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from bigembed.checkpoint.versions import emb_key
+from bigembed.checkpoint.versions import VersionManifest, emb_key, read_shard_of
 from bigembed.storage.data_manifest import DataManifest
+from bigembed.storage.dtypes import to_float32
 
 KeyOf = Callable[[str, int], str]
 
@@ -31,3 +33,9 @@ def write_partition(write: Callable[[str, np.ndarray], None], data: DataManifest
     """Write ``array`` (the partition's rows) as one shard per entity type."""
     for t, (start, stop) in zip(data.entity_types, data.type_ranges(partition), strict=True):
         write(key_of(t.name, partition), array[start:stop])
+
+
+def read_embeddings(run_dir: Path, manifest: VersionManifest, data: DataManifest, partition: int) -> np.ndarray:
+    """Partition ``partition``'s embeddings in ``manifest``, verified and widened to float32
+    (whatever ``training.storage_dtype`` stored them as): what evaluation ranks with."""
+    return to_float32(read_partition(lambda key: read_shard_of(run_dir, manifest, key), data, partition))

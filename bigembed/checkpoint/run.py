@@ -34,7 +34,8 @@ FREE_TO_CHANGE = {
     "checkpoint.keep_versions",
 }
 # Keys no run may change, because the stored shards depend on them.
-NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "training.optimizer"}
+NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "training.optimizer",
+                "training.storage_dtype"}
 
 
 def _never_changes(key: str) -> bool:

@@ -71,11 +71,14 @@ def cli() -> None:
               help="Pick --partitions so that training at --dim fits SIZE (e.g. 8G), instead of -p.")
 @click.option("--dim", "memory_dim", type=int, default=100, show_default=True,
               help="Embedding dimension --memory plans for.")
+@click.option("--storage-dtype", "memory_dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+              default="float32", show_default=True,
+              help="training.storage_dtype --memory plans for (half precision: about twice the rows).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
 def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, splits: tuple[str, ...],
                delimiter: str, columns: str, ids: str, seed: int, config_file: Path | None, memory: str | None,
-               memory_dim: int, overwrite: bool, progress: bool) -> None:
+               memory_dim: int, memory_dtype: str, overwrite: bool, progress: bool) -> None:
     """Import edge files (TSV/CSV, optionally gzipped) into a partitioned DATA directory.
 
     EDGES are the training edges; --split NAME=FILE adds evaluation splits. With
@@ -104,14 +107,16 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
     budget = None if memory is None else parse_bytes(memory)
     schema = None if config_file is None else Schema.from_config(load_config(config_file), str(config_file))
     spec = ImportSpec(sources=sources, num_partitions=partitions or 1, columns=ColumnSpec.parse(columns),
-                      delimiter=delimiter, ids=ids, seed=seed, schema=schema, memory=budget, memory_dim=memory_dim)
+                      delimiter=delimiter, ids=ids, seed=seed, schema=schema, memory=budget, memory_dim=memory_dim,
+                      memory_dtype=memory_dtype)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
     with _counter("reading (pass 1/2)", "B", total_bytes or None, progress) as bar:
         plan = plan_import(spec, bar.update)
     if budget is not None:
-        _log(f"memory budget {human(budget)} at dim {memory_dim}: {plan.spec.num_partitions} partitions")
+        _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
+             f"{plan.spec.num_partitions} partitions")
     _log(f"plan: {plan.summary()}")
     total = sum(plan.edges_per_split.values())
     with _counter("writing (pass 2/2)", "edge", total, progress) as bar:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, read_partition, read_shard_of
+from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, read_embeddings, read_shard_of
 from bigembed.config import Config
 from bigembed.evaluation.metrics import RankAccumulator
 from bigembed.evaluation.scoring import Direction, direction
@@ -142,7 +142,7 @@ def evaluate_full(run_dir: Path, manifest: VersionManifest, data: DataManifest, 
     model, relations = load_checkpoint_model(run_dir, manifest, data, config)
 
     def load(p: int) -> Tensor:
-        return torch.from_numpy(read_partition(lambda key: read_shard_of(run_dir, manifest, key), data, p))
+        return torch.from_numpy(read_embeddings(run_dir, manifest, data, p))
 
     out = rank_split(data, split, load, model, relations, config.model.reciprocal, config.model.dim,
                      filtered, per_relation, progress)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigembed.checkpoint import VersionManifest, read_partition, read_shard_of
+from bigembed.checkpoint import VersionManifest, read_embeddings
 from bigembed.config import Config
 from bigembed.evaluation.metrics import RankAccumulator, ranks_against
 from bigembed.evaluation.ranking import load_checkpoint_model
@@ -48,8 +48,7 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
                     del cache[p]
             for p in (l, r):
                 if p not in cache:
-                    cache[p] = torch.from_numpy(read_partition(
-                        lambda key: read_shard_of(run_dir, manifest, key), data, p))
+                    cache[p] = torch.from_numpy(read_embeddings(run_dir, manifest, data, p))
             lhs_emb, rhs_emb = cache[l], cache[r]
             edges = read_edges(data.path.parent, split, bucket, count)
             lhs_idx = torch.from_numpy(np.array(edges.lhs))

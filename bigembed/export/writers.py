@@ -27,6 +27,7 @@ from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, r
 from bigembed.errors import BigembedError
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DataManifest
+from bigembed.storage.dtypes import to_float32
 from bigembed.storage.names import iter_names, names_dir
 
 FORMATS = ("tsv", "npy", "h5")
@@ -49,7 +50,8 @@ def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[
 
 def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
                partition: int) -> np.ndarray:
-    return read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition))
+    """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened)."""
+    return to_float32(read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition)))
 
 
 def _suffix(data: DataManifest, t: int) -> str:

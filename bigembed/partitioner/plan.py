@@ -75,6 +75,7 @@ class ImportSpec:
     schema: Schema | None = None
     memory: int | None = None  # choose num_partitions for this training memory budget (bytes)...
     memory_dim: int = 100  # ...at this embedding dimension
+    memory_dtype: str = "float32"  # ...stored at this precision (training.storage_dtype)
 
     @property
     def type_names(self) -> list[str]:
@@ -296,7 +297,10 @@ def _partitions_for_budget(spec: ImportSpec, num_nodes: int, num_edges: int) -> 
     from bigembed.scheduler.memory import MemoryModel, human, partitions_for
 
     assert spec.memory is not None
-    P = partitions_for(MemoryModel(spec.memory_dim), num_nodes, spec.memory, num_edges)
+    from bigembed.storage.dtypes import itemsize
+
+    P = partitions_for(MemoryModel(spec.memory_dim, itemsize=itemsize(spec.memory_dtype)), num_nodes,
+                       spec.memory, num_edges)
     if P is None:
         raise InputFormatError(f"--memory {human(spec.memory)}: too small for {num_nodes} nodes at dim "
                                f"{spec.memory_dim} even with 4096 partitions")

@@ -6,9 +6,11 @@ While training, resident memory is about::
     + one slab of a bucket's edges (at most 4 M edges)     shuffled copies of lhs/rhs/rel/weight
     + a fixed overhead                                      Python, torch, zarr, allocator slack
 
-A row is the embedding (dim float32) plus its Adagrad state (one float32, or dim of
-them with ``training.optimizer = "adagrad"``). All-negatives batches build a dense
-gradient for a whole partition, so they add about 3 partition-sized temporaries.
+A row is the embedding (dim values of ``training.storage_dtype``: 4 bytes each, or 2
+in half precision) plus its Adagrad state (one float32, or dim of them with
+``training.optimizer = "adagrad"``). All-negatives batches build a dense float32
+gradient for a whole partition, so they add about 3 partition-sized float32
+temporaries (4 in half precision: the table's float32 copy).
 """
 
 from __future__ import annotations
@@ -46,15 +48,17 @@ class MemoryModel:
     dim: int
     per_coordinate: bool = False  # training.optimizer = "adagrad"
     all_negatives: bool = False
+    itemsize: int = 4  # bytes per stored embedding value (training.storage_dtype)
 
     @property
     def row_bytes(self) -> int:
-        return 4 * self.dim + 4 * (self.dim if self.per_coordinate else 1)
+        return self.itemsize * self.dim + 4 * (self.dim if self.per_coordinate else 1)
 
     def estimate(self, partition_rows: int, c: int, bucket_edges: int = SLAB_EDGES) -> int:
         """Peak bytes with ``c`` partitions of at most ``partition_rows`` rows in memory."""
         buffer = c * partition_rows * self.row_bytes
-        temporaries = 3 * partition_rows * 4 * self.dim if self.all_negatives else 0
+        copies = 3 if self.itemsize == 4 else 4
+        temporaries = copies * partition_rows * 4 * self.dim if self.all_negatives else 0
         return buffer + temporaries + min(bucket_edges, SLAB_EDGES) * EDGE_BYTES + FIXED_OVERHEAD
 
 

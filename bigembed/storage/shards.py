@@ -21,6 +21,7 @@ from zarr.core.metadata import ArrayV3Metadata
 
 from bigembed.errors import CheckpointError
 from bigembed.storage.atomic import atomic_replace_dir, fsync_tree
+from bigembed.storage.dtypes import BFLOAT16_BITS
 
 CHUNK_BYTES = 8 << 20  # zarr chunk size; bounds the transient IO buffers
 
@@ -30,7 +31,7 @@ def array_checksum(array: np.ndarray) -> str:
 
 
 def write_shard(path: Path, array: np.ndarray, durable: bool = True, checksum: bool = True) -> str | None:
-    """Write ``array`` (2-d or 1-d float32) as a zarr array at ``path``; return its checksum.
+    """Write ``array`` (2-d or 1-d; float32, float16 or bfloat16 bits) as a zarr array at ``path``; return its checksum.
 
     ``durable=False`` skips the fsync: the caller syncs the shard (:func:`sync_shard`)
     before anything refers to it (a checkpoint commit does; a partition evicted from the
@@ -51,6 +52,7 @@ def write_shard(path: Path, array: np.ndarray, durable: bool = True, checksum: b
             dtype=array.dtype,
             compressors=None,
             overwrite=True,
+            attributes={"bigembed_dtype": "bfloat16"} if array.dtype == BFLOAT16_BITS else None,
         )
         if _raw_chunks(z):
             _write_raw(tmp, z, array)

@@ -192,7 +192,7 @@ def sample_sources(spec: RelationSpec, lhs: PartitionState, rhs: PartitionState,
     sizes = [s.state.range_of(entity_type)[1] - s.start for s in sources]
     if spec.all_negatives:
         for src, n in zip(sources, sizes, strict=True):
-            src.table = src.state.emb[src.start : src.start + n].detach().requires_grad_()
+            src.table = src.state.emb[src.start : src.start + n].detach().float().requires_grad_()
         return Negatives(sources)
     pool = None if pools is None else pools[0 if corrupt_lhs else 1]
     k = degree_count(config.negatives, config.degree_fraction, pool)
@@ -208,9 +208,17 @@ def sample_sources(spec: RelationSpec, lhs: PartitionState, rhs: PartitionState,
 
 
 def gather(table: Tensor, idx: Tensor) -> Tensor:
-    """``table[idx]`` for an index of any shape, through ``index_select`` (several times faster
-    than advanced indexing for row gathers on the CPU)."""
-    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[-1])
+    """``table[idx]`` in float32 for an index of any shape, through ``index_select`` (several
+    times faster than advanced indexing for row gathers on the CPU)."""
+    return table.index_select(0, idx.reshape(-1)).float().view(*idx.shape, table.shape[-1])
+
+
+def gather_into(out: Tensor, table: Tensor, idx: Tensor) -> None:
+    """``out[:] = table[idx]`` for a 1-d ``idx``; widens a half-precision ``table``."""
+    if table.dtype == out.dtype:
+        torch.index_select(table, 0, idx, out=out)
+    else:
+        out.copy_(table.index_select(0, idx))
 
 
 def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Tensor | None, n: int,

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
-from bigembed.trainer.batch import BatchLoss, Model, _regularizer, gather, sample_sources
+from bigembed.trainer.batch import BatchLoss, Model, _regularizer, gather, gather_into, sample_sources
 from bigembed.trainer.kernels import fused_score_gradients
 from bigembed.trainer.model import CosComparator, DotComparator, _unit
 from bigembed.trainer.relations import RelationSpec, RelationState
@@ -69,8 +69,8 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     n_chunks = -(-B // chunk)
     # the batch's rows gathered side by side, so both sides' products run as one
     X = torch.empty(2, B, d)
-    torch.index_select(lhs.emb, 0, lhs_idx, out=X[0])
-    torch.index_select(rhs.emb, 0, rhs_idx, out=X[1])
+    gather_into(X[0], lhs.emb, lhs_idx)
+    gather_into(X[1], rhs.emb, rhs_idx)
     L, R = X[0].requires_grad_(), X[1].requires_grad_()
     w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
     corrupted = [side for side in (False, True) if spec.sides != ("rhs" if side else "lhs")]
@@ -82,7 +82,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
         if len(sources) == 1:
             src = sources[0]
             assert src.idx is not None
-            torch.index_select(src.state.emb, 0, src.idx.reshape(-1), out=Y[k].view(-1, d))
+            gather_into(Y[k].view(-1, d), src.state.emb, src.idx.reshape(-1))
             src.rows = Y[k].requires_grad_()
         else:
             for src in sources:

@@ -197,6 +197,7 @@ def row_adagrad(table: Tensor, state: Tensor, indices: list[Tensor], grads: list
                 max_norm: float) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
     ``indices`` of ``table``, from ``grads``; both lists of pieces read as their concatenation.
+    A half-precision ``table`` is updated in float32 and rounded to nearest.
     Repeated rows have their gradients summed first; only the rows named are touched."""
     flat = indices[0] if len(indices) == 1 else torch.cat(indices)
     if flat.numel() == 0:
@@ -214,18 +215,23 @@ def row_adagrad(table: Tensor, state: Tensor, indices: list[Tensor], grads: list
                                                      .div_(summed.shape[1]))
     state.index_copy_(0, rows, new_state)
     step = new_state.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
-    table.index_add_(0, rows, summed.mul_(step if state.dim() == 2 else step.unsqueeze(1)))
+    update = summed.mul_(step if state.dim() == 2 else step.unsqueeze(1))
+    if table.dtype == update.dtype:
+        table.index_add_(0, rows, update)
+    else:  # half-precision storage: add in float32, round to the stored precision once
+        table.index_copy_(0, rows, table.index_select(0, rows).float().add_(update).to(table.dtype))
     if max_norm > 0:
         clip_rows_(table, rows, max_norm)
 
 
 def clip_rows_(table: Tensor, rows: Tensor, max_norm: float) -> None:
     """Rescale the rows ``rows`` of ``table`` that are longer than ``max_norm`` to that length."""
-    norms = torch.linalg.vector_norm(table.index_select(0, rows), dim=1)
+    norms = torch.linalg.vector_norm(table.index_select(0, rows).float(), dim=1)
     over = norms > max_norm
     if bool(over.any()):
         long_rows = rows[over]
-        table.index_copy_(0, long_rows, table.index_select(0, long_rows) * (max_norm / norms[over]).unsqueeze(1))
+        scaled = table.index_select(0, long_rows).float() * (max_norm / norms[over]).unsqueeze(1)
+        table.index_copy_(0, long_rows, scaled.to(table.dtype))
 
 
 def compiled(fn: F) -> F:

@@ -10,7 +10,8 @@ from torch import Tensor
 
 @dataclass
 class PartitionState:
-    """``emb``: (n, dim) float32; ``adagrad``: (n,) float32 per-row accumulator, or (n, dim)
+    """``emb``: (n, dim) float32, float16 or bfloat16 (``training.storage_dtype``: the math
+    widens gathered rows to float32); ``adagrad``: (n,) float32 per-row accumulator, or (n, dim)
     per-coordinate accumulators (``training.optimizer = "adagrad"``). ``ranges[t]`` is the
     ``[start, stop)`` of entity type ``t``'s rows (None: one type, all rows)."""
 
@@ -25,6 +26,6 @@ class PartitionState:
 
     @classmethod
     def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator,
-                per_coordinate: bool = False) -> PartitionState:
-        emb = torch.randn(num_rows, dim, generator=generator).mul_(scale)
+                per_coordinate: bool = False, dtype: torch.dtype = torch.float32) -> PartitionState:
+        emb = torch.randn(num_rows, dim, generator=generator).mul_(scale).to(dtype)
         return cls(emb, torch.zeros((num_rows, dim) if per_coordinate else (num_rows,)))

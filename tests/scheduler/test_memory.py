@@ -67,7 +67,13 @@ def test_cli_import_and_train_with_a_memory_budget(tmp_path):
                             "--dim", "20000", "--no-progress"])
     assert r.exit_code == 0, r.output
     P = json.loads((tmp_path / "d" / "manifest.json").read_text())["entities"]["node"]["num_partitions"]
-    assert P > 2 and f"at dim 20000: {P} partitions" in r.output
+    assert P > 2 and f"at dim 20000 (float32): {P} partitions" in r.output
+    # half-precision rows are half the bytes: the same budget needs fewer partitions
+    r = runner.invoke(cli, ["import", str(tmp_path / "g.tsv"), "-o", str(tmp_path / "d16"), "--memory", budget,
+                            "--dim", "20000", "--storage-dtype", "bfloat16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    P16 = json.loads((tmp_path / "d16" / "manifest.json").read_text())["entities"]["node"]["num_partitions"]
+    assert P16 < P and f"at dim 20000 (bfloat16): {P16} partitions" in r.output
     r = runner.invoke(cli, ["train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "8", "--epochs", "1",
                             "--memory", budget, "--no-progress"])
     assert r.exit_code == 0, r.output

@@ -64,3 +64,23 @@ def test_a_deferred_checksum_from_the_files_equals_the_one_taken_at_write(tmp_pa
     chunk.write_bytes(chunk.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"t\.zarr: shard is missing or damaged .*chunk 1 is short"):
         shard_checksum(tmp_path / "t.zarr", table.shape)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_tables_round_trip_bit_for_bit_and_widen_exactly(tmp_path, dtype):
+    import torch
+
+    from bigembed.storage.dtypes import dtype_name, from_numpy, to_float32, to_numpy
+
+    table = torch.randn(CHUNK_BYTES // (2 * 8) + 7, 8, generator=torch.Generator().manual_seed(2)) \
+        .to(getattr(torch, dtype))
+    array = to_numpy(table)
+    checksum = write_shard(tmp_path / "h.zarr", array)
+    back = read_shard(tmp_path / "h.zarr", checksum, tuple(table.shape))
+    assert dtype_name(back) == dtype and back.nbytes == table.numel() * 2
+    assert torch.equal(from_numpy(back), table)
+    assert np.array_equal(to_float32(back), table.float().numpy())
+    z = zarr.open_array(str(tmp_path / "h.zarr"), mode="r")  # self-describing for other readers
+    assert (z.dtype, dict(z.attrs)) == ((np.dtype(np.uint16), {"bigembed_dtype": "bfloat16"}) if dtype == "bfloat16"
+                                        else (np.dtype(np.float16), {}))
+    assert shard_checksum(tmp_path / "h.zarr", tuple(table.shape)) == checksum

@@ -1,0 +1,63 @@
+"""Storage precision of embedding tables: float32, float16 or bfloat16.
+
+``training.storage_dtype`` sets how a partition's embeddings are held, on disk
+and in the partition buffer; the math always runs in float32 (rows are widened
+when gathered and rounded to nearest when written back). Half precision halves
+the bytes of every embedding row, so twice the nodes fit a memory budget and
+checkpoints and partition swaps move half the data.
+
+On disk a float16 table is a float16 zarr array. NumPy (and so zarr) has no
+bfloat16, so a bfloat16 table is stored as the raw 16 bits in a ``uint16`` zarr
+array with the attribute ``"bigembed_dtype": "bfloat16"``; no float table is ever
+``uint16``, so the dtype alone says how to read it. Optimizer state stays
+float32 whatever the storage (Adagrad's running sums lose too much in 16 bits).
+Readers outside training (evaluation, export) widen everything to float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+BFLOAT16_BITS = np.dtype(np.uint16)  # how a bfloat16 table looks to NumPy and zarr
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    return STORAGE_DTYPES[name]
+
+
+def itemsize(name: str) -> int:
+    """Bytes per stored embedding value."""
+    return torch.empty(0, dtype=STORAGE_DTYPES[name]).element_size()
+
+
+def to_numpy(table: Tensor) -> np.ndarray:
+    """The array to write for ``table`` (no copy): bfloat16 as its bits in ``uint16``."""
+    if table.dtype == torch.bfloat16:
+        return table.view(torch.int16).numpy().view(BFLOAT16_BITS)
+    return table.numpy()
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """The tensor a stored array holds (no copy): ``uint16`` is read as bfloat16 bits."""
+    if array.dtype == BFLOAT16_BITS:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def dtype_name(array: np.ndarray) -> str:
+    """The storage dtype of a stored table (``uint16``: bfloat16)."""
+    return "bfloat16" if array.dtype == BFLOAT16_BITS else array.dtype.name
+
+
+def to_float32(array: np.ndarray) -> np.ndarray:
+    """A stored table widened to float32 exactly (no copy when it is float32 already)."""
+    if array.dtype == BFLOAT16_BITS:  # bfloat16 is the top half of a float32
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32, copy=False)
