@@ -10,6 +10,9 @@ with the filtered protocol (`bigembed eval`, realistic ties). Tasks:
                   buffer holds all 4), and with P=4 and a buffer of 2 for comparison,
                   each with seeds 0, 1, 2 (``--seeds``), compared by their means
 * ``partitions-sampled``  the same with sampled negatives (configs/codex-s-sampled.toml)
+* ``half``        the CoDEx-S configs (all negatives and sampled) with the embeddings
+                  stored as float32, float16 and bfloat16 (training.storage_dtype), each
+                  with seeds 0, 1, 2 (``--seeds``), compared by their means
 * ``pbg``         bigembed and PyTorch-BigGraph 1.0.0 (its own venv) with the same
                   dimension, epochs and negatives, ranked by the same evaluator
 
@@ -105,6 +108,24 @@ def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s
     return out
 
 
+def task_half(work: Path, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """The CoDEx-S configs, unchanged but for ``training.storage_dtype``, on one partition."""
+    data = import_dataset("codex-s", work, 1)
+    out: dict[str, Any] = {"dataset": "codex-s", "seeds": list(seeds)}
+    for config in ("codex-s", "codex-s-sampled"):
+        row: dict[str, Any] = {}
+        for dtype in ("float32", "float16", "bfloat16"):
+            per_seed = [train_and_eval(data, work / f"run-{config}-{dtype}-s{seed}", CONFIGS / f"{config}.toml",
+                                       ["--set", f"training.storage_dtype={dtype}", "--set", f"training.seed={seed}"])
+                        for seed in seeds]
+            mrrs = [r["test"]["mrr"] for r in per_seed]
+            row[dtype] = {"test_mrr_per_seed": mrrs, "test_mrr_mean": round(sum(mrrs) / len(mrrs), 4),
+                          "train_wall_s_mean": round(sum(r["train_wall_s"] for r in per_seed) / len(per_seed), 1),
+                          "train_peak_rss_mib_max": max(r["train_peak_rss_mib"] for r in per_seed)}
+        out[config] = row
+    return out
+
+
 def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str) -> dict[str, Any]:
     """bigembed and PBG with the same dimension, epochs, operator, loss and negatives."""
     from pbg_baseline import run_pbg
@@ -134,12 +155,12 @@ PBG_SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tasks", nargs="+",
-                        choices=["wn18rr", "codex-m", "codex-s", "partitions", "partitions-sampled", "pbg"])
+                        choices=["wn18rr", "codex-m", "codex-s", "partitions", "partitions-sampled", "half", "pbg"])
     parser.add_argument("--work", type=Path, default=HERE / "work" / "quality")
     parser.add_argument("--out", type=Path, default=HERE / "work" / "quality.json")
     parser.add_argument("--pbg-python", default="/tmp/pbgvenv/bin/python")
     parser.add_argument("--pbg-dataset", default="wn18rr")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for the partitions tasks")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for the partitions and half tasks")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -149,6 +170,8 @@ def main() -> None:
             results[task] = task_partitions(args.work, seeds=tuple(args.seeds))
         elif task == "partitions-sampled":
             results[task] = task_partitions(args.work, config="codex-s-sampled", seeds=tuple(args.seeds))
+        elif task == "half":
+            results[task] = task_half(args.work, tuple(args.seeds))
         elif task == "pbg":
             results[task] = task_pbg(args.work, args.pbg_dataset, PBG_SETTINGS, args.pbg_python)
         else:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+INIT_BLOCK_VALUES = 1 << 22  # float32 values drawn at a time for a half-precision table (16 MB)
+
 
 @dataclass
 class PartitionState:
@@ -27,5 +29,12 @@ class PartitionState:
     @classmethod
     def initial(cls, num_rows: int, dim: int, scale: float, generator: torch.Generator,
                 per_coordinate: bool = False, dtype: torch.dtype = torch.float32) -> PartitionState:
-        emb = torch.randn(num_rows, dim, generator=generator).mul_(scale).to(dtype)
+        if dtype == torch.float32:
+            emb = torch.randn(num_rows, dim, generator=generator).mul_(scale)
+        else:  # drawn in float32 a block at a time: never a float32 copy of the whole table
+            emb = torch.empty(num_rows, dim, dtype=dtype)
+            step = max(1, INIT_BLOCK_VALUES // max(1, dim))
+            for start in range(0, num_rows, step):
+                stop = min(num_rows, start + step)
+                emb[start:stop] = torch.randn(stop - start, dim, generator=generator).mul_(scale)
         return cls(emb, torch.zeros((num_rows, dim) if per_coordinate else (num_rows,)))
