@@ -55,20 +55,21 @@ def generate(work: Path, nodes: int, edges: int, seed: int) -> Path:
     return folder
 
 
-def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bool = True) -> dict[str, Any]:
+def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bool = True,
+                 dtype: str = "float32") -> dict[str, Any]:
     data = work / f"bigembed-data-p{P}"
     if not (data / "manifest.json").exists():
         run_measured([*BIGEMBED, "import", str(dataset / "train.txt"), "--split", f"valid={dataset / 'valid.txt'}",
                       "--split", f"test={dataset / 'test.txt'}", "-o", str(data), "-p", str(P), "--overwrite",
                       "--no-progress"])
-    tag = f"p{P}" + ("" if fused else "-autograd")
+    tag = f"p{P}" + ("" if fused else "-autograd") + ("" if dtype == "float32" else f"-{dtype}")
     config = work / f"bigembed-{tag}.toml"
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
         f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\n'
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
         f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nchunk_size = {s["batch_negs"]}\n'
-        f'workers = {s["workers"]}\nfused_step = {"true" if fused else "false"}\n'
+        f'workers = {s["workers"]}\nfused_step = {"true" if fused else "false"}\nstorage_dtype = "{dtype}"\n'
     )
     run = work / f"bigembed-run-{tag}"
     shutil.rmtree(run, ignore_errors=True)
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--autograd-too", action="store_true",
                     help="also train bigembed with training.fused_step = false (the autograd step, as before the "
                          "fused one), in the same run")
+    ap.add_argument("--dtypes", nargs="*", default=[], choices=["float16", "bfloat16"],
+                    help="also train bigembed with the embeddings stored as these (training.storage_dtype)")
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs per system (edges/s is over epochs 2..N, so more epochs average out the shared "
                          "machine's drift and give the test MRRs time to leave the noise)")
@@ -111,6 +114,8 @@ def main() -> None:
         row: dict[str, Any] = {"bigembed": run_bigembed(dataset, args.work / f"p{P}", P, settings)}
         if args.autograd_too:
             row["bigembed-autograd"] = run_bigembed(dataset, args.work / f"p{P}", P, settings, fused=False)
+        for dtype in args.dtypes:
+            row[f"bigembed-{dtype}"] = run_bigembed(dataset, args.work / f"p{P}", P, settings, dtype=dtype)
         if not args.skip_pbg:
             pbg = run_pbg(dataset.name, args.work / f"p{P}" / "pbg", args.pbg_python, datasets=dataset.parent,
                           data_dir=args.work / f"p{P}" / "bigembed-data-p1-for-pbg", num_partitions=P,

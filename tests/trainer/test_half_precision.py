@@ -95,3 +95,17 @@ def test_a_training_step_on_half_tables_is_the_float32_step_rounded(dtype, overr
     assert lhs_h.emb.dtype == dtype and rhs_h.emb.dtype == dtype
     assert torch.equal(lhs_h.emb, lhs_f.emb.to(dtype)) and torch.equal(rhs_h.emb, rhs_f.emb.to(dtype))
     assert not torch.equal(lhs_h.emb, lhs.emb.to(dtype))  # the step did move rows
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_initial_half_tables_are_seeded_scaled_and_drawn_block_by_block(dtype, monkeypatch):
+    from bigembed.trainer import state as state_module
+
+    monkeypatch.setattr(state_module, "INIT_BLOCK_VALUES", 64)  # 8 rows of dim 8 a block: 7 blocks, the last short
+    first = State.initial(50, 8, 0.5, torch.Generator().manual_seed(3), dtype=dtype)
+    again = State.initial(50, 8, 0.5, torch.Generator().manual_seed(3), dtype=dtype)
+    other = State.initial(50, 8, 0.5, torch.Generator().manual_seed(4), dtype=dtype)
+    assert first.emb.dtype == dtype and first.emb.shape == (50, 8) and first.adagrad.dtype == torch.float32
+    assert torch.equal(first.emb, again.emb) and not torch.equal(first.emb, other.emb)
+    assert 0.4 < float(first.emb.float().std()) < 0.6
+    assert len({tuple(first.emb[r].tolist()) for r in range(50)}) == 50  # no block repeats another
