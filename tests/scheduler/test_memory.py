@@ -30,6 +30,20 @@ def test_the_estimate_is_rows_times_row_bytes_plus_edges_plus_overhead():
     assert m.estimate(1000, 3, bucket_edges=0) == 3 * 1000 * 516 + FIXED_OVERHEAD
     assert MemoryModel(dim=128, per_coordinate=True).row_bytes == 4 * 256
     assert MemoryModel(dim=128, all_negatives=True).estimate(1000, 2, 0) > m.estimate(1000, 2, 0)
+    half = MemoryModel(dim=128, itemsize=2)  # training.storage_dtype float16/bfloat16: Adagrad stays float32
+    assert half.row_bytes == 2 * 128 + 4
+    assert MemoryModel(dim=128, per_coordinate=True, itemsize=2).row_bytes == 2 * 128 + 4 * 128
+    # all negatives with half storage: one more float32 temporary, the table's widened copy
+    assert (MemoryModel(dim=128, all_negatives=True, itemsize=2).estimate(1000, 2, 0) - half.estimate(1000, 2, 0)
+            == 4 * 1000 * 4 * 128)
+
+
+def test_half_precision_rows_let_a_budget_hold_more_partitions():
+    counts = [1_000_000] * 8
+    full, half = MemoryModel(dim=100), MemoryModel(dim=100, itemsize=2)
+    budget = FIXED_OVERHEAD + 3 * 1_000_000 * full.row_bytes + 1_000_000 * full.row_bytes // 2
+    assert choose_buffer(full, counts, 0, budget).c == 3
+    assert choose_buffer(half, counts, 0, budget).c == 6  # rows of 204 bytes against 404
 
 
 def test_choose_buffer_takes_the_largest_buffer_that_fits():
