@@ -295,10 +295,9 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
 
 def _partitions_for_budget(spec: ImportSpec, num_nodes: int, num_edges: int) -> int:
     from bigembed.scheduler.memory import MemoryModel, human, partitions_for
-
-    assert spec.memory is not None
     from bigembed.storage.dtypes import itemsize
 
+    assert spec.memory is not None
     P = partitions_for(MemoryModel(spec.memory_dim, itemsize=itemsize(spec.memory_dtype)), num_nodes,
                        spec.memory, num_edges)
     if P is None:
