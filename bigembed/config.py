@@ -31,6 +31,7 @@ LOSSES = ("ranking", "logistic", "softmax")
 REGULARIZERS = ("none", "n3", "l2")
 NEGATIVE_SIDES = ("both", "lhs", "rhs")
 BUCKET_ORDERS = ("inside_out", "outside_in", "beta", "random", "sequential")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # training.storage_dtype (bigembed.storage.dtypes)
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -97,7 +98,7 @@ class TrainingConfig:
         "How embeddings are stored on disk and in the partition buffer: float32, or float16 / "
         "bfloat16 for half the bytes a row (math stays float32; each update is rounded to the "
         "stored precision). float16 keeps 3 more bits of precision, bfloat16 float32's range.",
-        choices=("float32", "float16", "bfloat16"),
+        choices=STORAGE_DTYPES,
     )
     batch_size: int = _opt(1000, "Edges per batch.", min=1)
     chunk_size: int = _opt(

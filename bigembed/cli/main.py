@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 from bigembed import __version__
+from bigembed.config import STORAGE_DTYPES
 from bigembed.errors import BigembedError
 
 
@@ -71,7 +72,7 @@ def cli() -> None:
               help="Pick --partitions so that training at --dim fits SIZE (e.g. 8G), instead of -p.")
 @click.option("--dim", "memory_dim", type=int, default=100, show_default=True,
               help="Embedding dimension --memory plans for.")
-@click.option("--storage-dtype", "memory_dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+@click.option("--storage-dtype", "memory_dtype", type=click.Choice(STORAGE_DTYPES),
               default="float32", show_default=True,
               help="training.storage_dtype --memory plans for (half precision: about twice the rows).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")

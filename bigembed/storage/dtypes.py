@@ -20,21 +20,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+from bigembed.config import STORAGE_DTYPES
+
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in STORAGE_DTYPES}
 BFLOAT16_BITS = np.dtype(np.uint16)  # how a bfloat16 table looks to NumPy and zarr
 
 
 def storage_dtype(name: str) -> torch.dtype:
-    return STORAGE_DTYPES[name]
+    return TORCH_DTYPES[name]
 
 
 def itemsize(name: str) -> int:
     """Bytes per stored embedding value."""
-    return torch.empty(0, dtype=STORAGE_DTYPES[name]).element_size()
+    return torch.empty(0, dtype=TORCH_DTYPES[name]).element_size()
 
 
 def to_numpy(table: Tensor) -> np.ndarray:
