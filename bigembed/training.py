@@ -367,7 +367,7 @@ def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | Non
     config = load_config(config_file, overrides, base=base)
     all_negs = config.training.all_negatives or any(r.all_negatives for r in config.relations.values())
     model = MemoryModel(config.model.dim, config.training.optimizer == "adagrad", all_negs,
-                        itemsize(config.training.storage_dtype))
+                        itemsize(config.training.storage_dtype), resolve_workers(config.training))
     biggest = max(data.bucket_counts["train"].values(), default=0)
     choice = choose_buffer(model, data.entity_counts, biggest, budget)
     c = max(2, min(choice.c, data.num_partitions))

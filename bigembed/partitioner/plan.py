@@ -294,12 +294,15 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
 
 
 def _partitions_for_budget(spec: ImportSpec, num_nodes: int, num_edges: int) -> int:
+    from bigembed.config import TrainingConfig
     from bigembed.scheduler.memory import MemoryModel, human, partitions_for
     from bigembed.storage.dtypes import itemsize
+    from bigembed.trainer.bucket import resolve_workers
 
     assert spec.memory is not None
-    P = partitions_for(MemoryModel(spec.memory_dim, itemsize=itemsize(spec.memory_dtype)), num_nodes,
-                       spec.memory, num_edges)
+    model = MemoryModel(spec.memory_dim, itemsize=itemsize(spec.memory_dtype),
+                        workers=resolve_workers(TrainingConfig()))  # training's default worker count
+    P = partitions_for(model, num_nodes, spec.memory, num_edges)
     if P is None:
         raise InputFormatError(f"--memory {human(spec.memory)}: too small for {num_nodes} nodes at dim "
                                f"{spec.memory_dim} even with 4096 partitions")

@@ -3,6 +3,7 @@
 While training, resident memory is about::
 
     c x (rows of the largest partition) x bytes per row   the partition buffer
+    + workers x (rows of the largest partition) x 4 B      each worker's Adagrad row slots
     + one slab of a bucket's edges (at most 4 M edges)     shuffled copies of lhs/rhs/rel/weight
     + a fixed overhead                                      Python, torch, zarr, allocator slack
 
@@ -24,6 +25,7 @@ FIXED_OVERHEAD = 480 << 20  # measured: ~255 MiB for Python + torch + zarr, plus
 # that the allocator keeps after frees (trim threshold 256 MB, see trainer/allocator.py) and IO buffers
 SLAB_EDGES = 1_000_000  # as bigembed.trainer.bucket.SLAB_EDGES
 EDGE_BYTES = 2 * (8 + 8 + 4 + 4)  # lhs, rhs, rel, weight; read, then shuffled
+SLOT_BYTES = 4  # a worker's int32 scratch per row (bigembed.trainer.adagrad.row_slots)
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -49,6 +51,7 @@ class MemoryModel:
     per_coordinate: bool = False  # training.optimizer = "adagrad"
     all_negatives: bool = False
     itemsize: int = 4  # bytes per stored embedding value (training.storage_dtype)
+    workers: int = 2  # Hogwild workers, each with its row slots
 
     @property
     def row_bytes(self) -> int:
@@ -59,7 +62,8 @@ class MemoryModel:
         buffer = c * partition_rows * self.row_bytes
         copies = 3 if self.itemsize == 4 else 4
         temporaries = copies * partition_rows * 4 * self.dim if self.all_negatives else 0
-        return buffer + temporaries + min(bucket_edges, SLAB_EDGES) * EDGE_BYTES + FIXED_OVERHEAD
+        slots = self.workers * partition_rows * SLOT_BYTES
+        return buffer + slots + temporaries + min(bucket_edges, SLAB_EDGES) * EDGE_BYTES + FIXED_OVERHEAD
 
 
 @dataclass(frozen=True)

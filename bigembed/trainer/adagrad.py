@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -10,6 +11,34 @@ from torch import Tensor
 from bigembed.trainer.kernels import fused_clip_rows_, fused_row_adagrad
 
 EPS = 1e-10
+
+_scratch = threading.local()
+
+
+def row_slots(rows: int) -> Tensor:
+    """This thread's scratch for :func:`~bigembed.trainer.kernels.row_adagrad`: at least ``rows``
+    int32 entries, kept between calls (4 bytes a row of the largest partition, per worker:
+    :data:`~bigembed.scheduler.memory.SLOT_BYTES`)."""
+    slot = getattr(_scratch, "slot", None)
+    if slot is None or slot.shape[0] < rows:
+        slot = _scratch.slot = torch.empty(rows, dtype=torch.int32)
+    return slot
+
+
+def merge_adjacent(pieces: Sequence[Tensor]) -> list[Tensor]:
+    """``pieces`` with each run of neighbours in memory (one ending where the next begins, as
+    views of one gradient buffer) joined into one view, so they need no copy to concatenate."""
+    out: list[Tensor] = []
+    for t in pieces:
+        if out:
+            last = out[-1]
+            if (last.is_contiguous() and t.is_contiguous() and last.dtype == t.dtype
+                    and last.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+                    and last.storage_offset() + last.numel() == t.storage_offset()):
+                out[-1] = last.as_strided((last.shape[0] + t.shape[0], *last.shape[1:]), last.stride())
+                continue
+        out.append(t)
+    return out
 
 
 def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor], grad: Tensor | Sequence[Tensor],
@@ -24,9 +53,9 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     ``max_norm`` > 0 rescales updated rows longer than it.
     """
     indices = [index] if isinstance(index, Tensor) else list(index)
-    grads = [grad] if isinstance(grad, Tensor) else list(grad)
+    grads = [grad] if isinstance(grad, Tensor) else merge_adjacent(grad)
     if indices:
-        fused_row_adagrad(table, state, indices, grads, lr, max_norm)
+        fused_row_adagrad(table, state, row_slots(table.shape[0]), indices, grads, lr, max_norm)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:

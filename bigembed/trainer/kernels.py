@@ -93,7 +93,8 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     (B,). With ``batch_negatives`` the chunk's other edges are negatives too. Per chunk,
     ``A = Q R^T`` holds the positives on its diagonal and both sides' in-batch negatives
     (the rhs side reads its rows, the lhs side its columns); ``S = [Q; R] [Nr; Ml]^T``
-    scores both sides' sampled rows in one product. Returns ``(loss, dX, dY)``.
+    scores both sides' sampled rows in one product. Returns ``(loss, dX, dY)``, ``dY`` right
+    after ``dX`` in one block of memory.
     """
     k = int(rhs_side) + int(lhs_side)
     B = X.shape[1]
@@ -102,8 +103,12 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     full = B // chunk
     rem = B - full * chunk
     total = X.new_zeros(())
-    dX = torch.empty_like(X) if U > 0 else torch.zeros_like(X)  # without sampled rows a group may be skipped
-    dY = torch.empty_like(Y)
+    # both gradients in one buffer, dX then dY, so that Adagrad reads them as one piece
+    out = torch.empty(X.numel() + Y.numel())
+    dX = out[: X.numel()].view(X.shape)
+    dY = out[X.numel() :].view(Y.shape)
+    if U == 0:  # without sampled rows a group may be skipped
+        dX.zero_()
     groups: list[tuple[int, int, int, int]] = [(0, chunk, full, 0)]
     if rem > 0:
         groups.append((full * chunk, rem, 1, full))
@@ -193,21 +198,35 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     return total, dX, dY
 
 
-def row_adagrad(table: Tensor, state: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
+def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
                 max_norm: float) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
     ``indices`` of ``table``, from ``grads``; both lists of pieces read as their concatenation.
     A half-precision ``table`` is updated in float32 and rounded to nearest.
-    Repeated rows have their gradients summed first; only the rows named are touched."""
+    Repeated rows have their gradients summed first; only the rows named are touched.
+
+    ``slot``: int32 scratch of at least ``n`` entries (any content; one per thread), which
+    finds the repeated rows without sorting: every position writes its own number into its
+    row's slot, and the positions that read their own number back are each row's
+    representative (the last writer). Sorting the ids, as ``torch.unique`` does, cost a
+    quarter of this function on the benchmark graph.
+    """
     flat = indices[0] if len(indices) == 1 else torch.cat(indices)
-    if flat.numel() == 0:
+    m = flat.shape[0]
+    if m == 0:
         return
-    rows, inverse = torch.unique(flat, return_inverse=True)
-    summed = grads[0].new_zeros(rows.shape[0], grads[0].shape[1])
-    start = 0
-    for g in grads:
-        summed.index_add_(0, inverse[start : start + g.shape[0]], g)
-        start += g.shape[0]
+    g = grads[0] if len(grads) == 1 else torch.cat(grads)
+    positions = torch.arange(m, dtype=torch.int32)
+    slot.scatter_(0, flat, positions)
+    owner = slot.index_select(0, flat)  # every position's representative
+    is_rep = owner == positions
+    reps = is_rep.nonzero().squeeze(1)
+    rows = flat.index_select(0, reps)  # each row once, in the order of its last occurrence
+    summed = g.index_select(0, reps)
+    if reps.shape[0] < m:  # add the other occurrences into their representative's row
+        others = (~is_rep).nonzero().squeeze(1)
+        compact = is_rep.cumsum(0).sub_(1)  # a representative's row in ``summed``
+        summed.index_add_(0, compact.index_select(0, owner.index_select(0, others)), g.index_select(0, others))
     if state.dim() == 2:
         new_state = state.index_select(0, rows).add_(summed.square())
     else:  # the mean of squares through the norm: one pass, no (k, dim) temporary

@@ -9,7 +9,14 @@ from click.testing import CliRunner
 
 from bigembed.cli.main import cli
 from bigembed.errors import BigembedError
-from bigembed.scheduler.memory import FIXED_OVERHEAD, MemoryModel, choose_buffer, parse_bytes, partitions_for
+from bigembed.scheduler.memory import (
+    FIXED_OVERHEAD,
+    SLOT_BYTES,
+    MemoryModel,
+    choose_buffer,
+    parse_bytes,
+    partitions_for,
+)
 from tests.conftest import write_tiny_graph
 
 MiB = 1 << 20
@@ -27,7 +34,9 @@ def test_parse_bytes_reads_the_usual_spellings():
 def test_the_estimate_is_rows_times_row_bytes_plus_edges_plus_overhead():
     m = MemoryModel(dim=128)
     assert m.row_bytes == 4 * 129
-    assert m.estimate(1000, 3, bucket_edges=0) == 3 * 1000 * 516 + FIXED_OVERHEAD
+    assert m.estimate(1000, 3, bucket_edges=0) == 3 * 1000 * 516 + 2 * 1000 * SLOT_BYTES + FIXED_OVERHEAD
+    # each Hogwild worker keeps int32 row slots for Adagrad's repeated rows
+    assert MemoryModel(dim=128, workers=8).estimate(1000, 3, 0) - m.estimate(1000, 3, 0) == 6 * 1000 * SLOT_BYTES
     assert MemoryModel(dim=128, per_coordinate=True).row_bytes == 4 * 256
     assert MemoryModel(dim=128, all_negatives=True).estimate(1000, 2, 0) > m.estimate(1000, 2, 0)
     half = MemoryModel(dim=128, itemsize=2)  # training.storage_dtype float16/bfloat16: Adagrad stays float32

@@ -171,6 +171,6 @@ def test_the_kernels_are_compiled_and_agree_with_their_python_source():
     indices = [torch.tensor([0, 1, 2, 0]), torch.tensor([3, 2, 4])]
     grads = [torch.randn(4, 5, generator=gen), torch.randn(3, 5, generator=gen)]
     t1, s1, t2, s2 = table.clone(), state.clone(), table.clone(), state.clone()
-    kernels.fused_row_adagrad(t1, s1, indices, grads, 0.2, 0.0)
-    kernels.row_adagrad(t2, s2, indices, grads, 0.2, 0.0)
+    kernels.fused_row_adagrad(t1, s1, torch.empty(9, dtype=torch.int32), indices, grads, 0.2, 0.0)
+    kernels.row_adagrad(t2, s2, torch.empty(9, dtype=torch.int32), indices, grads, 0.2, 0.0)
     assert torch.allclose(t1, t2, atol=1e-6) and torch.allclose(s1, s2) and not torch.equal(t1, table)

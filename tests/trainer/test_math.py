@@ -72,6 +72,37 @@ def test_row_adagrad_in_pieces_with_rows_repeated_within_and_across_pieces():
     assert all(torch.equal(g, o) for g, o in zip(grads, originals, strict=True))
 
 
+def test_row_adagrad_slots_hold_stale_numbers_and_grow_with_the_table():
+    """The per-thread row slots are never cleared between calls: leftovers from a larger table,
+    or a slot filled with numbers that look like positions, change nothing; a larger table
+    grows them."""
+    from bigembed.trainer.adagrad import row_slots
+
+    gen = torch.Generator().manual_seed(5)
+    big = torch.randn(200, 4, generator=gen)
+    row_adagrad_(big, torch.zeros(200), torch.randint(200, (300,), generator=gen), torch.randn(300, 4), 0.1)
+    row_slots(200).fill_(1)  # every slot claims position 1
+    table, state = torch.randn(20, 4, generator=gen), torch.rand(20, generator=gen)
+    index = torch.tensor([7, 1, 7, 7, 2, 1, 19])
+    grad = torch.randn(7, 4, generator=gen)
+    expected_t, expected_s = _row_adagrad_reference(table, state, index, grad, 0.4)
+    row_adagrad_(table, state, index, grad, 0.4)
+    assert torch.allclose(table, expected_t, atol=1e-6) and torch.allclose(state, expected_s, atol=1e-6)
+    assert row_slots(500).shape[0] >= 500
+
+
+def test_gradient_pieces_that_follow_each_other_in_memory_are_read_as_one():
+    from bigembed.trainer.adagrad import merge_adjacent
+
+    buffer = torch.randn(10, 3)
+    merged = merge_adjacent([buffer[:4], buffer[4:6], buffer[6:].view(2, 2, 3).view(4, 3)])
+    assert len(merged) == 1 and merged[0].data_ptr() == buffer.data_ptr() and torch.equal(merged[0], buffer)
+    apart = merge_adjacent([buffer[:4], buffer[6:]])  # a gap between them: left as they are
+    assert [t.shape[0] for t in apart] == [4, 4]
+    other = torch.randn(4, 3)
+    assert len(merge_adjacent([buffer[:4], other])) == 2
+
+
 def test_row_adagrad_with_every_row_distinct_and_with_max_norm():
     gen = torch.Generator().manual_seed(8)
     table, state = torch.randn(30, 3, generator=gen), torch.rand(30, generator=gen)
