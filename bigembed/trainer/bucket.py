@@ -69,6 +69,11 @@ def plan_batches(
     return [batches[i] for i in shuffle]
 
 
+def _read_in_order(column: np.ndarray, start: int, stop: int, order: Tensor) -> Tensor:
+    """``column[start:stop]`` read into memory and permuted by ``order``."""
+    return torch.from_numpy(np.array(column[start:stop])).index_select(0, order)
+
+
 def mixes_relations(model: Model) -> bool:
     """Whether batches may mix relations: no relation has parameters, settings or entity
     types of its own."""
@@ -129,16 +134,17 @@ class BucketTrainer:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def _run_worker(self, batches: list[tuple[int, Tensor]], slab: Slab, lhs: PartitionState,
+    def _run_worker(self, batches: list[tuple[int, int, int]], slab: Slab, lhs: PartitionState,
                     rhs: PartitionState, relations: RelationState, seed: int,
                     extras: Sequence[PartitionState] | None = None) -> float:
+        """Train ``batches``: ``(relation, start, stop)`` spans of the shuffled ``slab``."""
         generator = torch.Generator().manual_seed(seed)
         degree = self.config.degree_fraction > 0
         total = 0.0
-        for relation, pos in batches:
-            li, ri = slab.lhs[pos], slab.rhs[pos]
-            w = None if slab.weight is None else slab.weight[pos]
-            rels = slab.rel[pos].long() if self.mixed_params else None
+        for relation, begin, end in batches:
+            li, ri = slab.lhs[begin:end], slab.rhs[begin:end]
+            w = None if slab.weight is None else slab.weight[begin:end]
+            rels = slab.rel[begin:end].long() if self.mixed_params else None
             spec = self.model.specs[relation]
             types = self.side_types
             pools = (slab.pool("lhs", spec.lhs_type, None if types is None else types["lhs"]),
@@ -167,10 +173,19 @@ class BucketTrainer:
         for index in slabs:
             s, e = index * SLAB_EDGES, min(n, (index + 1) * SLAB_EDGES)
             rel = torch.from_numpy(np.array(edges.rel[s:e]))
-            slab = Slab(torch.from_numpy(np.array(edges.lhs[s:e])), torch.from_numpy(np.array(edges.rhs[s:e])), rel,
-                        None if edges.weight is None else torch.from_numpy(np.array(edges.weight[s:e])))
+            planned = plan_batches(rel, self.config.batch_size, by_relation, generator)
+            # the slab's columns in batch order, so a batch is a slice: gathering each batch's edges
+            # from the slab at random positions cost 5% of training on the benchmark graph
+            order = torch.cat([pos for _, pos in planned]) if planned else torch.empty(0, dtype=torch.long)
+            batches, at = [], 0
+            for relation, pos in planned:
+                batches.append((relation, at, at + pos.shape[0]))
+                at += pos.shape[0]
+            slab = Slab(_read_in_order(edges.lhs, s, e, order), _read_in_order(edges.rhs, s, e, order),
+                        rel.index_select(0, order),
+                        None if edges.weight is None else _read_in_order(edges.weight, s, e, order))
+            del rel
             edges.drop_pages()  # the slab is a copy; keep resident memory flat in the bucket's size
-            batches = plan_batches(rel, self.config.batch_size, by_relation, generator)
             base = int(torch.randint(2**62, (1,), generator=generator))
             if self.pool is None:
                 total += self._run_worker(batches, slab, lhs, rhs, relations, base, extras)
