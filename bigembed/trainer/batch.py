@@ -301,6 +301,9 @@ class BatchLoss:
     R: Tensor  # (B, dim) rhs rows
     params: Tensor | None  # the relation's parameters (all relations' for a mixed batch)
     sides: list[tuple[bool, Negatives]]  # (corrupts the lhs?, its negatives) per corrupted side
+    # the fused step's sparse gradients as (partition, row ids, gradient rows), in memory order;
+    # None: take them from the leaves above
+    pieces: list[tuple[PartitionState, Tensor, Tensor]] | None = None
 
 
 def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,

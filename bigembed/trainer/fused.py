@@ -19,7 +19,11 @@ rows ``R``, sampled rhs rows ``Nr`` and sampled lhs rows after the operator
   ``dMl = dSl^T R``.
 
 That is 9 block products per chunk where autograd does 12 (it scores the
-in-batch block once per side), and no concatenation or masking copies. The
+in-batch block once per side), and no concatenation or masking copies. In the
+common case (both sides corrupted, in-batch and sampled negatives, full chunks, no
+operator parameters, ``dot``) the rows are gathered with each chunk's ``R`` beside
+``Nr``, so ``A`` and ``Sr`` come from one product twice as wide, and the backward
+products widen the same way (:func:`~bigembed.trainer.kernels.wide_score_gradients`). The
 scoring and the Adagrad update run as TorchScript (:mod:`bigembed.trainer.kernels`),
 without the interpreter lock, so Hogwild threads overlap.
 
@@ -37,8 +41,8 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
-from bigembed.trainer.batch import BatchLoss, Model, _regularizer, gather, gather_into, sample_sources
-from bigembed.trainer.kernels import fused_score_gradients
+from bigembed.trainer.batch import BatchLoss, Model, Negatives, _regularizer, gather, gather_into, sample_sources
+from bigembed.trainer.kernels import fused_score_gradients, fused_wide_score_gradients
 from bigembed.trainer.model import CosComparator, DotComparator, _unit
 from bigembed.trainer.relations import RelationSpec, RelationState
 from bigembed.trainer.state import PartitionState
@@ -67,15 +71,21 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     B, d = lhs_idx.shape[0], lhs.emb.shape[1]
     chunk = min(config.chunk_size, B)
     n_chunks = -(-B // chunk)
+    w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
+    corrupted = [side for side in (False, True) if spec.sides != ("rhs" if side else "lhs")]
+    negs = {side: sample_sources(spec, lhs, rhs, extras, side, pools, config, n_chunks, generator, gather_rows=False)
+            for side in corrupted}
+    regularize = model.regularizer != "none" and model.regularization > 0
+    cos = isinstance(model.comparator, CosComparator)
+    track = params is not None or cos or regularize  # else the scored rows are the leaves themselves
+    if (not track and len(corrupted) == 2 and config.batch_negatives and chunk > 1 and config.negatives > 0
+            and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
+        return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs)
     # the batch's rows gathered side by side, so both sides' products run as one
     X = torch.empty(2, B, d)
     gather_into(X[0], lhs.emb, lhs_idx)
     gather_into(X[1], rhs.emb, rhs_idx)
     L, R = X[0].requires_grad_(), X[1].requires_grad_()
-    w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
-    corrupted = [side for side in (False, True) if spec.sides != ("rhs" if side else "lhs")]
-    negs = {side: sample_sources(spec, lhs, rhs, extras, side, pools, config, n_chunks, generator, gather_rows=False)
-            for side in corrupted}
     Y = torch.empty(len(corrupted), n_chunks, config.negatives, d)
     for k, side in enumerate(corrupted):
         sources = negs[side].sources
@@ -89,12 +99,9 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
                 assert src.idx is not None
                 src.rows = gather(src.state.emb, src.idx).requires_grad_()
             torch.cat([src.rows.detach() for src in sources if src.rows is not None], 1, out=Y[k])
-    regularize = model.regularizer != "none" and model.regularization > 0
     scored = config.negatives > 0 or (config.batch_negatives and chunk > 1)
     if not scored and not regularize:
         return None
-    cos = isinstance(model.comparator, CosComparator)
-    track = params is not None or cos or regularize  # else the scored rows are the leaves themselves
     Xp, Yp, reg = X, Y, None
     if track:
         with torch.enable_grad():
@@ -134,3 +141,26 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
             for t, piece in zip(rows, pieces, strict=True):
                 by_id[id(t)] = piece
     return BatchLoss(total, L, R, params, list(negs.items())), by_id
+
+
+def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_idx: Tensor, rhs_idx: Tensor,
+                    w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives]) -> tuple[BatchLoss, dict[int, Tensor]]:
+    """The fused step through :func:`~bigembed.trainer.kernels.wide_score_gradients`: the rows
+    gathered as it lays them out (each chunk's rhs rows beside the rhs side's sampled rows), and
+    the gradients handed back as pieces of one buffer with the rows they belong to."""
+    B, d = lhs_idx.shape[0], lhs.emb.shape[1]
+    nr, ml = negs[False].own, negs[True].own  # the rhs side's sampled rows, the lhs side's
+    assert nr.idx is not None and ml.idx is not None
+    z_idx = torch.cat([rhs_idx.view(-1, chunk), nr.idx], 1).view(-1)
+    ml_idx = ml.idx.reshape(-1)
+    nz = z_idx.shape[0]
+    W = torch.empty(nz + B + ml_idx.shape[0], d)
+    gather_into(W[:nz], rhs.emb, z_idx)
+    gather_into(W[nz : nz + B], lhs.emb, lhs_idx)
+    gather_into(W[nz + B :], ml.state.emb, ml_idx)
+    with torch.no_grad():
+        total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U)
+    # in the buffer's order, so that pieces of one partition are neighbours in memory
+    pieces = [(rhs, z_idx, dW[:nz]), (lhs, lhs_idx, dW[nz : nz + B]), (ml.state, ml_idx, dW[nz + B :])]
+    R = W[:nz].view(-1, chunk + U, d)[:, :chunk].reshape(B, d)
+    return BatchLoss(total, W[nz : nz + B], R, None, list(negs.items()), pieces), {}

@@ -198,6 +198,53 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     return total, dX, dY
 
 
+def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, chunk: int,
+                         U: int) -> tuple[Tensor, Tensor]:
+    """:func:`score_gradients` for its most common case, both sides corrupted with in-batch and
+    ``U`` sampled negatives and every chunk full, with the rhs side's candidates laid out
+    beside the rhs rows so that they are scored in one product twice as wide.
+
+    ``W``: (n (c + U) + B + n U, dim) rows in three blocks: ``Z``, per chunk its c rhs rows
+    ``R`` then the rhs side's U sampled rows ``Nr``; the queries ``Q`` (B of them, chunk by
+    chunk); the lhs side's sampled rows ``Ml``, U per chunk. Per chunk, ``[A | Sr] = Q Z^T``
+    (c, c + U) holds the positives, the rhs side's in-batch negatives (rows of ``A``) and its
+    sampled ones, and the lhs side reads its in-batch negatives from ``A``'s columns; then
+    ``Sl = R Ml^T``. Backwards ``dQ = [dA | dSr] Z``, ``dZ = [dA | dSr]^T Q`` plus
+    ``dSl Ml`` on its ``R`` rows, ``dMl = dSl^T R``: the nine products of a chunk as six
+    calls of wider shapes, which the BLAS runs 12-15% faster (50 x 128 x 100 against
+    50 x 128 x 50 on the benchmark's shape). Returns ``(loss, dW)``, ``dW`` laid out as ``W``.
+    """
+    B = weight.shape[0]
+    c = chunk
+    n = B // c
+    d = W.shape[1]
+    nz = n * (c + U)
+    Z = W[:nz].view(n, c + U, d)
+    Q = W[nz : nz + B].view(n, c, d)
+    M = W[nz + B :].view(n, U, d)
+    R = Z[:, :c]
+    w = weight.view(n, c)
+    S1 = torch.bmm(Q, Z.transpose(1, 2))  # (n, c, c + U): [A | Sr]
+    Sl = torch.bmm(R, M.transpose(1, 2))  # (n, c, U)
+    A = S1[:, :, :c]
+    diagonal = A.diagonal(0, 1, 2)
+    pos = diagonal.clone()
+    diagonal.fill_(float("-inf"))  # an edge is not its own negative
+    total_r, dpos_r, grads_r = loss_grads(kind, margin, pos, [S1], w, 1)
+    total_l, dpos_l, grads_l = loss_grads(kind, margin, pos, [A.transpose(1, 2), Sl], w, 1)
+    dS1 = grads_r[0]
+    dS1[:, :, :c].add_(grads_l[0].transpose(1, 2))
+    dS1[:, :, :c].diagonal(0, 1, 2).add_(dpos_r + dpos_l)
+    dSl = grads_l[1]
+    out = torch.empty_like(W)
+    dZ = out[:nz].view(n, c + U, d)
+    torch.bmm(dS1, Z, out=out[nz : nz + B].view(n, c, d))
+    torch.bmm(dS1.transpose(1, 2), Q, out=dZ)
+    dZ[:, :c].baddbmm_(dSl, M)
+    torch.bmm(dSl.transpose(1, 2), R, out=out[nz + B :].view(n, U, d))
+    return total_r + total_l, out
+
+
 def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
                 max_norm: float) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
@@ -264,6 +311,7 @@ def compiled(fn: F) -> F:
 
 
 fused_score_gradients = compiled(score_gradients)
+fused_wide_score_gradients = compiled(wide_score_gradients)
 fused_loss_grads = compiled(loss_grads)
 fused_row_adagrad = compiled(row_adagrad)
 fused_clip_rows_ = compiled(clip_rows_)

@@ -23,7 +23,9 @@ def batch_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
                     ) -> tuple[BatchLoss, dict[int, Tensor]] | None:
     """A batch's loss and the gradient of each of its leaves (keyed by ``id``; a leaf that
     got none is absent): by the fused step where it applies and ``training.fused_step`` is
-    on, else by autograd through :func:`batch_loss`. None: nothing to learn from."""
+    on, else by autograd through :func:`batch_loss`. The fused step's wide layout hands its
+    row gradients over in ``BatchLoss.pieces`` instead (the dict then holds none). None:
+    nothing to learn from."""
     args = (model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools, rels,
             extras)
     if config.fused_step and fused_supported(model, model.specs[relation]):
@@ -67,14 +69,18 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
     def grads_for(state: PartitionState) -> SideGrads:
         return per_state.setdefault(id(state), (state, SideGrads()))[1]
 
-    grads_for(lhs).add_rows(lhs_idx, grad_of(b.L))
-    grads_for(rhs).add_rows(rhs_idx, grad_of(b.R))
-    for _, negs in b.sides:
-        for src in negs.sources:
-            if src.table is not None:
-                grads_for(src.state).add_dense(grad_of(src.table), src.start)
-            elif src.rows is not None and src.idx is not None:
-                grads_for(src.state).add_rows(src.idx, grad_of(src.rows))
+    if b.pieces is not None:
+        for state, rows, grad in b.pieces:
+            grads_for(state).add_rows(rows, grad)
+    else:
+        grads_for(lhs).add_rows(lhs_idx, grad_of(b.L))
+        grads_for(rhs).add_rows(rhs_idx, grad_of(b.R))
+        for _, negs in b.sides:
+            for src in negs.sources:
+                if src.table is not None:
+                    grads_for(src.state).add_dense(grad_of(src.table), src.start)
+                elif src.rows is not None and src.idx is not None:
+                    grads_for(src.state).add_rows(src.idx, grad_of(src.rows))
     for state, side_grads in per_state.values():
         side_grads.apply(state, config.lr, model.max_norm)
     if b.params is not None:

@@ -174,3 +174,55 @@ def test_the_kernels_are_compiled_and_agree_with_their_python_source():
     kernels.fused_row_adagrad(t1, s1, torch.empty(9, dtype=torch.int32), indices, grads, 0.2, 0.0)
     kernels.row_adagrad(t2, s2, torch.empty(9, dtype=torch.int32), indices, grads, 0.2, 0.0)
     assert torch.allclose(t1, t2, atol=1e-6) and torch.allclose(s1, s2) and not torch.equal(t1, table)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])  # kernels.LOSS_RANKING, LOSS_LOGISTIC, LOSS_SOFTMAX
+def test_the_wide_kernel_gives_the_general_kernels_loss_and_gradients(kind):
+    """Both sides corrupted, in-batch and sampled negatives, full chunks: the wide layout
+    ([R; Nr] per chunk, then Q, then Ml) scores and differentiates as ``score_gradients``."""
+    from bigembed.trainer import kernels
+
+    gen = torch.Generator().manual_seed(11)
+    n, c, U, d = 3, 4, 5, 6
+    L, R = torch.randn(n * c, d, generator=gen), torch.randn(n * c, d, generator=gen)
+    Nr, Ml = torch.randn(n, U, d, generator=gen), torch.randn(n, U, d, generator=gen)
+    w = torch.rand(n * c, generator=gen) + 0.5
+    total, dX, dY = kernels.fused_score_gradients(kind, 0.7, torch.stack([L, R]), torch.stack([Nr, Ml]), True, True,
+                                                  w, c, True)
+    W = torch.cat([torch.cat([R.view(n, c, d), Nr], 1).view(-1, d), L, Ml.view(-1, d)])
+    for fn in (kernels.fused_wide_score_gradients, kernels.wide_score_gradients):
+        wide_total, dW = fn(kind, 0.7, W.clone(), w, c, U)
+        dZ = dW[: n * (c + U)].view(n, c + U, d)
+        assert float(wide_total) == pytest.approx(float(total), rel=1e-5)
+        assert torch.allclose(dZ[:, :c].reshape(-1, d), dX[1], atol=1e-5)  # rhs rows
+        assert torch.allclose(dZ[:, c:], dY[0], atol=1e-5)  # the rhs side's sampled rows
+        assert torch.allclose(dW[n * (c + U) : n * (c + U) + n * c], dX[0], atol=1e-5)  # queries
+        assert torch.allclose(dW[n * (c + U) + n * c :].view(n, U, d), dY[1], atol=1e-5)  # the lhs side's
+    assert isinstance(kernels.fused_wide_score_gradients, torch.jit.ScriptFunction)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_wide_step_trains_as_autograd_does(loss):
+    """Six edges in chunks of three (full chunks, both sides, dot): the fused step takes the wide
+    layout, hands its gradients over as row pieces, and one step of it moves every table as
+    the autograd step does; a seventh edge (a remainder chunk) takes the general layout."""
+    ends = []
+    for fused in (True, False):
+        config, model, lhs, rhs, relations = _setup({
+            "model.operator": "none", "model.loss": loss, "model.margin": 0.5, "training.chunk_size": 3,
+            "training.negatives": 4, "training.fused_step": fused})
+        lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+        b, _ = batch_gradients(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                               torch.Generator().manual_seed(5))
+        assert (b.pieces is not None) == fused
+        if fused:
+            b7, _ = batch_gradients(model, lhs, rhs, relations, 0, torch.arange(7), torch.arange(7), None,
+                                    config.training, torch.Generator().manual_seed(5))
+            assert b7.pieces is None
+        start = lhs.emb.clone(), rhs.emb.clone()
+        train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                    torch.Generator().manual_seed(5))
+        assert not torch.equal(lhs.emb, start[0]) and not torch.equal(rhs.emb, start[1])
+        ends.append((lhs.emb, rhs.emb, lhs.adagrad, rhs.adagrad))
+    for f, a in zip(*ends, strict=True):
+        assert torch.allclose(f, a, atol=1e-5)
