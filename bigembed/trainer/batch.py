@@ -298,7 +298,7 @@ class BatchLoss:
 
     loss: Tensor
     L: Tensor  # (B, dim) lhs rows
-    R: Tensor  # (B, dim) rhs rows
+    R: Tensor  # (B, dim) rhs rows ((chunks, c, dim) when ``pieces`` is set)
     params: Tensor | None  # the relation's parameters (all relations' for a mixed batch)
     sides: list[tuple[bool, Negatives]]  # (corrupts the lhs?, its negatives) per corrupted side
     # the fused step's sparse gradients as (partition, row ids, gradient rows), in memory order;

@@ -162,5 +162,5 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
         total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U)
     # in the buffer's order, so that pieces of one partition are neighbours in memory
     pieces = [(rhs, z_idx, dW[:nz]), (lhs, lhs_idx, dW[nz : nz + B]), (ml.state, ml_idx, dW[nz + B :])]
-    R = W[:nz].view(-1, chunk + U, d)[:, :chunk].reshape(B, d)
+    R = W[:nz].view(-1, chunk + U, d)[:, :chunk]  # a view (chunks, c, dim): no copy on the hot path
     return BatchLoss(total, W[nz : nz + B], R, None, list(negs.items()), pieces), {}
