@@ -255,8 +255,9 @@ def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor
     ``slot``: int32 scratch of at least ``n`` entries (any content; one per thread), which
     finds the repeated rows without sorting: every position writes its own number into its
     row's slot, and the positions that read their own number back are each row's
-    representative (the last writer). Sorting the ids, as ``torch.unique`` does, cost a
-    quarter of this function on the benchmark graph.
+    representative (whichever write landed: any one of a row's positions serves, and the
+    CPU kernel is serial, so the choice repeats run to run). Sorting the ids, as
+    ``torch.unique`` does, cost a quarter of this function on the benchmark graph.
     """
     flat = indices[0] if len(indices) == 1 else torch.cat(indices)
     m = flat.shape[0]
@@ -268,7 +269,7 @@ def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor
     owner = slot.index_select(0, flat)  # every position's representative
     is_rep = owner == positions
     reps = is_rep.nonzero().squeeze(1)
-    rows = flat.index_select(0, reps)  # each row once, in the order of its last occurrence
+    rows = flat.index_select(0, reps)  # each row once
     summed = g.index_select(0, reps)
     if reps.shape[0] < m:  # add the other occurrences into their representative's row
         others = (~is_rep).nonzero().squeeze(1)
