@@ -42,7 +42,7 @@ def merge_adjacent(pieces: Sequence[Tensor]) -> list[Tensor]:
 
 
 def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor], grad: Tensor | Sequence[Tensor],
-                 lr: float, max_norm: float = 0.0) -> None:
+                 lr: float, max_norm: float = 0.0, consume: bool = False) -> None:
     """Update ``table[index]`` in place from ``grad``, touching only those rows.
 
     ``table``: (n, dim) float32; ``state``: (n,) float32 sum of mean squared
@@ -50,12 +50,13 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     per coordinate (plain Adagrad); ``index``: (k,) int64, may repeat (repeats
     are summed first); ``grad``: (k, dim); or both as lists of pieces, read as
     their concatenation (saves copying the gradients into one tensor).
-    ``max_norm`` > 0 rescales updated rows longer than it.
+    ``max_norm`` > 0 rescales updated rows longer than it. ``consume``: the gradients
+    are not needed after this call, so they may be overwritten (saves a copy).
     """
     indices = [index] if isinstance(index, Tensor) else list(index)
     grads = [grad] if isinstance(grad, Tensor) else merge_adjacent(grad)
     if indices:
-        fused_row_adagrad(table, state, row_slots(table.shape[0]), indices, grads, lr, max_norm)
+        fused_row_adagrad(table, state, row_slots(table.shape[0]), indices, grads, lr, max_norm, consume)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:

@@ -105,7 +105,7 @@ class SideGrads:
         n = state.emb.shape[0]
         if not self.dense:  # the common case: sparse rows only, passed as pieces (no copy)
             if self.rows:
-                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm)
+                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, consume=True)
             return
         rows = torch.cat(self.rows) if self.rows else None
         grads = torch.cat(self.grads) if self.grads else None
@@ -121,7 +121,7 @@ class SideGrads:
                     rows, grads = rows[~inside], grads[~inside]
             dense_row_adagrad_(state.emb[start:stop], state.adagrad[start:stop], dense, lr, max_norm)
         if rows is not None and grads is not None and rows.numel():
-            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm)
+            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm, consume=True)
 
 
 @dataclass

@@ -72,6 +72,30 @@ def test_row_adagrad_in_pieces_with_rows_repeated_within_and_across_pieces():
     assert all(torch.equal(g, o) for g, o in zip(grads, originals, strict=True))
 
 
+@pytest.mark.parametrize("per_coordinate", [False, True])
+def test_row_adagrad_that_may_consume_its_gradient_gives_the_same_step(per_coordinate):
+    """With ``consume`` the gradient buffer is scratch (repeats are folded into it): the step
+    is the one without it, and an expanded gradient (rows sharing memory) is still read right."""
+    gen = torch.Generator().manual_seed(6)
+    table, state = torch.randn(30, 4, generator=gen), torch.rand((30, 4) if per_coordinate else (30,), generator=gen)
+    index = torch.tensor([5, 2, 5, 9, 2, 5, 11])
+    grad = torch.randn(7, 4, generator=gen)
+    t1, s1, t2, s2 = table.clone(), state.clone(), table.clone(), state.clone()
+    row_adagrad_(t1, s1, index, grad.clone(), 0.4)
+    scratch = grad.clone()
+    row_adagrad_(t2, s2, index, scratch, 0.4, consume=True)
+    assert torch.equal(t1, t2) and torch.equal(s1, s2) and not torch.equal(t1, table)
+    assert not torch.equal(scratch, grad)  # it was used as scratch
+    if not per_coordinate:
+        expected_t, expected_s = _row_adagrad_reference(table, state, index, grad, 0.4)
+        assert torch.allclose(t1, expected_t, atol=1e-6) and torch.allclose(s1, expected_s, atol=1e-6)
+    same = torch.randn(1, 4, generator=gen)
+    t3, s3, t4, s4 = table.clone(), state.clone(), table.clone(), state.clone()
+    row_adagrad_(t3, s3, index, same.expand(7, 4), 0.4, consume=True)
+    row_adagrad_(t4, s4, index, same.repeat(7, 1), 0.4)
+    assert torch.equal(t3, t4) and torch.equal(s3, s4)
+
+
 def test_row_adagrad_slots_hold_stale_numbers_and_grow_with_the_table():
     """The per-thread row slots are never cleared between calls: leftovers from a larger table,
     or a slot filled with numbers that look like positions, change nothing; a larger table
