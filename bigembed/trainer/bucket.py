@@ -15,6 +15,7 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer.batch import Model, mixes_with_params
+from bigembed.trainer.fused import reset_kernel_choice
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 from bigembed.trainer.step import train_batch
@@ -139,6 +140,7 @@ class BucketTrainer:
                     extras: Sequence[PartitionState] | None = None) -> float:
         """Train ``batches``: ``(relation, start, stop)`` spans of the shuffled ``slab``."""
         generator = torch.Generator().manual_seed(seed)
+        reset_kernel_choice()
         degree = self.config.degree_fraction > 0
         total = 0.0
         for relation, begin, end in batches:

@@ -23,7 +23,10 @@ in-batch block once per side), and no concatenation or masking copies. In the
 common case (both sides corrupted, in-batch and sampled negatives, full chunks, no
 operator parameters, ``dot``) the rows are gathered with each chunk's ``R`` beside
 ``Nr``, so ``A`` and ``Sr`` come from one product twice as wide, and the backward
-products widen the same way (:func:`~bigembed.trainer.kernels.wide_score_gradients`). The
+products widen the same way (:func:`~bigembed.trainer.kernels.wide_score_gradients`). With
+the ranking loss, once training is under way, only a few percent of the hinges are active:
+a C kernel (:mod:`bigembed.trainer.native`) then replaces the backward products with row
+updates for the active ones. The
 scoring and the Adagrad update run as TorchScript (:mod:`bigembed.trainer.kernels`),
 without the interpreter lock, so Hogwild threads overlap.
 
@@ -35,17 +38,31 @@ operator parameters, ``dot`` and no regulariser, no graph is built at all.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
+from bigembed.trainer import native
 from bigembed.trainer.batch import BatchLoss, Model, Negatives, _regularizer, gather, gather_into, sample_sources
-from bigembed.trainer.kernels import fused_score_gradients, fused_wide_score_gradients
+from bigembed.trainer.kernels import LOSS_RANKING, fused_score_gradients, fused_wide_score_gradients, fused_wide_scores
 from bigembed.trainer.model import CosComparator, DotComparator, _unit
 from bigembed.trainer.relations import RelationSpec, RelationState
 from bigembed.trainer.state import PartitionState
+
+SPARSE_SHARE = 0.2  # above this share of active hinges the dense products are faster (benchmarks/RESULTS.md)
+DENSE_SPELL = 32  # batches on the dense products before the sparse kernel is tried again
+
+_choice = threading.local()
+
+
+def reset_kernel_choice() -> None:
+    """Start this thread's choice between the sparse and the dense ranking gradients afresh: each
+    worker's run over a slab decides from its own batches only, so that a run resumed from a
+    checkpoint makes the same choices as one that was not stopped."""
+    _choice.dense_left = 0
 
 
 def fused_supported(model: Model, spec: RelationSpec) -> bool:
@@ -147,7 +164,9 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
                     w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives]) -> tuple[BatchLoss, dict[int, Tensor]]:
     """The fused step through :func:`~bigembed.trainer.kernels.wide_score_gradients`: the rows
     gathered as it lays them out (each chunk's rhs rows beside the rhs side's sampled rows), and
-    the gradients handed back as pieces of one buffer with the rows they belong to."""
+    the gradients handed back as pieces of one buffer with the rows they belong to. The ranking
+    loss goes through the C kernel (:mod:`bigembed.trainer.native`) where it is built, which
+    skips the inactive hinges, unless this worker's last try found too many of them active."""
     B, d = lhs_idx.shape[0], lhs.emb.shape[1]
     nr, ml = negs[False].own, negs[True].own  # the rhs side's sampled rows, the lhs side's
     assert nr.idx is not None and ml.idx is not None
@@ -158,8 +177,19 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
     gather_into(W[:nz], rhs.emb, z_idx)
     gather_into(W[nz : nz + B], lhs.emb, lhs_idx)
     gather_into(W[nz + B :], ml.state.emb, ml_idx)
+    lib = native.library() if model.loss.kind == LOSS_RANKING else None
+    dense_left = getattr(_choice, "dense_left", 0)
     with torch.no_grad():
-        total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U)
+        if lib is not None and dense_left == 0:
+            S1, Sl = fused_wide_scores(W, chunk, U, B)
+            weight = w.float().contiguous()
+            total, dW, active = native.wide_ranking(lib, model.loss.margin, W, S1, Sl, weight, chunk, U)
+            if active > SPARSE_SHARE * B * (2 * (chunk + U) - 2):  # every edge's hinges, both sides
+                _choice.dense_left = DENSE_SPELL
+        else:
+            if lib is not None:
+                _choice.dense_left = dense_left - 1
+            total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U)
     # in the buffer's order, so that pieces of one partition are neighbours in memory
     pieces = [(rhs, z_idx, dW[:nz]), (lhs, lhs_idx, dW[nz : nz + B]), (ml.state, ml_idx, dW[nz + B :])]
     R = W[:nz].view(-1, chunk + U, d)[:, :chunk]  # a view (chunks, c, dim): no copy on the hot path

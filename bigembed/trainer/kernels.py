@@ -245,6 +245,19 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
     return total_r + total_l, out
 
 
+def wide_scores(W: Tensor, chunk: int, U: int, B: int) -> tuple[Tensor, Tensor]:
+    """The two score products of :func:`wide_score_gradients`: ``S1 = Q Z^T`` (chunks, c, c + U)
+    and ``Sl = R Ml^T`` (chunks, c, U), for a gradient kernel that takes it from there."""
+    c = chunk
+    n = B // c
+    d = W.shape[1]
+    nz = n * (c + U)
+    Z = W[:nz].view(n, c + U, d)
+    Q = W[nz : nz + B].view(n, c, d)
+    M = W[nz + B :].view(n, U, d)
+    return torch.bmm(Q, Z.transpose(1, 2)), torch.bmm(Z[:, :c], M.transpose(1, 2))
+
+
 def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
                 max_norm: float, overwrite: bool = False) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
@@ -327,6 +340,7 @@ def compiled(fn: F) -> F:
 
 fused_score_gradients = compiled(score_gradients)
 fused_wide_score_gradients = compiled(wide_score_gradients)
+fused_wide_scores = compiled(wide_scores)
 fused_loss_grads = compiled(loss_grads)
 fused_row_adagrad = compiled(row_adagrad)
 fused_clip_rows_ = compiled(clip_rows_)

@@ -1,0 +1,153 @@
+"""A small C kernel for the ranking loss's sparse gradients, built on first use.
+
+After the first epoch only 2-5% of the ranking loss's hinges are active on the benchmark graph,
+so the backward products of the fused step (two thirds of its flops) mostly multiply zeros.
+Torch on the CPU has no fast way to act on so few entries (``nonzero`` alone cost as much as
+the products), so ``native.c`` walks the hinges and updates only the rows of active ones.
+
+It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
+this CPU, once, into a cache keyed by the source, compiler and CPU
+(``$BIGEMBED_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigembed``, else ``~/.cache/bigembed``), and
+loaded through :mod:`ctypes`, which drops the interpreter lock during the call. Without a
+compiler, or with ``BIGEMBED_NATIVE=0``, training takes the dense TorchScript path, which gives
+the same loss and gradients up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+ABI = 1
+FLAGS = ["-O3", "-fPIC", "-shared"]
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def _cpu_key() -> str:
+    """What the build depends on besides the source: the machine and its instruction sets."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("BIGEMBED_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bigembed"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _build(cc: str, out: Path) -> None:
+    """Compile into a temporary file beside ``out`` and rename it into place, so a reader never
+    sees half a library and racing processes both end with a whole one. Tries ``-march=native``
+    first, then the compiler's default target."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        errors = ""
+        for march in (["-march=native"], []):
+            done = subprocess.run([cc, *FLAGS, *march, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, out)
+                return
+            errors = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise OSError(f"{cc} could not compile {SOURCE}: {errors}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, building it on first use; None where that is turned off or not
+    possible (the reason is logged once)."""
+    env = os.environ
+    key = "|".join(env.get(k, "") for k in ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PATH"))
+    if key in _loaded:  # every batch asks: answer without the lock or the file system
+        return _loaded[key]
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        if env.get("BIGEMBED_NATIVE", "1") == "0":
+            _loaded[key] = None
+            return None
+        cc = _compiler()
+        lib = None
+        if cc is None:
+            log.info("no C compiler found: the ranking loss uses the dense step")
+        else:
+            digest = hashlib.sha256(SOURCE.read_bytes() + f"{cc}|{FLAGS}|{_cpu_key()}".encode()).hexdigest()[:16]
+            path = _cache_dir() / f"native-{digest}.so"
+            try:
+                if not path.exists():
+                    _build(cc, path)
+                lib = ctypes.CDLL(str(path))
+                lib.bigembed_native_abi.restype = ctypes.c_int64
+                if lib.bigembed_native_abi() != ABI:
+                    raise OSError(f"{path}: ABI {lib.bigembed_native_abi()}, expected {ABI}")
+                fn = lib.bigembed_wide_ranking
+                i64, ptr = ctypes.c_int64, ctypes.c_void_p
+                fn.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, ptr, ctypes.POINTER(i64)]
+                fn.restype = ctypes.c_double
+            except (OSError, subprocess.SubprocessError, AttributeError) as e:
+                log.warning("the native ranking kernel is unavailable, using the dense step: %s", e)
+                lib = None
+        _loaded[key] = lib
+        return lib
+
+
+def wide_ranking(lib: ctypes.CDLL, margin: float, W: Tensor, S1: Tensor, Sl: Tensor, weight: Tensor, chunk: int,
+                 U: int) -> tuple[Tensor, Tensor, int]:
+    """The ranking loss's ``(loss, dW, active hinges)`` for the wide layout, from its scores
+    ``S1`` (chunks, c, c + U) and ``Sl`` (chunks, c, U) (see
+    :func:`~bigembed.trainer.kernels.wide_score_gradients`, which it equals up to rounding)."""
+    B, d = weight.shape[0], W.shape[1]
+    n = B // chunk
+    tensors = (W, S1, Sl, weight)
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+        raise ValueError("the native kernel takes contiguous float32 tensors")
+    if S1.shape != (n, chunk, chunk + U) or Sl.shape != (n, chunk, U) or W.shape[0] != n * (chunk + 2 * U) + B:
+        raise ValueError(f"shapes do not match the wide layout: W {tuple(W.shape)}, S1 {tuple(S1.shape)}, "
+                         f"Sl {tuple(Sl.shape)}, {B} edges in chunks of {chunk}, {U} sampled")
+    dW = torch.empty_like(W)
+    active = ctypes.c_int64(0)
+    total = lib.bigembed_wide_ranking(n, chunk, U, d, S1.data_ptr(), Sl.data_ptr(), weight.data_ptr(),
+                                      margin, W.data_ptr(), dW.data_ptr(), ctypes.byref(active))
+    if active.value < 0:
+        raise MemoryError("the native ranking kernel could not allocate its scratch")
+    return torch.tensor(total, dtype=torch.float32), dW, active.value

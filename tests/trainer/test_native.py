@@ -1,0 +1,116 @@
+"""The C kernel for the ranking loss's sparse gradients: same numbers as the dense kernel, built
+once into its cache, and training goes on without it when it cannot be built."""
+
+import logging
+
+import pytest
+import torch
+
+from bigembed.trainer import fused, kernels, native
+from bigembed.trainer.step import train_batch
+from tests.trainer.test_fused import _setup
+
+
+def _lib():
+    lib = native.library()
+    if lib is None:
+        pytest.skip("no C compiler on this machine: the dense kernel's own tests cover training")
+    return lib
+
+
+def _wide_inputs(n, c, U, d, spread, seed):
+    """Rows in the wide layout whose positives beat ``spread``-scaled negatives, so that the
+    share of active hinges goes from most (spread 1) to a few percent (spread small)."""
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.randn(n * c, d, generator=gen)
+    R = Q + 0.5 * torch.randn(n * c, d, generator=gen)
+    Nr, M = spread * torch.randn(n, U, d, generator=gen), spread * torch.randn(n, U, d, generator=gen)
+    W = torch.cat([torch.cat([R.view(n, c, d), Nr], 1).view(-1, d), Q, M.view(-1, d)]).contiguous()
+    return W, torch.rand(n * c, generator=gen) + 0.5
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.4, 3.0])
+def test_the_native_kernel_gives_the_dense_kernels_loss_and_gradients(spread):
+    lib = _lib()
+    n, c, U, d, margin = 4, 6, 5, 16, 3.0
+    W, w = _wide_inputs(n, c, U, d, spread, seed=int(spread * 10))
+    total, dW = kernels.wide_score_gradients(kernels.LOSS_RANKING, margin, W.clone(), w, c, U)
+    S1, Sl = kernels.fused_wide_scores(W, c, U, n * c)
+    got, got_dW, active = native.wide_ranking(lib, margin, W, S1, Sl, w, c, U)
+    hinges = n * c * (2 * (c + U) - 2)
+    assert 0 < active <= hinges
+    assert float(got) == pytest.approx(float(total), rel=1e-5)
+    assert torch.allclose(got_dW, dW, atol=1e-4, rtol=1e-5)
+    if spread < 0.1:  # positives far ahead: few hinges active, and most rows get no gradient
+        assert active < 0.2 * hinges and int((got_dW.abs().sum(1) == 0).sum()) > 0
+
+
+def test_the_native_kernel_counts_active_hinges_and_reports_nan():
+    lib = _lib()
+    n, c, U, d = 2, 3, 2, 4
+    W = torch.zeros(n * (c + 2 * U) + n * c, d)
+    S1, Sl = torch.zeros(n, c, c + U), torch.zeros(n, c, U)  # every score 0: each hinge is the margin
+    total, _, active = native.wide_ranking(lib, 0.5, W, S1, Sl, torch.ones(n * c), c, U)
+    assert active == n * c * (2 * (c + U) - 2) and float(total) == pytest.approx(0.5 * active)
+    S1[1, 2, 0] = float("nan")
+    total, _, _ = native.wide_ranking(lib, 0.5, W, S1, Sl, torch.ones(n * c), c, U)
+    assert torch.isnan(total)
+
+
+def test_the_native_kernel_refuses_shapes_and_dtypes_it_was_not_built_for():
+    lib = _lib()
+    n, c, U, d = 2, 3, 2, 4
+    W = torch.zeros(n * (c + 2 * U) + n * c, d)
+    S1, Sl, w = torch.zeros(n, c, c + U), torch.zeros(n, c, U), torch.ones(n * c)
+    with pytest.raises(ValueError, match="wide layout"):
+        native.wide_ranking(lib, 0.5, W[:-1], S1, Sl, w, c, U)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.wide_ranking(lib, 0.5, W.double(), S1, Sl, w, c, U)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.wide_ranking(lib, 0.5, W, S1.transpose(1, 2).contiguous().transpose(1, 2), Sl, w, c, U)
+
+
+def test_the_library_is_built_once_into_its_cache(tmp_path, monkeypatch):
+    _lib()
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    first = native.library()
+    assert first is not None and first is native.library()
+    built = list((tmp_path / "cache").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary file left beside it
+
+
+def test_without_a_working_compiler_or_when_turned_off_training_uses_the_dense_step(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with caplog.at_level(logging.WARNING, logger="bigembed.trainer.native"):
+        assert native.library() is None
+    assert "could not compile" in caplog.text
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("BIGEMBED_NATIVE", "0")
+    assert native.library() is None
+
+
+def test_a_batch_with_many_active_hinges_sends_the_next_ones_to_the_dense_products(monkeypatch):
+    """Fresh embeddings: most hinges are active, the sparse kernel is slower there, so after one
+    such batch the worker takes the dense products for ``DENSE_SPELL`` batches, then tries again;
+    and a new run over a slab starts from the sparse kernel."""
+    _lib()
+    calls = []
+    real = native.wide_ranking
+    monkeypatch.setattr(native, "wide_ranking", lambda *a: calls.append(1) or real(*a))
+    dense = []
+    real_dense = fused.fused_wide_score_gradients
+    monkeypatch.setattr(fused, "fused_wide_score_gradients", lambda *a: dense.append(1) or real_dense(*a))
+    config, model, lhs, rhs, relations = _setup({
+        "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
+        "training.negatives": 4})
+    fused.reset_kernel_choice()
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(fused.DENSE_SPELL + 2):
+        train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+    assert len(calls) == 2 and len(dense) == fused.DENSE_SPELL
+    fused.reset_kernel_choice()
+    train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+    assert len(calls) == 3
