@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from bigembed.trainer import native
 from bigembed.trainer.kernels import fused_clip_rows_, fused_row_adagrad
 
 EPS = 1e-10
@@ -55,8 +56,23 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     """
     indices = [index] if isinstance(index, Tensor) else list(index)
     grads = [grad] if isinstance(grad, Tensor) else merge_adjacent(grad)
-    if indices:
-        fused_row_adagrad(table, state, row_slots(table.shape[0]), indices, grads, lr, max_norm, consume)
+    if not indices:
+        return
+    slots = row_slots(table.shape[0])
+    lib = native.library()
+    if (lib is not None and table.dtype == torch.float32 and state.dim() == 1 and table.is_contiguous()
+            and all(g.dtype == torch.float32 for g in grads)):
+        flat = indices[0] if len(indices) == 1 else torch.cat(indices)
+        if len(grads) > 1:
+            g = torch.cat(grads)
+        elif consume and grads[0].is_contiguous():  # not an expanded view, whose rows share memory
+            g = grads[0]
+        else:
+            g = grads[0].clone(memory_format=torch.contiguous_format)
+        native.row_adagrad(lib, table, state, slots, flat.long().contiguous(), g.reshape(flat.shape[0], -1), lr,
+                           max_norm)
+        return
+    fused_row_adagrad(table, state, slots, indices, grads, lr, max_norm, consume)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bigembed.config import Config, TrainingConfig
 from bigembed.storage.data_manifest import DataManifest
+from bigembed.trainer import native
 from bigembed.trainer.adagrad import dense_row_adagrad_, row_adagrad_
 from bigembed.trainer.model import NEG_INF, Comparator, Loss, SoftmaxLoss, make_comparator, make_loss
 from bigembed.trainer.negatives import degree_count, in_chunk_mask, sample_negatives, share_uniform
@@ -214,8 +215,13 @@ def gather(table: Tensor, idx: Tensor) -> Tensor:
 
 
 def gather_into(out: Tensor, table: Tensor, idx: Tensor) -> None:
-    """``out[:] = table[idx]`` for a 1-d ``idx``; widens a half-precision ``table``."""
-    if table.dtype == out.dtype:
+    """``out[:] = table[idx]`` for a 1-d ``idx``; widens a half-precision ``table``. Float32 rows
+    go through the C gather where it is built (:mod:`bigembed.trainer.native`), which prefetches."""
+    lib = native.library()
+    if (lib is not None and table.dtype == out.dtype == torch.float32 and idx.dtype == torch.int64
+            and table.is_contiguous() and out.is_contiguous() and idx.is_contiguous()):
+        native.gather(lib, out, table, idx)
+    elif table.dtype == out.dtype:
         torch.index_select(table, 0, idx, out=out)
     else:
         out.copy_(table.index_select(0, idx))

@@ -1,4 +1,6 @@
-/* The ranking loss's gradients in the fused step's wide layout, touching only the active hinges.
+/* Two hot loops of the training step in C: the ranking loss's gradients in the fused step's wide
+ * layout, touching only the active hinges; and, with the table rows prefetched, the gather of a
+ * batch's rows and row-wise Adagrad.
  *
  * Built at run time by bigembed/trainer/native.py (a C compiler, no Python or torch headers) and
  * called through ctypes, which releases the interpreter lock, so Hogwild workers overlap.
@@ -20,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t bigembed_native_abi(void) { return 1; }
+int64_t bigembed_native_abi(void) { return 3; }
 
 static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t d) {
     for (int64_t t = 0; t < d; t++) y[t] += a * x[t];
@@ -105,4 +107,69 @@ double bigembed_wide_ranking(int64_t n, int64_t c, int64_t U, int64_t d, const f
     free(list);
     *active_out = active;
     return nan_seen ? NAN : total;
+}
+
+/* Row-wise Adagrad on the rows idx[0..m) of table (rows of d floats) from g (m rows, used as
+ * scratch), state: one float per row. A row named more than once takes one step with its gradients
+ * summed: slot (int32, one per table row, any content) marks each row's last position, earlier
+ * positions add into it, and the last position makes the step. Rows longer than max_norm (> 0)
+ * after their step are scaled back to it. The rows a few positions ahead are prefetched, since a
+ * batch's rows lie anywhere in a table much larger than the caches. */
+#define PREFETCH_AHEAD 8
+
+static inline float sum_squares(const float *x, int64_t d) {
+    float acc[16] = {0};
+    int64_t t = 0;
+    for (; t + 16 <= d; t += 16)
+        for (int u = 0; u < 16; u++) acc[u] += x[t + u] * x[t + u];
+    float s = 0.0f;
+    for (; t < d; t++) s += x[t] * x[t];
+    for (int u = 0; u < 16; u++) s += acc[u];
+    return s;
+}
+
+static inline void prefetch_row(const float *row, int64_t d) {
+    for (int64_t t = 0; t < d; t += 16) __builtin_prefetch(row + t, 1, 1);
+}
+
+void bigembed_row_adagrad(int64_t m, int64_t d, const int64_t *idx, float *g, float *table, float *state,
+                          int32_t *slot, float lr, float max_norm) {
+    for (int64_t p = 0; p < m; p++) slot[idx[p]] = (int32_t)p;
+    for (int64_t p = 0; p < m; p++) {
+        if (p + PREFETCH_AHEAD < m) {
+            const int64_t ahead = idx[p + PREFETCH_AHEAD];
+            prefetch_row(table + ahead * d, d);
+            __builtin_prefetch(state + ahead, 1, 1);
+        }
+        const int64_t r = idx[p];
+        float *gp = g + p * d;
+        const int64_t last = slot[r];
+        if (last != p) {  /* an earlier position of a repeated row: add into its last one */
+            axpy(g + last * d, gp, 1.0f, d);
+            continue;
+        }
+        const float s = state[r] + sum_squares(gp, d) / (float)d;
+        state[r] = s;
+        const float step = -lr * (1.0f / (sqrtf(s) + 1e-10f));
+        float *row = table + r * d;
+        axpy(row, gp, step, d);
+        if (max_norm > 0.0f) {
+            const float norm = sqrtf(sum_squares(row, d));
+            if (norm > max_norm) {
+                const float scale = max_norm / norm;
+                for (int64_t t = 0; t < d; t++) row[t] *= scale;
+            }
+        }
+    }
+}
+
+/* out[p] = table[idx[p]] for rows of d floats, prefetching the rows a few positions ahead. */
+void bigembed_gather(int64_t m, int64_t d, const int64_t *idx, const float *table, float *out) {
+    for (int64_t p = 0; p < m; p++) {
+        if (p + PREFETCH_AHEAD < m) {
+            const float *ahead = table + idx[p + PREFETCH_AHEAD] * d;
+            for (int64_t t = 0; t < d; t += 16) __builtin_prefetch(ahead + t, 0, 1);
+        }
+        memcpy(out + p * d, table + idx[p] * d, sizeof(float) * (size_t)d);
+    }
 }

@@ -1,16 +1,18 @@
-"""A small C kernel for the ranking loss's sparse gradients, built on first use.
+"""Two small C kernels, built on first use: the ranking loss's sparse gradients, and row Adagrad.
 
 After the first epoch only 2-5% of the ranking loss's hinges are active on the benchmark graph,
 so the backward products of the fused step (two thirds of its flops) mostly multiply zeros.
 Torch on the CPU has no fast way to act on so few entries (``nonzero`` alone cost as much as
-the products), so ``native.c`` walks the hinges and updates only the rows of active ones.
+the products), so ``native.c`` walks the hinges and updates only the rows of active ones. Its row-wise Adagrad
+does in one pass what takes a dozen tensor operations (each a pass over the batch's gradients),
+and prefetches the table rows it is about to update.
 
 It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
 this CPU, once, into a cache keyed by the source, compiler and CPU
 (``$BIGEMBED_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigembed``, else ``~/.cache/bigembed``), and
 loaded through :mod:`ctypes`, which drops the interpreter lock during the call. Without a
-compiler, or with ``BIGEMBED_NATIVE=0``, training takes the dense TorchScript path, which gives
-the same loss and gradients up to float rounding.
+compiler, or with ``BIGEMBED_NATIVE=0``, training takes the TorchScript kernels, which give the
+same results up to float rounding.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 1
+ABI = 3
 FLAGS = ["-O3", "-fPIC", "-shared"]
 
 _lock = threading.Lock()
@@ -124,6 +126,11 @@ def library() -> ctypes.CDLL | None:
                 i64, ptr = ctypes.c_int64, ctypes.c_void_p
                 fn.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, ptr, ctypes.POINTER(i64)]
                 fn.restype = ctypes.c_double
+                ada = lib.bigembed_row_adagrad
+                ada.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float]
+                ada.restype = None
+                lib.bigembed_gather.argtypes = [i64, i64, ptr, ptr, ptr]
+                lib.bigembed_gather.restype = None
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 log.warning("the native ranking kernel is unavailable, using the dense step: %s", e)
                 lib = None
@@ -151,3 +158,44 @@ def wide_ranking(lib: ctypes.CDLL, margin: float, W: Tensor, S1: Tensor, Sl: Ten
     if active.value < 0:
         raise MemoryError("the native ranking kernel could not allocate its scratch")
     return torch.tensor(total, dtype=torch.float32), dW, active.value
+
+
+def _check_ids(index: Tensor, n: int) -> None:
+    if index.shape[0]:
+        low, high = (int(v) for v in torch.aminmax(index))
+        if low < 0 or high >= n:  # C would read or write outside the table
+            raise IndexError(f"row ids must lie in [0, {n}): got {low}..{high}")
+
+
+def gather(lib: ctypes.CDLL, out: Tensor, table: Tensor, index: Tensor) -> None:
+    """``out[:] = table[index]``: all contiguous, ``out`` (k, dim) and ``table`` (n, dim) float32,
+    ``index`` (k,) int64."""
+    n, d = table.shape
+    if (table.dtype != torch.float32 or out.dtype != torch.float32 or index.dtype != torch.int64
+            or not all(t.is_contiguous() for t in (table, out, index))):
+        raise ValueError("the native gather takes contiguous float32 rows and int64 ids")
+    if out.shape != (index.shape[0], d):
+        raise ValueError(f"shapes do not match: out {tuple(out.shape)}, table {tuple(table.shape)}, "
+                         f"{index.shape[0]} ids")
+    _check_ids(index, n)
+    lib.bigembed_gather(index.shape[0], d, index.data_ptr(), table.data_ptr(), out.data_ptr())
+
+
+def row_adagrad(lib: ctypes.CDLL, table: Tensor, state: Tensor, slot: Tensor, index: Tensor, grad: Tensor,
+                lr: float, max_norm: float) -> None:
+    """Row-wise Adagrad (``state``: (n,)) on ``table[index]`` from ``grad``, which it overwrites;
+    as :func:`~bigembed.trainer.kernels.row_adagrad` up to float rounding. All contiguous:
+    ``table`` (n, dim) and ``grad`` (k, dim) float32, ``index`` (k,) int64 in ``[0, n)``,
+    ``slot`` int32 scratch of at least n."""
+    n, d = table.shape
+    k = index.shape[0]
+    if (table.dtype != torch.float32 or state.dtype != torch.float32 or grad.dtype != torch.float32
+            or index.dtype != torch.int64 or slot.dtype != torch.int32
+            or not all(t.is_contiguous() for t in (table, state, slot, index, grad))):
+        raise ValueError("the native Adagrad takes contiguous float32 rows, int64 ids and int32 slots")
+    if state.shape != (n,) or grad.shape != (k, d) or slot.shape[0] < n:
+        raise ValueError(f"shapes do not match: table {tuple(table.shape)}, state {tuple(state.shape)}, "
+                         f"grad {tuple(grad.shape)}, {k} ids, {slot.shape[0]} slots")
+    _check_ids(index, n)
+    lib.bigembed_row_adagrad(k, d, index.data_ptr(), grad.data_ptr(), table.data_ptr(), state.data_ptr(),
+                             slot.data_ptr(), lr, max_norm)

@@ -114,3 +114,55 @@ def test_a_batch_with_many_active_hinges_sends_the_next_ones_to_the_dense_produc
     fused.reset_kernel_choice()
     train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 1.5])
+def test_native_row_adagrad_steps_as_the_torchscript_kernel(max_norm, monkeypatch):
+    """Repeated rows (summed first), rows named once, and rows left alone; with and without
+    max_norm: the C kernel and the TorchScript one end with the same table and accumulators."""
+    from bigembed.trainer.adagrad import row_adagrad_, row_slots
+
+    lib = _lib()
+    gen = torch.Generator().manual_seed(9)
+    table, state = torch.randn(60, 8, generator=gen), torch.rand(60, generator=gen)
+    index = torch.cat([torch.randperm(60, generator=gen)[:30], torch.tensor([3, 3, 17, 40, 3])])
+    grad = torch.randn(index.shape[0], 8, generator=gen) * 2
+    t1, s1, t2, s2 = table.clone(), state.clone(), table.clone(), state.clone()
+    native.row_adagrad(lib, t1, s1, row_slots(60), index, grad.clone(), 0.3, max_norm)
+    kernels.row_adagrad(t2, s2, row_slots(60), [index], [grad.clone()], 0.3, max_norm)
+    assert torch.allclose(t1, t2, atol=1e-6) and torch.allclose(s1, s2, atol=1e-6)
+    untouched = torch.ones(60, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(t1[untouched], table[untouched]) and torch.equal(s1[untouched], state[untouched])
+    if max_norm:
+        assert float(torch.linalg.vector_norm(t1[index], dim=1).max()) <= max_norm * (1 + 1e-6)
+    # the public entry point takes the C kernel here, and the TorchScript one when it is turned off
+    t3, s3 = table.clone(), state.clone()
+    row_adagrad_(t3, s3, [index[:10], index[10:]], [grad[:10], grad[10:]], 0.3, max_norm)
+    monkeypatch.setenv("BIGEMBED_NATIVE", "0")
+    t4, s4 = table.clone(), state.clone()
+    row_adagrad_(t4, s4, [index[:10], index[10:]], [grad[:10], grad[10:]], 0.3, max_norm)
+    assert torch.allclose(t3, t4, atol=1e-6) and torch.allclose(s3, s4, atol=1e-6)
+
+
+def test_native_gather_and_adagrad_refuse_ids_outside_the_table():
+    """C does not check bounds, so the wrappers do: an id past the end is an IndexError that
+    names the range, not a write into someone else's memory."""
+    from bigembed.trainer.adagrad import row_slots
+
+    lib = _lib()
+    table, state = torch.randn(10, 4), torch.rand(10)
+    out = torch.empty(3, 4)
+    native.gather(lib, out, table, torch.tensor([9, 0, 4]))
+    assert torch.equal(out, table[[9, 0, 4]])
+    for bad in (torch.tensor([1, 10, 2]), torch.tensor([-1, 0, 2])):
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            native.gather(lib, out, table, bad)
+        before = table.clone()
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            native.row_adagrad(lib, table, state, row_slots(10), bad, torch.randn(3, 4), 0.1, 0.0)
+        assert torch.equal(table, before)
+    with pytest.raises(ValueError, match="float32"):
+        native.gather(lib, out, table.double(), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="shapes"):
+        native.row_adagrad(lib, table, state, row_slots(10), torch.tensor([1, 2]), torch.randn(3, 4), 0.1, 0.0)
