@@ -60,8 +60,8 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
         return
     slots = row_slots(table.shape[0])
     lib = native.library()
-    if (lib is not None and table.dtype == torch.float32 and state.dim() == 1 and table.is_contiguous()
-            and all(g.dtype == torch.float32 for g in grads)):
+    if (lib is not None and table.dtype == state.dtype == torch.float32 and state.dim() == 1
+            and table.is_contiguous() and state.is_contiguous() and all(g.dtype == torch.float32 for g in grads)):
         flat = indices[0] if len(indices) == 1 else torch.cat(indices)
         if len(grads) > 1:
             g = torch.cat(grads)

@@ -198,6 +198,22 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     return total, dX, dY
 
 
+def wide_blocks(W: Tensor, chunk: int, U: int, B: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Views of the wide layout's three blocks (see :func:`wide_score_gradients`): ``Z``
+    (chunks, c + U, dim), ``Q`` (chunks, c, dim) and ``Ml`` (chunks, U, dim)."""
+    n = B // chunk
+    d = W.shape[1]
+    nz = n * (chunk + U)
+    return W[:nz].view(n, chunk + U, d), W[nz : nz + B].view(n, chunk, d), W[nz + B :].view(n, U, d)
+
+
+def wide_scores(W: Tensor, chunk: int, U: int, B: int) -> tuple[Tensor, Tensor]:
+    """The two score products of :func:`wide_score_gradients`: ``S1 = Q Z^T`` (chunks, c, c + U)
+    and ``Sl = R Ml^T`` (chunks, c, U), also for a gradient kernel that takes it from there."""
+    Z, Q, M = wide_blocks(W, chunk, U, B)
+    return torch.bmm(Q, Z.transpose(1, 2)), torch.bmm(Z[:, :chunk], M.transpose(1, 2))
+
+
 def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, chunk: int,
                          U: int) -> tuple[Tensor, Tensor]:
     """:func:`score_gradients` for its most common case, both sides corrupted with in-batch and
@@ -219,13 +235,10 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
     n = B // c
     d = W.shape[1]
     nz = n * (c + U)
-    Z = W[:nz].view(n, c + U, d)
-    Q = W[nz : nz + B].view(n, c, d)
-    M = W[nz + B :].view(n, U, d)
+    Z, Q, M = wide_blocks(W, c, U, B)
     R = Z[:, :c]
     w = weight.view(n, c)
-    S1 = torch.bmm(Q, Z.transpose(1, 2))  # (n, c, c + U): [A | Sr]
-    Sl = torch.bmm(R, M.transpose(1, 2))  # (n, c, U)
+    S1, Sl = wide_scores(W, c, U, B)  # (n, c, c + U): [A | Sr]; (n, c, U)
     A = S1[:, :, :c]
     diagonal = A.diagonal(0, 1, 2)
     pos = diagonal.clone()
@@ -243,19 +256,6 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
     dZ[:, :c].baddbmm_(dSl, M)
     torch.bmm(dSl.transpose(1, 2), R, out=out[nz + B :].view(n, U, d))
     return total_r + total_l, out
-
-
-def wide_scores(W: Tensor, chunk: int, U: int, B: int) -> tuple[Tensor, Tensor]:
-    """The two score products of :func:`wide_score_gradients`: ``S1 = Q Z^T`` (chunks, c, c + U)
-    and ``Sl = R Ml^T`` (chunks, c, U), for a gradient kernel that takes it from there."""
-    c = chunk
-    n = B // c
-    d = W.shape[1]
-    nz = n * (c + U)
-    Z = W[:nz].view(n, c + U, d)
-    Q = W[nz : nz + B].view(n, c, d)
-    M = W[nz + B :].view(n, U, d)
-    return torch.bmm(Q, Z.transpose(1, 2)), torch.bmm(Z[:, :c], M.transpose(1, 2))
 
 
 def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
