@@ -26,7 +26,7 @@ import numpy as np
 
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
-from bigembed.storage.shards import read_shard, shard_checksum, sync_shard, write_shard
+from bigembed.storage.shards import overwrite_shard, read_shard, shard_checksum, sync_shard, write_shard
 
 CHECKPOINT_FORMAT = "bigembed-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -198,10 +198,16 @@ class VersionWriter:
         reloaded several times before a commit is synced once). ``hash_now=False`` leaves
         the checksum to :meth:`commit`, which then hashes only the last copy written (a
         partition evicted four times an epoch is hashed once; the hashing was CPU time
-        taken from training on a 2-core machine)."""
+        taken from training on a 2-core machine). A key staged again is rewritten in place
+        (:func:`~bigembed.storage.shards.overwrite_shard`): no committed version refers to
+        it, and an interrupted session's staged version is deleted when the run resumes."""
         path = self.shard_path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
-        checksum = write_shard(path, array, durable=False, checksum=hash_now)
+        done = False
+        if key in self.written:  # staged before in this version, referenced by nothing yet: rewrite in place
+            done, checksum = overwrite_shard(path, array, checksum=hash_now)
+        if not done:
+            checksum = write_shard(path, array, durable=False, checksum=hash_now)
         self.written[key] = {
             "path": str(path.relative_to(self.run_dir)),
             "sha256": checksum,

@@ -13,7 +13,7 @@ from bigembed.checkpoint import (
     read_current,
     remove_uncommitted,
 )
-from bigembed.checkpoint.versions import list_versions, read_manifest, version_dir
+from bigembed.checkpoint.versions import list_versions, read_manifest, read_shard_of, version_dir
 from bigembed.errors import CheckpointError
 
 
@@ -123,3 +123,22 @@ def test_a_shard_staged_without_its_hash_is_hashed_once_at_commit_as_last_writte
     damage(tmp_path, v1, "emb/n/0")
     assert load_good_version(tmp_path, warnings.append).version == 0  # the recorded checksum catches it
     assert warnings and "checksum" in warnings[0]
+
+
+def test_a_key_staged_twice_is_rewritten_in_place_and_committed_as_last_written(tmp_path):
+    """An evicted partition is staged several times before a commit: the later copies go over
+    the staged files in place (the committed versions are never touched), and the commit
+    records and verifies the last one."""
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    v0 = commit(tmp_path, None, 0, {"a": x})
+    writer = VersionWriter(tmp_path, v0, 1)
+    writer.write("a", x + 1, hash_now=False)
+    staged = writer.shard_path("a")
+    files = {p: p.stat().st_ino for p in staged.rglob("*") if p.is_file()}
+    writer.write("a", x + 2, hash_now=False)
+    assert {p: p.stat().st_ino for p in staged.rglob("*") if p.is_file()} == files
+    assert np.array_equal(writer.read("a"), x + 2)
+    v1 = writer.commit(Position(1, 0), {})
+    assert v1.shards["a"]["path"].startswith("checkpoints/v1/")
+    assert np.array_equal(read_shard_of(tmp_path, v1, "a"), x + 2)  # verified against the manifest
+    assert np.array_equal(read_shard_of(tmp_path, v0, "a"), x)  # the committed version untouched

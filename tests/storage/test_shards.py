@@ -84,3 +84,36 @@ def test_half_precision_tables_round_trip_bit_for_bit_and_widen_exactly(tmp_path
     assert (z.dtype, dict(z.attrs)) == ((np.dtype(np.uint16), {"bigembed_dtype": "bfloat16"}) if dtype == "bfloat16"
                                         else (np.dtype(np.float16), {}))
     assert shard_checksum(tmp_path / "h.zarr", tuple(table.shape)) == checksum
+
+
+def test_overwrite_in_place_rewrites_the_same_files_only_for_a_matching_shard(tmp_path):
+    from bigembed.storage.shards import overwrite_shard
+
+    rows = CHUNK_BYTES // (4 * 8) + 100  # two chunk files, the second short
+    rng = np.random.default_rng(2)
+    first, second = rng.random((rows, 8), dtype=np.float32), rng.random((rows, 8), dtype=np.float32)
+    write_shard(tmp_path / "t.zarr", first)
+    files = sorted(p for p in (tmp_path / "t.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    inodes = [p.stat().st_ino for p in files]
+    done, checksum = overwrite_shard(tmp_path / "t.zarr", second)
+    assert done and checksum == array_checksum(second)
+    assert [p.stat().st_ino for p in files] == inodes  # the same files, rewritten
+    assert np.array_equal(read_shard(tmp_path / "t.zarr", checksum, second.shape), second)
+    assert shard_checksum(tmp_path / "t.zarr", second.shape) == checksum
+    # another shape, another dtype, or no shard at all: nothing is written
+    assert overwrite_shard(tmp_path / "t.zarr", second[:-1]) == (False, None)
+    assert overwrite_shard(tmp_path / "t.zarr", second.astype(np.float16)) == (False, None)
+    assert overwrite_shard(tmp_path / "none.zarr", second) == (False, None)
+    assert np.array_equal(read_shard(tmp_path / "t.zarr", checksum, second.shape), second)
+
+
+def test_overwrite_that_cannot_write_a_chunk_file_names_the_shard(tmp_path):
+    from bigembed.storage.shards import overwrite_shard
+
+    table = np.ones((10, 4), np.float32)
+    write_shard(tmp_path / "t.zarr", table)
+    chunk = next(p for p in (tmp_path / "t.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    chunk.mkdir()  # a directory where the chunk file was: opening it for writing fails
+    with pytest.raises(CheckpointError, match=r"t\.zarr: cannot write shard"):
+        overwrite_shard(tmp_path / "t.zarr", table * 2)
