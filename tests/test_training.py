@@ -375,3 +375,17 @@ def test_half_precision_resumes_and_its_dtype_cannot_change(tmp_path, data4):
                                               "training.storage_dtype is float16"):
         train(data4, run, None, {"training.epochs": 3}, log=quiet)
     assert read_current(run) == before
+
+
+def test_partitions_evicted_and_loaded_again_train_as_if_they_had_stayed(tmp_path, data4):
+    """A buffer of 2 (partitions written back and read again, the next load reusing the
+    memory of the one just evicted) and a buffer holding all 4 (no swaps) end bit-identical
+    under --deterministic, with negatives from the answer's partition in both."""
+    common = ("--deterministic", "--set", "training.negative_partitions=answer")
+    finish(cli_train(data4, tmp_path / "c2", *common, "--set", "training.buffer_partitions=2"))
+    err = finish(cli_train(data4, tmp_path / "c4", *common, "--set", "training.buffer_partitions=4"))
+    a, b = final_arrays(tmp_path / "c2"), final_arrays(tmp_path / "c4")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert "partition loads" in err

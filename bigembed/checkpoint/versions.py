@@ -116,13 +116,13 @@ def read_manifest(run_dir: Path, version: int) -> VersionManifest:
     return VersionManifest.from_json(path, raw)
 
 
-def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str) -> np.ndarray:
-    """Read and verify one shard listed in ``manifest``."""
+def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Read and verify one shard listed in ``manifest`` (into ``out`` where it fits)."""
     try:
         entry = manifest.shards[key]
     except KeyError:
         raise CheckpointError(f"v{manifest.version}: manifest lists no shard {key!r}") from None
-    return read_shard(Path(run_dir) / entry["path"], entry["sha256"], tuple(entry["shape"]))
+    return read_shard(Path(run_dir) / entry["path"], entry["sha256"], tuple(entry["shape"]), out)
 
 
 def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
@@ -214,18 +214,19 @@ class VersionWriter:
             "shape": list(array.shape),
         }
 
-    def read(self, key: str) -> np.ndarray:
-        """The newest copy of ``key``: staged here, else the base version's."""
+    def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The newest copy of ``key``: staged here, else the base version's (read into ``out``
+        where it fits, see :func:`~bigembed.storage.shards.read_shard`)."""
         if key in self.written:  # staged by this writer: hashed as it was written, so not again
             # (the checksum in the manifest still guards it from the next session on)
             entry = self.written[key]
-            return read_shard(self.run_dir / entry["path"], None, tuple(entry["shape"]))
+            return read_shard(self.run_dir / entry["path"], None, tuple(entry["shape"]), out)
         if self.base is None:
             raise CheckpointError(f"no shard {key!r} staged and no base version")
         known = self.base.shards.get(key)
         if known is not None and known["path"] in self.trusted:
-            return read_shard(self.run_dir / known["path"], None, tuple(known["shape"]))
-        return read_shard_of(self.run_dir, self.base, key)
+            return read_shard(self.run_dir / known["path"], None, tuple(known["shape"]), out)
+        return read_shard_of(self.run_dir, self.base, key, out)
 
     def commit(self, position: Position, extra: dict[str, Any]) -> VersionManifest:
         for entry in self.written.values():

@@ -117,3 +117,15 @@ def test_overwrite_that_cannot_write_a_chunk_file_names_the_shard(tmp_path):
     chunk.mkdir()  # a directory where the chunk file was: opening it for writing fails
     with pytest.raises(CheckpointError, match=r"t\.zarr: cannot write shard"):
         overwrite_shard(tmp_path / "t.zarr", table * 2)
+
+
+def test_a_read_goes_into_the_array_given_when_it_fits(tmp_path):
+    table = np.random.default_rng(3).random((CHUNK_BYTES // 32 + 7, 8), dtype=np.float32)
+    checksum = write_shard(tmp_path / "t.zarr", table)
+    spare = np.full(table.shape, 5.0, np.float32)
+    got = read_shard(tmp_path / "t.zarr", checksum, table.shape, out=spare)
+    assert got is spare and np.array_equal(spare, table)
+    for wrong in (np.zeros((table.shape[0] - 1, 8), np.float32), np.zeros(table.shape, np.float64),
+                  np.zeros((8, table.shape[0]), np.float32).T):  # short, another dtype, not contiguous
+        got = read_shard(tmp_path / "t.zarr", checksum, table.shape, out=wrong)
+        assert got is not wrong and np.array_equal(got, table) and not wrong.any()
