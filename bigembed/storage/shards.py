@@ -188,7 +188,7 @@ def _write_raw(path: Path, z: zarr.Array, array: np.ndarray) -> None:
 def read_shard(path: Path, checksum: str | None, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
     """Read a shard, checking its shape and (when given) its checksum. ``out``: an array to
     read into if it fits (the shard's shape and dtype, contiguous), to spare allocating and
-    faulting in a fresh one; its old contents are lost either way."""
+    faulting in a fresh one (an array that does not fit is left as it is)."""
     path = Path(path)
     try:
         z = zarr.open_array(str(path), mode="r")
