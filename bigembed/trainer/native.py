@@ -1,11 +1,12 @@
-"""Two small C kernels, built on first use: the ranking loss's sparse gradients, and row Adagrad.
+"""Three small C kernels, built on first use: the ranking loss's sparse gradients, row Adagrad
+and the gather of a batch's rows.
 
 After the first epoch only 2-5% of the ranking loss's hinges are active on the benchmark graph,
 so the backward products of the fused step (two thirds of its flops) mostly multiply zeros.
 Torch on the CPU has no fast way to act on so few entries (``nonzero`` alone cost as much as
-the products), so ``native.c`` walks the hinges and updates only the rows of active ones. Its row-wise Adagrad
-does in one pass what takes a dozen tensor operations (each a pass over the batch's gradients),
-and prefetches the table rows it is about to update.
+the products), so ``native.c`` walks the hinges and updates only the rows of active ones. Its
+row-wise Adagrad does in one pass what takes a dozen tensor operations (each a pass over the
+batch's gradients); it and the gather prefetch the table rows they are about to touch.
 
 It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
 this CPU, once, into a cache keyed by the source, compiler and CPU
@@ -96,7 +97,7 @@ def _build(cc: str, out: Path) -> None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, building it on first use; None where that is turned off or not
+    """The compiled kernels, building them on first use; None where that is turned off or not
     possible (the reason is logged once)."""
     env = os.environ
     key = "|".join(env.get(k, "") for k in ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PATH"))
@@ -111,7 +112,7 @@ def library() -> ctypes.CDLL | None:
         cc = _compiler()
         lib = None
         if cc is None:
-            log.info("no C compiler found: the ranking loss uses the dense step")
+            log.info("no C compiler found: training uses the TorchScript kernels")
         else:
             digest = hashlib.sha256(SOURCE.read_bytes() + f"{cc}|{FLAGS}|{_cpu_key()}".encode()).hexdigest()[:16]
             path = _cache_dir() / f"native-{digest}.so"
@@ -132,7 +133,7 @@ def library() -> ctypes.CDLL | None:
                 lib.bigembed_gather.argtypes = [i64, i64, ptr, ptr, ptr]
                 lib.bigembed_gather.restype = None
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
-                log.warning("the native ranking kernel is unavailable, using the dense step: %s", e)
+                log.warning("the C kernels are unavailable, training uses the TorchScript kernels: %s", e)
                 lib = None
         _loaded[key] = lib
         return lib
