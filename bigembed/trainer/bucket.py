@@ -15,7 +15,7 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer.batch import Model, mixes_with_params
-from bigembed.trainer.fused import reset_kernel_choice
+from bigembed.trainer.fused import ranking_kernel, reset_kernel_choice
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 from bigembed.trainer.step import train_batch
@@ -128,6 +128,7 @@ class BucketTrainer:
         # All-negatives batches update every row of a partition: Hogwild threads would
         # only collide, so one worker uses all cores through intra-op parallelism.
         self.workers = 1 if any(spec.all_negatives for spec in model.specs) else resolve_workers(config)
+        ranking_kernel()  # a wrong $BIGEMBED_RANKING_KERNEL stops the run here, not in a worker
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
 

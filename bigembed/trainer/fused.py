@@ -38,6 +38,7 @@ operator parameters, ``dot`` and no regulariser, no graph is built at all.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
+from bigembed.errors import ConfigError
 from bigembed.trainer import native
 from bigembed.trainer.batch import BatchLoss, Model, Negatives, _regularizer, gather, gather_into, sample_sources
 from bigembed.trainer.kernels import LOSS_RANKING, fused_score_gradients, fused_wide_score_gradients, fused_wide_scores
@@ -55,7 +57,21 @@ from bigembed.trainer.state import PartitionState
 SPARSE_SHARE = 0.2  # above this share of active hinges the dense products are faster (benchmarks/RESULTS.md)
 DENSE_SPELL = 32  # batches on the dense products before the sparse kernel is tried again
 
+RANKING_KERNELS = ("auto", "sparse", "dense")
+
 _choice = threading.local()
+
+
+def ranking_kernel() -> str:
+    """How the ranking loss's gradients are computed, from ``$BIGEMBED_RANKING_KERNEL``: ``auto``
+    (the default: the C kernel, switching to the dense products while too many hinges are
+    active), ``sparse`` (always the C kernel) or ``dense`` (always the products, so the work per
+    edge does not change as training goes on; used to compare graph sizes in
+    benchmarks/scaling.py). Without the C kernels every setting means the products."""
+    value = os.environ.get("BIGEMBED_RANKING_KERNEL", "auto")
+    if value not in RANKING_KERNELS:
+        raise ConfigError(f"BIGEMBED_RANKING_KERNEL={value!r}: expected one of {', '.join(RANKING_KERNELS)}")
+    return value
 
 
 def reset_kernel_choice() -> None:
@@ -63,6 +79,7 @@ def reset_kernel_choice() -> None:
     worker's run over a slab decides from its own batches only, so that a run resumed from a
     checkpoint makes the same choices as one that was not stopped."""
     _choice.dense_left = 0
+    _choice.mode = ranking_kernel()
 
 
 def fused_supported(model: Model, spec: RelationSpec) -> bool:
@@ -177,14 +194,15 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
     gather_into(W[:nz], rhs.emb, z_idx)
     gather_into(W[nz : nz + B], lhs.emb, lhs_idx)
     gather_into(W[nz + B :], ml.state.emb, ml_idx)
-    lib = native.library() if model.loss.kind == LOSS_RANKING else None
+    mode = getattr(_choice, "mode", "auto")
+    lib = native.library() if model.loss.kind == LOSS_RANKING and mode != "dense" else None
     dense_left = getattr(_choice, "dense_left", 0)
     with torch.no_grad():
         if lib is not None and dense_left == 0:
             S1, Sl = fused_wide_scores(W, chunk, U, B)
             weight = w.float().contiguous()
             total, dW, active = native.wide_ranking(lib, model.loss.margin, W, S1, Sl, weight, chunk, U)
-            if active > SPARSE_SHARE * B * (2 * (chunk + U) - 2):  # every edge's hinges, both sides
+            if mode == "auto" and active > SPARSE_SHARE * B * (2 * (chunk + U) - 2):  # all hinges, both sides
                 _choice.dense_left = DENSE_SPELL
         else:
             if lib is not None:

@@ -116,6 +116,39 @@ def test_a_batch_with_many_active_hinges_sends_the_next_ones_to_the_dense_produc
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("mode, sparse_calls, dense_calls", [("sparse", 6, 0), ("dense", 0, 6)])
+def test_the_ranking_kernel_can_be_pinned(mode, sparse_calls, dense_calls, monkeypatch):
+    """``BIGEMBED_RANKING_KERNEL=sparse`` keeps the C kernel however many hinges are active;
+    ``dense`` never calls it."""
+    _lib()
+    calls, dense = [], []
+    real, real_dense = native.wide_ranking, fused.fused_wide_score_gradients
+    monkeypatch.setattr(native, "wide_ranking", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(fused, "fused_wide_score_gradients", lambda *a: dense.append(1) or real_dense(*a))
+    monkeypatch.setenv("BIGEMBED_RANKING_KERNEL", mode)
+    config, model, lhs, rhs, relations = _setup({
+        "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
+        "training.negatives": 4})
+    fused.reset_kernel_choice()
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):  # fresh embeddings: most hinges active, auto would leave the C kernel
+        train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+    monkeypatch.delenv("BIGEMBED_RANKING_KERNEL")
+    fused.reset_kernel_choice()  # the next test on this thread chooses as usual
+    assert (len(calls), len(dense)) == (sparse_calls, dense_calls)
+
+
+def test_an_unknown_ranking_kernel_is_refused_before_training(monkeypatch):
+    from bigembed.errors import ConfigError
+    from bigembed.trainer import BucketTrainer
+
+    config, model, *_ = _setup({"model.loss": "ranking"})
+    monkeypatch.setenv("BIGEMBED_RANKING_KERNEL", "fast")
+    with pytest.raises(ConfigError, match="BIGEMBED_RANKING_KERNEL='fast': expected one of auto, sparse, dense"):
+        BucketTrainer(model, config.training)
+
+
 @pytest.mark.parametrize("max_norm", [0.0, 1.5])
 def test_native_row_adagrad_steps_as_the_torchscript_kernel(max_norm, monkeypatch):
     """Repeated rows (summed first), rows named once, and rows left alone; with and without
