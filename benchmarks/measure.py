@@ -63,3 +63,14 @@ def io_wait_seconds(stats: Path, epoch: int) -> float:
         if r.get("epoch") == epoch and "io_wait_s" in r:
             total += r["io_wait_s"]
     return total
+
+
+def training_seconds(stats: Path, epoch: int) -> float:
+    """Seconds an epoch spent training its buckets and waiting for their partitions: its wall
+    time without the checkpoint commits (``seconds`` + ``io_wait_s`` in stats.jsonl)."""
+    total = 0.0
+    for line in stats.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("epoch") == epoch and "seconds" in r:
+            total += r["seconds"] + r.get("io_wait_s", 0.0)
+    return total
