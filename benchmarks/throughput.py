@@ -56,13 +56,14 @@ def generate(work: Path, nodes: int, edges: int, seed: int) -> Path:
 
 
 def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bool = True,
-                 dtype: str = "float32") -> dict[str, Any]:
+                 dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
     data = work / f"bigembed-data-p{P}"
     if not (data / "manifest.json").exists():
         run_measured([*BIGEMBED, "import", str(dataset / "train.txt"), "--split", f"valid={dataset / 'valid.txt'}",
                       "--split", f"test={dataset / 'test.txt'}", "-o", str(data), "-p", str(P), "--overwrite",
                       "--no-progress"])
-    tag = f"p{P}" + ("" if fused else "-autograd") + ("" if dtype == "float32" else f"-{dtype}")
+    tag = (f"p{P}" + ("" if fused else "-autograd") + ("" if dtype == "float32" else f"-{dtype}")
+           + ("" if device == "cpu" else f"-{device.replace(':', '')}"))
     config = work / f"bigembed-{tag}.toml"
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
@@ -70,6 +71,7 @@ def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bo
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
         f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nchunk_size = {s["batch_negs"]}\n'
         f'workers = {s["workers"]}\nfused_step = {"true" if fused else "false"}\nstorage_dtype = "{dtype}"\n'
+        f'device = "{device}"\n'
     )
     run = work / f"bigembed-run-{tag}"
     shutil.rmtree(run, ignore_errors=True)
@@ -96,6 +98,8 @@ def main() -> None:
                          "fused one), in the same run")
     ap.add_argument("--dtypes", nargs="*", default=[], choices=["float16", "bfloat16"],
                     help="also train bigembed with the embeddings stored as these (training.storage_dtype)")
+    ap.add_argument("--device", default="cpu",
+                    help="training.device of bigembed's runs (cuda: on the GPU; PBG stays on the CPU)")
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs per system (edges/s is over epochs 2..N, so more epochs average out the shared "
                          "machine's drift and give the test MRRs time to leave the noise)")
@@ -109,9 +113,10 @@ def main() -> None:
     dataset = generate(args.work, args.nodes, args.edges, args.seed)
     train_edges = sum(1 for _ in open(dataset / "train.txt"))
     results: dict[str, Any] = {"graph": {"nodes": args.nodes, "edges": args.edges, "train_edges": train_edges},
-                               "settings": settings, "runs": {}}
+                               "settings": settings, "bigembed_device": args.device, "runs": {}}
     for P in args.partitions:
-        row: dict[str, Any] = {"bigembed": run_bigembed(dataset, args.work / f"p{P}", P, settings)}
+        row: dict[str, Any] = {"bigembed": run_bigembed(dataset, args.work / f"p{P}", P, settings,
+                                                        device=args.device)}
         if args.autograd_too:
             row["bigembed-autograd"] = run_bigembed(dataset, args.work / f"p{P}", P, settings, fused=False)
         for dtype in args.dtypes:

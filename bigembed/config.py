@@ -144,6 +144,13 @@ class TrainingConfig:
     workers: int = _opt(
         0, "Hogwild worker threads (0: one per CPU core, at most 8).", min=0
     )
+    device: str = _opt(
+        "cpu",
+        "Where training runs: cpu, or cuda / cuda:N (the buffer's partitions live on that GPU, "
+        "edges are copied to it a slab at a time, one worker; --memory then budgets the GPU's "
+        "memory). Evaluation and export run on the CPU.",
+        pattern=r"cpu|cuda(:[0-9]+)?", expected="cpu, cuda or cuda:N",
+    )
     seed: int = _opt(0, "Seed of every random choice (init, orders, negatives).", min=0)
     deterministic: bool = _opt(
         False, "Single worker and seeded per bucket: a resumed run equals an uninterrupted one."
@@ -348,6 +355,8 @@ def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key}: must be > {meta['min_exclusive']}, got {value}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{key}: must be <= {meta['max']}, got {value}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{key}: must be {meta['expected']}, got {value!r}")
 
 
 def _set_field(cls: type, key: str, name: str, value: Any, into: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
 from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.bucket import resolve_workers
+from bigembed.trainer.device import training_device
 
 Log = Callable[[str], None]
 
@@ -132,8 +133,10 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
 class _Session:
     """Mutable state of one training session: the staged version and the buffer."""
 
-    def __init__(self, run_dir: Path, data: DataManifest, config: Config, base: VersionManifest) -> None:
+    def __init__(self, run_dir: Path, data: DataManifest, config: Config, base: VersionManifest,
+                 device: torch.device | None = None) -> None:
         self.run_dir, self.data, self.config = run_dir, data, config
+        self.device = torch.device("cpu") if device is None else device  # where the buffer's partitions live
         self.base = base
         # ``base`` was verified shard by shard (resume) or just written: trust its shards
         self.writer = VersionWriter(run_dir, base, base.version + 1, {e["path"] for e in base.shards.values()})
@@ -157,8 +160,8 @@ class _Session:
         # 256 MB array costs its page faults on every load (measured at P=16, c=4)
         spare, self._spare = self._spare, None
         start, stop = self.data.type_ranges(p)[0]
-        if spare is not None and spare.shape[0] != stop - start:
-            spare = None  # another size: free it before a fresh array is allocated
+        if spare is not None and (spare.shape[0] != stop - start or self.device.type != "cpu"):
+            spare = None  # another size, or bound for a GPU: free it before a fresh array is allocated
         read = self.writer.read if spare is None else functools.partial(self.writer.read, out=spare)
         emb = read_partition(read, self.data, p, emb_key)
         want = self.config.training.storage_dtype
@@ -167,16 +170,17 @@ class _Session:
                                   f"but the run's training.storage_dtype is {want}")
         ada = read_partition(self.writer.read, self.data, p, adagrad_key)
         ranges = tuple(self.data.type_ranges(p)) if self.data.typed else None
-        return PartitionState(from_numpy(emb), torch.from_numpy(ada), ranges)
+        return PartitionState(from_numpy(emb).to(self.device), torch.from_numpy(ada).to(self.device), ranges)
 
     def _store(self, p: int, state: PartitionState) -> None:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
         write = functools.partial(self.writer.write, hash_now=self.flushing)
-        rows = to_numpy(state.emb)
+        rows = to_numpy(state.emb.cpu())  # no copy on the CPU
         write_partition(write, self.data, p, rows, emb_key)
-        write_partition(write, self.data, p, state.adagrad.numpy(), adagrad_key)
-        if not self.flushing and len(self.data.entity_types) == 1:  # evicted: nothing reads these rows now
+        write_partition(write, self.data, p, state.adagrad.cpu().numpy(), adagrad_key)
+        # evicted: nothing reads these host rows now (on a GPU they are a fresh copy, not reused)
+        if not self.flushing and len(self.data.entity_types) == 1 and self.device.type == "cpu":
             self._spare = rows
 
     def _load_relations(self) -> RelationState:
@@ -185,8 +189,8 @@ class _Session:
             return RelationState(specs, torch.zeros(0), torch.zeros(0))
         return RelationState(
             specs,
-            torch.from_numpy(self.writer.read(RELATION_PARAMS_KEY)),
-            torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)),
+            torch.from_numpy(self.writer.read(RELATION_PARAMS_KEY)).to(self.device),
+            torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)).to(self.device),
         )
 
     def commit(self, position: Position, extra: dict[str, Any] | None = None) -> VersionManifest:
@@ -196,8 +200,8 @@ class _Session:
         finally:
             self.flushing = False
         if self.relations.params.numel():
-            self.writer.write(RELATION_PARAMS_KEY, self.relations.params.numpy())
-            self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.numpy())
+            self.writer.write(RELATION_PARAMS_KEY, self.relations.params.cpu().numpy())
+            self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.cpu().numpy())
         manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
         collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
         self.base = manifest
@@ -408,6 +412,7 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     if not is_run(run_dir):  # refuse bad settings before anything is created
         config, _ = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
         _all_negatives_partitions(config, data.num_partitions)
+        training_device(config.training)
     with exclusive_run(run_dir):
         return _train_locked(data, run_dir, config_file, dict(overrides or {}), override, log, show_progress)
 
@@ -415,6 +420,7 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
 def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
                   override: bool, log: Log, show_progress: bool) -> TrainResult:
     config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
+    device = training_device(config.training)  # before anything is written
     resumed: Position | None = None
     if exists and read_current(run_dir) is None:
         committed = [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").exists()]
@@ -448,11 +454,14 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
         base = _create_run(run_dir, config, data)
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
             f"{data.num_edges('train')} training edges, dim {config.model.dim}")
-    session = _Session(run_dir, data, config, base)
+    session = _Session(run_dir, data, config, base, device)
     trainer = BucketTrainer(session.model, config.training, config.model.reciprocal)
-    log(f"{trainer.workers} worker thread(s)"
-        + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
-           and resolve_workers(config.training) > 1 else ""))
+    if device.type == "cuda":
+        log(f"training on {device} ({torch.cuda.get_device_name(device)}): partitions in GPU memory, one worker")
+    else:
+        log(f"{trainer.workers} worker thread(s)"
+            + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
+               and resolve_workers(config.training) > 1 else ""))
     try:
         with _stop_on_signals(session, log):
             for epoch in range(base.position.epoch, config.training.epochs):

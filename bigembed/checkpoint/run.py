@@ -28,6 +28,7 @@ RUN_FORMAT_VERSION = 2  # 2: relation parameters stored flat, per relation
 FREE_TO_CHANGE = {
     "training.epochs",
     "training.workers",
+    "training.device",
     "training.eval_every",
     "training.early_stopping",
     "checkpoint.interval_seconds",

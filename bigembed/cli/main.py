@@ -144,6 +144,7 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
 @click.option("--workers", type=int, help="training.workers (0: one per core)")
 @click.option("--seed", type=int, help="training.seed")
 @click.option("--deterministic", is_flag=True, default=None, help="training.deterministic=true")
+@click.option("--device", help="training.device: cpu (the default), cuda or cuda:N.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.margin=0.2.")
 @click.option("--override", is_flag=True, help="Resume even though settings differ from the saved run's.")
 @click.option("--memory", metavar="SIZE",
@@ -151,8 +152,8 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
 def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
           batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
-          deterministic: bool | None, sets: tuple[str, ...], override: bool, memory: str | None,
-          progress: bool) -> None:
+          deterministic: bool | None, device: str | None, sets: tuple[str, ...], override: bool,
+          memory: str | None, progress: bool) -> None:
     """Train embeddings for DATA into RUN (or resume RUN where it stopped).
 
     See `bigembed config-help` for every config key.
@@ -162,7 +163,7 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
     overrides: dict[str, Any] = _parse_sets(sets)
     flags = {"model.dim": dim, "training.epochs": epochs, "training.lr": lr, "training.batch_size": batch_size,
              "training.negatives": negatives, "training.workers": workers, "training.seed": seed,
-             "training.deterministic": deterministic}
+             "training.deterministic": deterministic, "training.device": device}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     from bigembed.scheduler.memory import parse_bytes
 

@@ -16,13 +16,17 @@ EPS = 1e-10
 _scratch = threading.local()
 
 
-def row_slots(rows: int) -> Tensor:
+def row_slots(rows: int, device: torch.device | None = None) -> Tensor:
     """This thread's scratch for :func:`~bigembed.trainer.kernels.row_adagrad`: at least ``rows``
-    int32 entries, kept between calls (4 bytes a row of the largest partition, per worker:
-    :data:`~bigembed.scheduler.memory.SLOT_BYTES`)."""
-    slot = getattr(_scratch, "slot", None)
+    int32 entries on ``device`` (default: the CPU), kept between calls (4 bytes a row of the
+    largest partition, per worker: :data:`~bigembed.scheduler.memory.SLOT_BYTES`)."""
+    device = torch.device("cpu") if device is None else device
+    slots = getattr(_scratch, "slots", None)
+    if slots is None:
+        slots = _scratch.slots = {}
+    slot = slots.get(device)
     if slot is None or slot.shape[0] < rows:
-        slot = _scratch.slot = torch.empty(rows, dtype=torch.int32)
+        slot = slots[device] = torch.empty(rows, dtype=torch.int32, device=device)
     return slot
 
 
@@ -58,8 +62,8 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     grads = [grad] if isinstance(grad, Tensor) else merge_adjacent(grad)
     if not indices:
         return
-    slots = row_slots(table.shape[0])
-    lib = native.library()
+    slots = row_slots(table.shape[0], table.device)
+    lib = native.library() if table.is_cpu else None
     if (lib is not None and table.dtype == state.dtype == torch.float32 and state.dim() == 1
             and table.is_contiguous() and state.is_contiguous() and all(g.dtype == torch.float32 for g in grads)):
         flat = indices[0] if len(indices) == 1 else torch.cat(indices)
@@ -85,7 +89,7 @@ def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, ma
         state.add_(grad.pow(2).mean(1))
         table.addcdiv_(grad, state.sqrt().add_(EPS).unsqueeze(1), value=-lr)
     if max_norm > 0:
-        fused_clip_rows_(table, torch.arange(table.shape[0]), max_norm)
+        fused_clip_rows_(table, torch.arange(table.shape[0], device=table.device), max_norm)
 
 
 def dense_adagrad_(param: Tensor, state: Tensor, grad: Tensor, lr: float) -> None:

@@ -217,7 +217,7 @@ def gather(table: Tensor, idx: Tensor) -> Tensor:
 def gather_into(out: Tensor, table: Tensor, idx: Tensor) -> None:
     """``out[:] = table[idx]`` for a 1-d ``idx``; widens a half-precision ``table``. Float32 rows
     go through the C gather where it is built (:mod:`bigembed.trainer.native`), which prefetches."""
-    lib = native.library()
+    lib = native.library() if table.is_cpu else None
     if (lib is not None and table.dtype == out.dtype == torch.float32 and idx.dtype == torch.int64
             and table.is_contiguous() and out.is_contiguous() and idx.is_contiguous()):
         native.gather(lib, out, table, idx)
@@ -275,8 +275,8 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
                 # over them (one fused kernel instead of masking it out and adding it back).
                 losses.append(torch.nn.functional.cross_entropy(neg, idx[s : s + step], reduction="none"))
                 continue
-            rows = torch.arange(neg.shape[0])
-            neg = neg.index_put((rows, idx[s : s + step]), torch.tensor(NEG_INF))
+            rows = torch.arange(neg.shape[0], device=neg.device)
+            neg = neg.index_put((rows, idx[s : s + step]), torch.tensor(NEG_INF, device=neg.device))
             losses.append(model.loss(pos[s : s + step], neg))
         return torch.cat(losses)
     B, d = pos_query.shape
@@ -293,7 +293,7 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
             parts.insert(0, own[start:end].view(n_chunks, count, d))
         neg = comp.negative(q, candidates(torch.cat(parts, 1)))
         if batch_negatives:
-            neg = neg.masked_fill(in_chunk_mask(count, neg.shape[-1]), NEG_INF)
+            neg = neg.masked_fill(in_chunk_mask(count, neg.shape[-1], neg.device), NEG_INF)
         out.append(model.loss(pos[start:end].view(n_chunks, count), neg).reshape(-1))
     return torch.cat(out)
 
@@ -337,7 +337,7 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
     L = gather(lhs.emb, lhs_idx).requires_grad_()
     R = gather(rhs.emb, rhs_idx).requires_grad_()
     query = spec.operator.apply(L, edge_params)
-    w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
+    w = torch.full((B,), spec.weight, device=L.device) if weights is None else weights * spec.weight
     loss = L.new_zeros(())
     sides: list[tuple[bool, Negatives]] = []
     for corrupt_lhs in (False, True):

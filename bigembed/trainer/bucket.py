@@ -15,6 +15,7 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer.batch import Model, mixes_with_params
+from bigembed.trainer.device import resolve_device
 from bigembed.trainer.fused import ranking_kernel, reset_kernel_choice
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
@@ -122,12 +123,16 @@ class BucketTrainer:
         self.num_relations = len(model.specs) // 2 if reciprocal else len(model.specs)
         self.mixed_params = not mixes_relations(model) and mixes_with_params(model)
         forward = [s for s in model.specs if not s.inverse]
+        self.device = resolve_device(config.device)
         # each relation's entity type per side, for degree pools (None: one pair of types)
         self.side_types = None if one_type_pair(model.specs) else {
-            "lhs": torch.tensor([s.lhs_type for s in forward]), "rhs": torch.tensor([s.rhs_type for s in forward])}
+            side: torch.tensor([getattr(s, f"{side}_type") for s in forward], device=self.device)
+            for side in ("lhs", "rhs")}
         # All-negatives batches update every row of a partition: Hogwild threads would
-        # only collide, so one worker uses all cores through intra-op parallelism.
-        self.workers = 1 if any(spec.all_negatives for spec in model.specs) else resolve_workers(config)
+        # only collide, so one worker uses all cores through intra-op parallelism. A GPU
+        # runs each kernel in parallel already: one worker drives it.
+        single = any(spec.all_negatives for spec in model.specs) or self.device.type != "cpu"
+        self.workers = 1 if single else resolve_workers(config)
         ranking_kernel()  # a wrong $BIGEMBED_RANKING_KERNEL stops the run here, not in a worker
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
@@ -140,7 +145,7 @@ class BucketTrainer:
                     rhs: PartitionState, relations: RelationState, seed: int,
                     extras: Sequence[PartitionState] | None = None) -> float:
         """Train ``batches``: ``(relation, start, stop)`` spans of the shuffled ``slab``."""
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)  # negatives are drawn where they are used
         reset_kernel_choice()
         degree = self.config.degree_fraction > 0
         total = 0.0
@@ -184,9 +189,10 @@ class BucketTrainer:
             for relation, pos in planned:
                 batches.append((relation, at, at + pos.shape[0]))
                 at += pos.shape[0]
-            slab = Slab(_read_in_order(edges.lhs, s, e, order), _read_in_order(edges.rhs, s, e, order),
-                        rel.index_select(0, order),
-                        None if edges.weight is None else _read_in_order(edges.weight, s, e, order))
+            dev = self.device  # the slab is what is streamed to a GPU
+            slab = Slab(_read_in_order(edges.lhs, s, e, order).to(dev), _read_in_order(edges.rhs, s, e, order).to(dev),
+                        rel.index_select(0, order).to(dev),
+                        None if edges.weight is None else _read_in_order(edges.weight, s, e, order).to(dev))
             del rel
             edges.drop_pages()  # the slab is a copy; keep resident memory flat in the bucket's size
             base = int(torch.randint(2**62, (1,), generator=generator))

@@ -105,7 +105,8 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     B, d = lhs_idx.shape[0], lhs.emb.shape[1]
     chunk = min(config.chunk_size, B)
     n_chunks = -(-B // chunk)
-    w = torch.full((B,), spec.weight) if weights is None else weights * spec.weight
+    dev = lhs.emb.device
+    w = torch.full((B,), spec.weight, device=dev) if weights is None else weights * spec.weight
     corrupted = [side for side in (False, True) if spec.sides != ("rhs" if side else "lhs")]
     negs = {side: sample_sources(spec, lhs, rhs, extras, side, pools, config, n_chunks, generator, gather_rows=False)
             for side in corrupted}
@@ -116,11 +117,11 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
             and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
         return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs)
     # the batch's rows gathered side by side, so both sides' products run as one
-    X = torch.empty(2, B, d)
+    X = torch.empty(2, B, d, device=dev)
     gather_into(X[0], lhs.emb, lhs_idx)
     gather_into(X[1], rhs.emb, rhs_idx)
     L, R = X[0].requires_grad_(), X[1].requires_grad_()
-    Y = torch.empty(len(corrupted), n_chunks, config.negatives, d)
+    Y = torch.empty(len(corrupted), n_chunks, config.negatives, d, device=dev)
     for k, side in enumerate(corrupted):
         sources = negs[side].sources
         if len(sources) == 1:
@@ -163,7 +164,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
         outputs, out_grads = [Xp, Yp], [dX, dY]
         if reg is not None:
             outputs.append(reg)
-            out_grads.append(torch.ones(()))
+            out_grads.append(torch.ones((), device=dev))
             total = total + reg.detach()
         grads = torch.autograd.grad(outputs, leaves, out_grads, allow_unused=True)
         by_id = {id(t): g for t, g in zip(leaves, grads, strict=True) if g is not None}
@@ -190,12 +191,12 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
     z_idx = torch.cat([rhs_idx.view(-1, chunk), nr.idx], 1).view(-1)
     ml_idx = ml.idx.reshape(-1)
     nz = z_idx.shape[0]
-    W = torch.empty(nz + B + ml_idx.shape[0], d)
+    W = torch.empty(nz + B + ml_idx.shape[0], d, device=lhs.emb.device)
     gather_into(W[:nz], rhs.emb, z_idx)
     gather_into(W[nz : nz + B], lhs.emb, lhs_idx)
     gather_into(W[nz + B :], ml.state.emb, ml_idx)
     mode = getattr(_choice, "mode", "auto")
-    lib = native.library() if model.loss.kind == LOSS_RANKING and mode != "dense" else None
+    lib = native.library() if model.loss.kind == LOSS_RANKING and mode != "dense" and W.is_cpu else None
     dense_left = getattr(_choice, "dense_left", 0)
     with torch.no_grad():
         if lib is not None and dense_left == 0:

@@ -104,7 +104,7 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     rem = B - full * chunk
     total = X.new_zeros(())
     # both gradients in one buffer, dX then dY, so that Adagrad reads them as one piece
-    out = torch.empty(X.numel() + Y.numel())
+    out = torch.empty(X.numel() + Y.numel(), device=X.device)
     dX = out[: X.numel()].view(X.shape)
     dY = out[X.numel() :].view(Y.shape)
     if U == 0:  # without sampled rows a group may be skipped
@@ -156,8 +156,8 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
             part, dpos, grads = loss_grads(kind, margin, pos, blocks, w, 1 if in_batch else 0)
         total += part
         whole = n * c == B  # one group: write the gradients straight into dX and dY
-        dq = torch.empty(0)
-        dr = torch.empty(0)
+        dq = torch.empty(0, device=X.device)
+        dr = torch.empty(0, device=X.device)
         have_q = False
         have_r = False
         if U > 0:
@@ -290,7 +290,7 @@ def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor
         g = grads[0]
     else:
         g = grads[0].clone()
-    positions = torch.arange(m, dtype=torch.int32)
+    positions = torch.arange(m, dtype=torch.int32, device=flat.device)
     slot.scatter_(0, flat, positions)
     owner = slot.index_select(0, flat)  # every position's representative
     repeat = owner != positions

@@ -9,10 +9,11 @@ from torch import Tensor
 
 
 def sample_uniform(num_rows: int, num_chunks: int, per_chunk: int, generator: torch.Generator) -> Tensor:
-    """(num_chunks, per_chunk) int64 row indices drawn uniformly from ``[0, num_rows)``."""
+    """(num_chunks, per_chunk) int64 row indices drawn uniformly from ``[0, num_rows)``, on
+    ``generator``'s device."""
     if per_chunk == 0 or num_rows == 0:
-        return torch.empty(num_chunks, 0, dtype=torch.long)
-    return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator)
+        return torch.empty(num_chunks, 0, dtype=torch.long, device=generator.device)
+    return torch.randint(num_rows, (num_chunks, per_chunk), generator=generator, device=generator.device)
 
 
 def degree_count(per_chunk: int, degree_fraction: float, pool: Tensor | None) -> int:
@@ -50,17 +51,17 @@ def sample_negatives(num_rows: int, num_chunks: int, per_chunk: int, degree_frac
     if not k:
         return uniform
     assert pool is not None
-    picks = pool[torch.randint(pool.shape[0], (num_chunks, k), generator=generator)]
+    picks = pool[torch.randint(pool.shape[0], (num_chunks, k), generator=generator, device=generator.device)]
     return torch.cat([picks.long(), uniform], 1)
 
 
 @lru_cache(maxsize=64)
-def in_chunk_mask(chunk: int, total: int) -> Tensor:
+def in_chunk_mask(chunk: int, total: int, device: torch.device | None = None) -> Tensor:
     """(chunk, total) bool: True where candidate ``j < chunk`` is the edge's own positive (j == i).
 
-    Cached (it depends only on the sizes); callers must not modify it.
+    Cached (it depends only on the sizes and device); callers must not modify it.
     """
-    mask = torch.zeros(chunk, total, dtype=torch.bool)
-    idx = torch.arange(chunk)
+    mask = torch.zeros(chunk, total, dtype=torch.bool, device=device)
+    idx = torch.arange(chunk, device=device)
     mask[idx, idx] = True
     return mask
