@@ -1,6 +1,8 @@
 """Shard files: the direct chunk reader agrees with zarr, fills left-out chunks, and
 refuses a damaged shard."""
 
+import threading
+
 import numpy as np
 import pytest
 import zarr
@@ -129,3 +131,29 @@ def test_a_read_goes_into_the_array_given_when_it_fits(tmp_path):
                   np.zeros((8, table.shape[0]), np.float32).T):  # short, another dtype, not contiguous
         got = read_shard(tmp_path / "t.zarr", checksum, table.shape, out=wrong)
         assert got is not wrong and np.array_equal(got, table) and not wrong.any()
+
+
+def test_a_large_shard_is_hashed_beside_its_write_with_the_same_checksum(tmp_path, monkeypatch):
+    """Above CHUNK_BYTES the hash runs on a thread while the chunks are written: the checksum
+    returned is the array's all the same (fresh write and in-place rewrite), and a failing hash
+    is not swallowed."""
+    from bigembed.storage import shards
+
+    rows = CHUNK_BYTES // (4 * 16) + 3  # just over one chunk's bytes
+    array = np.random.default_rng(0).standard_normal((rows, 16), dtype=np.float32)
+    threads = []
+    real = shards.array_checksum
+    monkeypatch.setattr(shards, "array_checksum", lambda a: threads.append(threading.current_thread()) or real(a))
+    assert write_shard(tmp_path / "s.zarr", array) == real(array)
+    array *= 2
+    assert shards.overwrite_shard(tmp_path / "s.zarr", array) == (True, real(array))
+    assert len(threads) == 2 and all(t is not threading.main_thread() for t in threads)
+    assert write_shard(tmp_path / "small.zarr", array[:3]) == real(array[:3])  # small: hashed inline
+    assert threads[-1] is threading.main_thread()
+
+    def broken(_a):
+        raise MemoryError("no memory for the hash")
+
+    monkeypatch.setattr(shards, "array_checksum", broken)
+    with pytest.raises(MemoryError, match="no memory for the hash"):
+        write_shard(tmp_path / "t.zarr", array)
