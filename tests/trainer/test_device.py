@@ -62,3 +62,63 @@ def test_deterministic_training_is_refused_on_a_gpu(monkeypatch):
         device_module.training_device(config.training)
     config = load_config(overrides={"training.device": "cuda"})
     assert device_module.training_device(config.training) == torch.device("cuda", 0)
+
+
+FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.randint, torch.randn, torch.rand,
+             torch.tensor, torch.randperm, torch.eye, torch.linspace}
+
+
+class _FactoryWatch(torch.overrides.TorchFunctionMode):
+    """Records every tensor made from scratch without naming its device: on a GPU such a tensor
+    would land on the CPU and meet the GPU's in the next operation."""
+
+    def __init__(self):
+        super().__init__()
+        self.unnamed = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and "device" not in kwargs:
+            import traceback
+
+            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "torch" not in f.filename)
+            self.unnamed.append(f"{func.__name__} at {caller.filename}:{caller.lineno}")
+        return func(*args, **kwargs)
+
+
+STEP_KINDS = [
+    {},
+    {"model.loss": "logistic"},
+    {"model.loss": "softmax"},
+    {"model.comparator": "cos"},
+    {"model.operator": "translation"},
+    {"model.operator": "complex_diagonal", "model.loss": "softmax"},
+    {"model.regularizer": "n3", "model.regularization": 0.01},
+    {"model.comparator": "l2"},
+    {"training.fused_step": False},
+    {"training.all_negatives": True},
+    {"training.all_negatives": True, "model.loss": "softmax"},
+    {"model.max_norm": 1.0},
+    {"training.degree_fraction": 0.5},
+]
+
+
+@pytest.mark.parametrize("overrides", STEP_KINDS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_the_step_makes_every_tensor_on_the_device_of_its_inputs(overrides, monkeypatch):
+    """What a GPU run would trip over, checked on the CPU: with the C kernels off (as on a
+    GPU), no tensor the step creates from scratch is left to the default device."""
+    from bigembed.trainer.step import train_batch
+    from tests.trainer.test_fused import _setup
+
+    monkeypatch.setenv("BIGEMBED_NATIVE", "0")
+    config, model, lhs, rhs, relations = _setup({"model.margin": 0.5, "training.chunk_size": 3,
+                                                 "training.negatives": 4, **overrides})
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    pools = (lhs_idx, rhs_idx) if config.training.degree_fraction else None
+    gen = torch.Generator().manual_seed(0)
+    before = lhs.emb.clone()
+    with _FactoryWatch() as watch:
+        for _ in range(2):
+            train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen, pools)
+    assert watch.unnamed == []
+    assert not torch.equal(before, lhs.emb)  # the watched steps did train
