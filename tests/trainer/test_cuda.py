@@ -16,7 +16,7 @@ from bigembed.trainer import batch as batch_module
 from bigembed.trainer.step import train_batch
 from bigembed.training import train
 from tests.conftest import import_files
-from tests.trainer.test_fused import _setup
+from tests.trainer.test_device import STEP_KINDS, step_inputs, step_kind_id
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,38 +27,19 @@ def _fixed_negatives(num_rows, num_chunks, per_chunk, degree_fraction, pool, gen
     return idx.to(generator.device)
 
 
-CASES = [
-    {},  # dot + ranking: the wide layout (the C kernel on the CPU, TorchScript on the GPU)
-    {"model.loss": "logistic"},
-    {"model.loss": "softmax"},
-    {"model.comparator": "cos"},
-    {"model.operator": "translation"},
-    {"model.operator": "complex_diagonal", "model.loss": "softmax"},
-    {"model.regularizer": "n3", "model.regularization": 0.01},
-    {"model.comparator": "l2"},  # autograd
-    {"training.fused_step": False},
-    {"training.all_negatives": True},
-    {"model.max_norm": 1.0},
-    {"training.optimizer": "adagrad"},
-]
-
-
-@pytest.mark.parametrize("overrides", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("overrides", STEP_KINDS, ids=step_kind_id)
 def test_a_step_on_the_gpu_equals_the_step_on_the_cpu(overrides, monkeypatch):
     monkeypatch.setattr(batch_module, "sample_negatives", _fixed_negatives)
-    config, model, lhs, rhs, relations = _setup({"model.margin": 0.5, "training.chunk_size": 3,
-                                                 "training.negatives": 4, **overrides})
-    if config.training.optimizer == "adagrad":
-        lhs.adagrad, rhs.adagrad = torch.zeros_like(lhs.emb), torch.zeros_like(rhs.emb)
-    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    config, model, lhs, rhs, relations, lhs_idx, rhs_idx, pools = step_inputs(overrides)
     ends = []
     for device in ("cpu", "cuda"):
         left = PartitionState(lhs.emb.clone().to(device), lhs.adagrad.clone().to(device))
         right = PartitionState(rhs.emb.clone().to(device), rhs.adagrad.clone().to(device))
         rels = RelationState(model.specs, relations.params.clone().to(device), relations.adagrad.clone().to(device))
         gen = torch.Generator(device=device).manual_seed(0)
+        on = None if pools is None else tuple(t.to(device) for t in pools)
         losses = [train_batch(model, left, right, rels, 0, lhs_idx.to(device), rhs_idx.to(device), None,
-                              config.training, gen) for _ in range(3)]
+                              config.training, gen, on) for _ in range(3)]
         assert left.emb.device.type == device
         ends.append((losses, [t.cpu() for t in (left.emb, right.emb, left.adagrad, right.adagrad, rels.params)]))
     (cpu_losses, cpu_tensors), (gpu_losses, gpu_tensors) = ends

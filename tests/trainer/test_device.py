@@ -86,35 +86,50 @@ class _FactoryWatch(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-STEP_KINDS = [
-    {},
+STEP_KINDS = [  # every kind of step: losses, comparators, operators, regulariser, autograd, ...
+    {},  # dot + ranking: the wide layout (the C kernel on the CPU, TorchScript elsewhere)
     {"model.loss": "logistic"},
     {"model.loss": "softmax"},
     {"model.comparator": "cos"},
     {"model.operator": "translation"},
     {"model.operator": "complex_diagonal", "model.loss": "softmax"},
     {"model.regularizer": "n3", "model.regularization": 0.01},
-    {"model.comparator": "l2"},
+    {"model.comparator": "l2"},  # autograd
     {"training.fused_step": False},
     {"training.all_negatives": True},
     {"training.all_negatives": True, "model.loss": "softmax"},
     {"model.max_norm": 1.0},
+    {"training.optimizer": "adagrad"},
     {"training.degree_fraction": 0.5},
 ]
 
 
-@pytest.mark.parametrize("overrides", STEP_KINDS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def step_kind_id(overrides: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+
+
+def step_inputs(overrides: dict):
+    """A small batch for a step of one of STEP_KINDS: (config, model, lhs, rhs, relations,
+    lhs_idx, rhs_idx, pools)."""
+    from tests.trainer.test_fused import _setup
+
+    config, model, lhs, rhs, relations = _setup({"model.margin": 0.5, "training.chunk_size": 3,
+                                                 "training.negatives": 4, **overrides})
+    if config.training.optimizer == "adagrad":  # one accumulator per coordinate
+        lhs.adagrad, rhs.adagrad = torch.zeros_like(lhs.emb), torch.zeros_like(rhs.emb)
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    pools = (lhs_idx, rhs_idx) if config.training.degree_fraction else None
+    return config, model, lhs, rhs, relations, lhs_idx, rhs_idx, pools
+
+
+@pytest.mark.parametrize("overrides", STEP_KINDS, ids=step_kind_id)
 def test_the_step_makes_every_tensor_on_the_device_of_its_inputs(overrides, monkeypatch):
     """What a GPU run would trip over, checked on the CPU: with the C kernels off (as on a
     GPU), no tensor the step creates from scratch is left to the default device."""
     from bigembed.trainer.step import train_batch
-    from tests.trainer.test_fused import _setup
 
     monkeypatch.setenv("BIGEMBED_NATIVE", "0")
-    config, model, lhs, rhs, relations = _setup({"model.margin": 0.5, "training.chunk_size": 3,
-                                                 "training.negatives": 4, **overrides})
-    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
-    pools = (lhs_idx, rhs_idx) if config.training.degree_fraction else None
+    config, model, lhs, rhs, relations, lhs_idx, rhs_idx, pools = step_inputs(overrides)
     gen = torch.Generator().manual_seed(0)
     before = lhs.emb.clone()
     with _FactoryWatch() as watch:

@@ -91,28 +91,38 @@ def test_without_a_working_compiler_or_when_turned_off_training_uses_the_dense_s
     assert native.library() is None
 
 
+def _count_kernels(monkeypatch) -> tuple[list, list]:
+    """Count the calls of the two ranking kernels: (sparse C kernel, dense products)."""
+    calls, dense = [], []
+    real, real_dense = native.wide_ranking, fused.fused_wide_score_gradients
+    monkeypatch.setattr(native, "wide_ranking", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(fused, "fused_wide_score_gradients", lambda *a: dense.append(1) or real_dense(*a))
+    return calls, dense
+
+
+def _fresh_ranking_step():
+    """A function training one ranking-loss batch on fresh embeddings (most hinges active)."""
+    config, model, lhs, rhs, relations = _setup({
+        "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
+        "training.negatives": 4})
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
+    gen = torch.Generator().manual_seed(1)
+    return lambda: train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+
+
 def test_a_batch_with_many_active_hinges_sends_the_next_ones_to_the_dense_products(monkeypatch):
     """Fresh embeddings: most hinges are active, the sparse kernel is slower there, so after one
     such batch the worker takes the dense products for ``DENSE_SPELL`` batches, then tries again;
     and a new run over a slab starts from the sparse kernel."""
     _lib()
-    calls = []
-    real = native.wide_ranking
-    monkeypatch.setattr(native, "wide_ranking", lambda *a: calls.append(1) or real(*a))
-    dense = []
-    real_dense = fused.fused_wide_score_gradients
-    monkeypatch.setattr(fused, "fused_wide_score_gradients", lambda *a: dense.append(1) or real_dense(*a))
-    config, model, lhs, rhs, relations = _setup({
-        "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
-        "training.negatives": 4})
+    calls, dense = _count_kernels(monkeypatch)
+    step = _fresh_ranking_step()
     fused.reset_kernel_choice()
-    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
-    gen = torch.Generator().manual_seed(1)
     for _ in range(fused.DENSE_SPELL + 2):
-        train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+        step()
     assert len(calls) == 2 and len(dense) == fused.DENSE_SPELL
     fused.reset_kernel_choice()
-    train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+    step()
     assert len(calls) == 3
 
 
@@ -121,19 +131,12 @@ def test_the_ranking_kernel_can_be_pinned(mode, sparse_calls, dense_calls, monke
     """``BIGEMBED_RANKING_KERNEL=sparse`` keeps the C kernel however many hinges are active;
     ``dense`` never calls it."""
     _lib()
-    calls, dense = [], []
-    real, real_dense = native.wide_ranking, fused.fused_wide_score_gradients
-    monkeypatch.setattr(native, "wide_ranking", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(fused, "fused_wide_score_gradients", lambda *a: dense.append(1) or real_dense(*a))
+    calls, dense = _count_kernels(monkeypatch)
+    step = _fresh_ranking_step()
     monkeypatch.setenv("BIGEMBED_RANKING_KERNEL", mode)
-    config, model, lhs, rhs, relations = _setup({
-        "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
-        "training.negatives": 4})
     fused.reset_kernel_choice()
-    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(6):  # fresh embeddings: most hinges active, auto would leave the C kernel
-        train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
+    for _ in range(6):  # auto would leave the C kernel after the first of these
+        step()
     monkeypatch.delenv("BIGEMBED_RANKING_KERNEL")
     fused.reset_kernel_choice()  # the next test on this thread chooses as usual
     assert (len(calls), len(dense)) == (sparse_calls, dense_calls)
