@@ -36,7 +36,6 @@ def resolve_device(name: str) -> torch.device:
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
-
 def training_device(config: TrainingConfig) -> torch.device:
     """:func:`resolve_device` of ``training.device``, refusing settings the GPU cannot honour:
     ``training.deterministic`` promises bit-identical resumes, and a GPU's scatter-adds sum in
