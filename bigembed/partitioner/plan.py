@@ -1,9 +1,13 @@
-"""Pass 1 of an import: dictionaries, partition assignment, sizes (no writing)."""
+"""Pass 1 of an import: dictionaries, partition assignment, sizes (no writing).
+
+With ``ids="int"`` the plan holds arrays of (largest id + 1) rows, so one huge id
+is refused in one line before they are allocated (:func:`check_dense_rows`).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,9 +15,12 @@ import numpy as np
 
 from bigembed.config import Config
 from bigembed.errors import ConfigError, InputFormatError
-from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, read_chunks
+from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, SkippedLines, read_chunks
 
 DEFAULT_RELATION = "edge"
+# Bytes plan_import holds at its peak per row of an int-id plan (measured with tracemalloc): the arange (8),
+# rank % P as int32 (4), rank // P (8), the offsets (8), then partition_of (4) and offset_of (8) as copies.
+DENSE_ROW_BYTES = 40
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class ImportSpec:
     memory: int | None = None  # choose num_partitions for this training memory budget (bytes)...
     memory_dim: int = 100  # ...at this embedding dimension
     memory_dtype: str = "float32"  # ...stored at this precision (training.storage_dtype)
+    header: bool | None = None  # line 1 of each file: True skip, False an edge, None refuse it if header-like
+    comment: str = "#"  # lines starting with this are skipped ("": no comment lines)
+    plan_memory: int | None = None  # bytes pass 1 may allocate for int ids (None: the memory available now)
 
     @property
     def type_names(self) -> list[str]:
@@ -104,6 +114,7 @@ class PartitionPlan:
     offset_of: np.ndarray
     type_counts: list[list[int]]
     edges_per_split: dict[str, int]
+    skipped: SkippedLines = field(default_factory=SkippedLines)
 
     @property
     def num_entities(self) -> int:
@@ -129,9 +140,11 @@ class PartitionPlan:
         if len(self.type_names) > 1:
             totals = [int(self.type_starts[t + 1] - self.type_starts[t]) for t in range(len(self.type_names))]
             types = " of types " + ", ".join(f"{n}={c}" for n, c in zip(self.type_names, totals))
+        skipped = self.skipped.describe()
         return (
             f"{self.num_entities} nodes ({self.spec.ids} ids){types} in {self.spec.num_partitions} "
             f"partitions [{sizes}], {len(self.relation_index)} relations, edges: {splits}"
+            + (f"; {skipped}" if skipped else "")
         )
 
 
@@ -159,17 +172,29 @@ def add_names(index: dict[str, int], names: list[str]) -> None:
     index.update(zip(new, range(len(index), len(index) + len(new))))
 
 
+def read_source(spec: ImportSpec, path: Path, skipped: SkippedLines | None = None) -> Iterator[EdgeChunk]:
+    """The chunks of one source file, read as ``spec`` says (both passes read through here)."""
+    return read_chunks(path, spec.columns, spec.delimiter, spec.chunk_size, header=spec.header,
+                       comment=spec.comment, skipped=skipped)
+
+
 def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarray:
     try:
         ids = np.array(tokens, dtype=np.int64)
     except (ValueError, OverflowError):
         for i, tok in enumerate(tokens):
             try:
-                int(tok)
+                value = int(tok)
             except ValueError:
                 raise InputFormatError(
                     f"{path}:{chunk.line_of(i)}: node id {tok!r} is not an integer "
                     "(drop --ids int to use string ids)"
+                ) from None
+            if not 0 <= value < 2**63:
+                what = "is negative" if value < 0 else "is too large"
+                raise InputFormatError(
+                    f"{path}:{chunk.line_of(i)}: node id {tok!r} {what} for --ids int "
+                    "(use --ids string, or renumber the ids to 0..N-1)"
                 ) from None
         raise InputFormatError(f"{path}:{chunk.first_line}: integer node id out of range in this chunk") from None
     if ids.size and ids.min() < 0:
@@ -178,6 +203,41 @@ def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarra
             f"{path}:{chunk.line_of(bad)}: negative node id {tokens[bad]!r} (--ids int needs ids >= 0)"
         )
     return ids
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give this process (MemAvailable, capped by a cgroup v2 limit),
+    or None where that cannot be told."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as handle:
+            found += [int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_dense_rows(rows: int, largest: tuple[int, Path, int], limit: int | None) -> None:
+    """Refuse an int-id plan of ``rows`` rows whose arrays would not fit in ``limit`` bytes.
+
+    ``largest`` is (the largest id, its file, its line), named in the error.
+    """
+    need = rows * DENSE_ROW_BYTES
+    if limit is None or need <= limit:
+        return
+    from bigembed.scheduler.memory import human
+
+    value, path, line = largest
+    raise InputFormatError(
+        f"{path}:{line}: node id {value} makes --ids int plan {rows:,} rows (every id from 0 up), which needs "
+        f"{human(need)} but {human(limit)} is available; use --ids string, or renumber the ids to 0..N-1"
+    )
 
 
 def chunk_types(spec: ImportSpec, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -219,11 +279,14 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
     node_index: list[dict[str, int]] = [{} for _ in range(T)]
     relation_index: dict[str, int] = {}
     max_id = [-1] * T
+    largest: tuple[int, Path, int] = (-1, Path(), 0)  # (id, file, line) of the largest int id
+    limit = (spec.plan_memory if spec.plan_memory is not None else available_memory()) if spec.ids == "int" else None
     edges_per_split: dict[str, int] = {}
+    skipped = SkippedLines()
     for source in spec.sources:
         count = 0
         offset = 0
-        for chunk in read_chunks(source.path, spec.columns, spec.delimiter, spec.chunk_size):
+        for chunk in read_source(spec, source.path, skipped):
             lt, rt = chunk_types(spec, chunk, source.path)
             if spec.ids == "int":
                 for tokens, types in ((chunk.lhs, lt), (chunk.rhs, rt)):
@@ -232,6 +295,10 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
                         sel = ids[types == t] if T > 1 else ids
                         if sel.size:
                             max_id[t] = max(max_id[t], int(sel.max()))
+                    top = int(ids.argmax())
+                    if ids[top] > largest[0]:
+                        largest = (int(ids[top]), source.path, chunk.line_of(top))
+                check_dense_rows(sum(m + 1 for m in max_id), largest, limit)
             elif T == 1:
                 add_first_seen(node_index[0], chunk.lhs, chunk.rhs)
             else:
@@ -290,6 +357,7 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
         offset_of=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
         type_counts=type_counts,
         edges_per_split=edges_per_split,
+        skipped=skipped,
     )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from bigembed.errors import InputFormatError
-from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, chunk_types, source_record
-from bigembed.partitioner.reader import EdgeChunk, read_chunks
+from bigembed.partitioner.plan import PartitionPlan, Progress, _parse_int_ids, chunk_types, read_source, source_record
+from bigembed.partitioner.reader import EdgeChunk
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DATA_FORMAT, DATA_FORMAT_VERSION
 from bigembed.storage.edges import Bucket, EdgeArrays, append_edges, bucket_dir
@@ -140,8 +140,7 @@ def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
         bucket_counts: dict[str, dict[str, int]] = {}
         for source in plan.spec.sources:
             counts = bucket_counts.setdefault(source.split, {})
-            for chunk in read_chunks(source.path, plan.spec.columns, plan.spec.delimiter,
-                                     plan.spec.chunk_size):
+            for chunk in read_source(plan.spec, source.path):
                 lhs, rhs, rel = _chunk_to_global(plan, chunk, source.path)
                 _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts, parse_weights(chunk, source.path))
                 if progress:
