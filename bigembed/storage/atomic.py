@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bigembed.errors import BigembedError
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -66,17 +71,51 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may exist on this machine (another user's, or one that cannot be
+    asked about, counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(out: Path, what: str) -> list[Path]:
+    """Remove the temp folders ``.OUT.WHAT-PID`` beside ``out`` left by killed runs; returns them.
+
+    A folder whose PID is still alive (another run writing now, or a reused PID) is left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(what)}-([0-9]+)")
+    removed = []
+    for entry in out.parent.glob(glob.escape(f".{out.name}.{what}-") + "*"):
+        match = pattern.fullmatch(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if pid <= 0 or pid == os.getpid() or pid_alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed %s, left by an interrupted %s (process %d is gone)", entry, what, pid)
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_output_dir(out: Path, what: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``out``; on success fsync it and rename it to ``out``.
 
     On any failure the temp folder is removed, so ``out`` is either the complete
     new output, the old one untouched, or absent. ``what`` names the job in errors.
+    Temp folders of earlier runs for ``out`` that were killed (their PID is gone) are removed first.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out, what)
     tmp = out.with_name(f".{out.name}.{what}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

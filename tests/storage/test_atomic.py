@@ -36,3 +36,26 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path):
     with atomic_output_dir(out, "export", overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_stale_temp_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its PID no longer names a process
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "out"
+        stale, running = tmp_path / f".out.export-{dead.pid}", tmp_path / f".out.export-{live.pid}"
+        other_job, other_out = tmp_path / f".out.import-{dead.pid}", tmp_path / f".other.export-{dead.pid}"
+        for folder in (stale, running, other_job, other_out):
+            (folder / "part").mkdir(parents=True)
+        with atomic_output_dir(out, "export") as tmp:
+            (tmp / "a.txt").write_text("x")
+        assert not stale.exists()
+        assert running.exists() and other_job.exists() and other_out.exists()
+        assert (out / "a.txt").read_text() == "x"
+    finally:
+        live.kill()
+        live.wait()
