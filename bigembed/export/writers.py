@@ -103,14 +103,32 @@ def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, o
         np.save(out / "relation_params.npy", read_shard_of(run, manifest, RELATION_PARAMS_KEY))
 
 
+def _write_h5_file(path: Path, fill: Callable[[h5py.File], None]) -> None:
+    """An HDF5 file built in memory by ``fill`` and then written by Python.
+
+    HDF5 never writes to the disk itself: when one of its writes fails (a full disk), closing
+    the dataset fails too, and HDF5 closes it again in its exit handler, which crashes the
+    interpreter (exit 139) after the error was reported. Python's write fails with a plain
+    ``OSError`` instead. Costs one more copy of a partition's rows in memory."""
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        fill(f)
+    with open(path, "wb") as handle:
+        handle.write(image.getbuffer())
+
+
 def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
     v = manifest.version
     for t, etype in enumerate(data.entity_types):
         for p in range(data.num_partitions):
             emb = _type_rows(run, manifest, data, t, p)
-            with h5py.File(out / f"embeddings_{etype.name}_{p}.v{v}.h5", "w") as f:
+
+            def fill_embeddings(f: h5py.File, emb: np.ndarray = emb) -> None:
                 f.attrs["format_version"] = 1
                 f.create_dataset("embeddings", data=emb)
+
+            _write_h5_file(out / f"embeddings_{etype.name}_{p}.v{v}.h5", fill_embeddings)
+            del emb, fill_embeddings
             names: list[str] = []
             for chunk in partition_names(data, p, t):
                 names.extend(chunk)
@@ -118,11 +136,14 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
             (out / f"entity_count_{etype.name}_{p}.txt").write_text(f"{len(names)}\n")
             if progress:
                 progress(len(names))
-    with h5py.File(out / f"model.v{v}.h5", "w") as f:
+
+    def fill_model(f: h5py.File) -> None:
         f.attrs["format_version"] = 1
         if RELATION_PARAMS_KEY in manifest.shards:
             f.create_dataset("model/relations/params", data=read_shard_of(run, manifest, RELATION_PARAMS_KEY))
         f.attrs["relations"] = json.dumps(data.relations)
+
+    _write_h5_file(out / f"model.v{v}.h5", fill_model)
     (out / "checkpoint_version.txt").write_text(f"{v}\n")
 
 

@@ -1,0 +1,66 @@
+"""Export on a full disk: a one-line error, exit 1, nothing left behind, in every format."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bigembed.cli.main import cli
+from tests.conftest import write_tiny_graph
+
+FILE_LIMIT = 1000  # bytes: smaller than any format's first file of the tiny run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    write_tiny_graph(root / "train.tsv", seed=3, edges=300)
+    for args in (["import", root / "train.tsv", "-o", root / "data", "-p", "2", "--no-progress"],
+                 ["train", root / "data", "-o", root / "run", "--dim", "8", "--epochs", "1", "--no-progress"]):
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+    return root / "run"
+
+
+def _full_disk() -> None:
+    """In the child: writes past FILE_LIMIT bytes fail with EFBIG, as on a full disk."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5"])
+def test_export_on_a_full_disk_is_a_one_line_error_and_leaves_nothing(run_dir, tmp_path, fmt):
+    """HDF5 writing to the disk itself crashed the interpreter at exit (139) after the error."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "bigembed.cli.main", "export", str(run_dir), "-o", str(out),
+                           "--format", fmt, "--no-progress"],
+                          capture_output=True, text=True, preexec_fn=_full_disk, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert "export failed while writing" in lines[0] and "nothing was kept" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor its temp folder
+
+
+def test_h5_export_without_a_limit_still_writes_readable_files(run_dir, tmp_path):
+    import h5py
+    import numpy as np
+
+    from bigembed.checkpoint import emb_key, read_current, read_manifest, read_shard_of
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["export", str(run_dir), "-o", str(out), "--format", "h5", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    manifest = read_manifest(run_dir, read_current(run_dir))
+    for p in range(2):
+        with h5py.File(out / f"embeddings_node_{p}.v{manifest.version}.h5", "r") as f:
+            assert f.attrs["format_version"] == 1
+            assert np.array_equal(f["embeddings"][...], read_shard_of(run_dir, manifest, emb_key("node", p)))
+    with h5py.File(out / f"model.v{manifest.version}.h5", "r") as f:
+        assert f.attrs["format_version"] == 1 and "r0" in f.attrs["relations"]
