@@ -206,8 +206,8 @@ def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarra
 
 
 def available_memory() -> int | None:
-    """Bytes the machine can still give this process (MemAvailable, capped by a cgroup v2 limit),
-    or None where that cannot be told."""
+    """Bytes the machine can still give this process (MemAvailable, capped by a cgroup v2 limit;
+    physical memory where there is no /proc), or None where that cannot be told."""
     found: list[int] = []
     try:
         with open("/proc/meminfo") as handle:
@@ -220,6 +220,11 @@ def available_memory() -> int | None:
             found.append(int(limit))
     except (OSError, ValueError):
         pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
     return min(found) if found else None
 
 
