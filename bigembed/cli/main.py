@@ -64,6 +64,11 @@ def cli() -> None:
               help="Column roles in order: lhs, rel, rhs, weight (float per edge), _ to skip; 'lhs,rhs': one relation.")
 @click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
               help="'int': node ids are dense integers 0..N-1 and no dictionary is built.")
+@click.option("--header/--no-header", default=None,
+              help="Line 1 of every file is a header to skip (--header) or an edge (--no-header). "
+                   "Unsaid, a line 1 of column names only (lhs, rhs, source, ...) is refused.")
+@click.option("--comment", default="#", show_default=True,
+              help="Lines starting with this are skipped (and counted); '' to read them as edges.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the partition assignment.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="Config whose [entities.NAME] and [relations.NAME] lhs/rhs give the entity types "
@@ -78,9 +83,10 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
 def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, splits: tuple[str, ...],
-               delimiter: str, columns: str, ids: str, seed: int, config_file: Path | None, memory: str | None,
-               memory_dim: int, memory_dtype: str, overwrite: bool, progress: bool) -> None:
-    """Import edge files (TSV/CSV, optionally gzipped) into a partitioned DATA directory.
+               delimiter: str, columns: str, ids: str, header: bool | None, comment: str, seed: int,
+               config_file: Path | None, memory: str | None, memory_dim: int, memory_dtype: str, overwrite: bool,
+               progress: bool) -> None:
+    """Import edge files (TSV/CSV, optionally gzip/xz/bzip2) into a partitioned DATA directory.
 
     EDGES are the training edges; --split NAME=FILE adds evaluation splits. With
     --config, each relation's lhs and rhs nodes get the entity types its
@@ -109,7 +115,7 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
     schema = None if config_file is None else Schema.from_config(load_config(config_file), str(config_file))
     spec = ImportSpec(sources=sources, num_partitions=partitions or 1, columns=ColumnSpec.parse(columns),
                       delimiter=delimiter, ids=ids, seed=seed, schema=schema, memory=budget, memory_dim=memory_dim,
-                      memory_dtype=memory_dtype)
+                      memory_dtype=memory_dtype, header=header, comment=comment)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
