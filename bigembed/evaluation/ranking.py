@@ -27,7 +27,7 @@ from torch import Tensor
 
 from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, read_embeddings, read_shard_of
 from bigembed.config import Config
-from bigembed.evaluation.metrics import RankAccumulator
+from bigembed.evaluation.metrics import RankAccumulator, combine_directions
 from bigembed.evaluation.scoring import Direction, direction
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.edges import Bucket, read_edges
@@ -213,20 +213,31 @@ def rank_split(data: DataManifest, split: str, load: PartitionLoader, model: Mod
         ranks = 1.0 + block.greater + 0.5 * block.ties
         others = data.entity_types[block.target].total - 1  # candidates besides the true answer
         auc = (others - block.greater - 0.5 * block.ties) / max(1, others)
-        results[block.side][block.relation].add(ranks, auc)
+        results[block.side][block.relation].add(ranks, auc, block.nonfinite)
     return _report(results, data, split, filtered, per_relation)
 
 
 class _Block:
-    """A block of queries of one relation and direction, with its running counts."""
+    """A block of queries of one relation and direction, with its running counts.
+
+    A true answer whose score is not finite loses to every candidate that is not filtered out,
+    and a candidate scoring NaN beats the true answer; ``nonfinite`` counts such scores."""
 
     def __init__(self, side: str, relation: int, target: int, d: Direction, q: np.ndarray,
                  excluded: np.ndarray, part: np.ndarray) -> None:
         self.side, self.relation, self.target, self.d = side, relation, target, d
-        self.q, self.excluded, self.part = q, excluded, part
         nq = d.queries.shape[0]
+        # a known answer listed twice (an edge in two splits) is excluded once
+        width = int(excluded.max()) + 1 if len(excluded) else 1
+        _, first = np.unique(q * width + excluded, return_index=True)
+        self.q, self.excluded, self.part = q[first], excluded[first], part[first]
         self.greater = torch.zeros(nq, dtype=torch.float64)
         self.ties = torch.zeros(nq, dtype=torch.float64)
+        true = d.true_scores
+        self.lost = ~torch.isfinite(true)
+        self.nonfinite = int(self.lost.sum())
+        # below every candidate's score (all made +inf) and above the filtered ones' (-inf)
+        self.true = torch.where(self.lost, torch.finfo(true.dtype).min, true).unsqueeze(1)
 
     def count(self, model: Model, emb: Tensor, p: int, offsets: np.ndarray, rows: tuple[int, int]) -> None:
         """Add the candidates of partition ``p`` (``emb``) scoring above / equal to each true
@@ -234,15 +245,22 @@ class _Block:
         sel = self.part == p
         ex_q = torch.from_numpy(self.q[sel])
         ex_c = torch.from_numpy(self.excluded[sel] - offsets[p])
-        true = self.d.true_scores.unsqueeze(1)
+        lost = bool(self.lost.any())
         step = max(1, SCORE_ELEMENTS // max(1, self.d.queries.shape[0]))
         for c0 in range(rows[0], rows[1], step):
             c1 = min(rows[1], c0 + step)
             scores = self.d.scores(model, emb[c0:c1])
             inside = (ex_c >= c0) & (ex_c < c1)
-            scores[ex_q[inside], ex_c[inside] - c0] = float("-inf")
-            self.greater += (scores > true).sum(1)
-            self.ties += (scores == true).sum(1)
+            ex_rows, ex_cols = ex_q[inside], ex_c[inside] - c0
+            bad = ~torch.isfinite(scores)
+            if bad.any():  # rare: the usual path pays one pass over the scores
+                self.nonfinite += int(bad.sum()) - int(bad[ex_rows, ex_cols].sum())
+                scores.masked_fill_(scores.isnan(), float("inf"))
+            if lost:
+                scores[self.lost] = float("inf")
+            scores[ex_rows, ex_cols] = float("-inf")
+            self.greater += (scores > self.true).sum(1)
+            self.ties += (scores == self.true).sum(1)
 
 
 def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, split: str,
@@ -259,8 +277,7 @@ def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, 
         "protocol": ("filtered" if filtered else "raw") + (
             " full ranking against every node of the answer's entity type" if data.typed
             else f" full ranking against all {data.num_entities} nodes"),
-        "count": rhs["count"],
-        **{k: (rhs[k] + lhs[k]) / 2 for k in rhs if k != "count"},
+        **combine_directions(rhs, lhs),
         "rhs": rhs,
         "lhs": lhs,
     }
@@ -269,7 +286,5 @@ def _report(results: dict[str, dict[int, RankAccumulator]], data: DataManifest, 
         for r, name in enumerate(data.relations):
             if r in results["rhs"]:
                 a, b = results["rhs"][r].summary(), results["lhs"][r].summary()
-                out["relations"][name] = {"count": a["count"],
-                                          **{k: (a[k] + b[k]) / 2 for k in a if k != "count"},
-                                          "rhs": a, "lhs": b}
+                out["relations"][name] = {**combine_directions(a, b), "rhs": a, "lhs": b}
     return out

@@ -57,4 +57,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     ]
     for name, m in metrics.get("relations", {}).items():
         lines.append(f"  {name} ({m['count']} edges): {_line(m)}")
+    if metrics.get("nonfinite_scores", 0) > 0:
+        lines.append(f"warning: {metrics['nonfinite_scores']} scores were NaN or infinite (the model has "
+                     "diverged?); each such true answer was ranked last, and a NaN candidate above its answer")
     return "\n".join(lines)

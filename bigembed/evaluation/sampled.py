@@ -17,7 +17,7 @@ import torch
 
 from bigembed.checkpoint import VersionManifest, read_embeddings
 from bigembed.config import Config
-from bigembed.evaluation.metrics import RankAccumulator, ranks_against
+from bigembed.evaluation.metrics import RankAccumulator, combine_directions, count_nonfinite, ranks_against
 from bigembed.evaluation.ranking import load_checkpoint_model
 from bigembed.evaluation.scoring import direction
 from bigembed.storage.data_manifest import DataManifest
@@ -63,11 +63,11 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
                             spec.lhs_type if predict_lhs else spec.rhs_type]
                         cands = table[torch.randint(lo, hi, (negatives,), generator=generator)]
                         d = direction(model, relations, relation, H, T, predict_lhs, config.model.reciprocal)
-                        acc.add(*ranks_against(d.true_scores, d.scores(model, cands)))
+                        neg = d.scores(model, cands)
+                        acc.add(*ranks_against(d.true_scores, neg), count_nonfinite(d.true_scores, neg))
                     if progress:
                         progress(int(pos.numel()))
     rhs, lhs = rhs_acc.summary(), lhs_acc.summary()
-    both = {k: (rhs[k] + lhs[k]) / 2 for k in rhs if k != "count"}
     return {
         "split": split,
         "protocol": f"sampled: {negatives} uniform negatives per edge and side from the true node's partition "
@@ -76,8 +76,7 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
         "negatives": negatives,
         "version": manifest.version,
         "epochs_done": manifest.position.epoch,
-        "count": rhs["count"],
-        **both,
+        **combine_directions(rhs, lhs),
         "rhs": rhs,
         "lhs": lhs,
     }
