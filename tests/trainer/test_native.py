@@ -1,7 +1,12 @@
 """The C kernel for the ranking loss's sparse gradients: same numbers as the dense kernel, built
 once into its cache, and training goes on without it when it cannot be built."""
 
+import ctypes
+import hashlib
+import json
 import logging
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,8 +80,80 @@ def test_the_library_is_built_once_into_its_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
     first = native.library()
     assert first is not None and first is native.library()
-    built = list((tmp_path / "cache").iterdir())
-    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary file left beside it
+    built = sorted((tmp_path / "cache").iterdir())
+    # the library and the record of its sha256; no temporary file left beside them
+    assert [p.suffix for p in built] == [".json", ".so"] and built[0].stem == built[1].stem
+    assert json.loads(built[0].read_text())["sha256"] == hashlib.sha256(built[1].read_bytes()).hexdigest()
+    assert not built[1].stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _loads(monkeypatch) -> list[tuple[str, str]]:
+    """Record (path, sha256 of its bytes) of each library the native module loads."""
+    loaded: list[tuple[str, str]] = []
+    real = ctypes.CDLL
+
+    def load(path: str) -> ctypes.CDLL:
+        loaded.append((path, hashlib.sha256(Path(path).read_bytes()).hexdigest()))
+        return real(path)
+
+    monkeypatch.setattr(native.ctypes, "CDLL", load)
+    monkeypatch.setattr(native, "_loaded", {})
+    return loaded
+
+
+def _cached_build(cache: Path) -> tuple[Path, str]:
+    """Build the library into ``cache`` as ``library()`` would, without loading it; its path and
+    recorded sha256."""
+    cc = native._compiler()
+    assert cc is not None
+    path = cache / f"native-{native._build_key(cc)}.so"
+    return path, native._build(cc, path)
+
+
+def test_a_tampered_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch, caplog):
+    _lib()
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    path, good = _cached_build(tmp_path / "cache")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    tampered = hashlib.sha256(bytes(data)).hexdigest()
+    loaded = _loads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="bigembed.trainer.native"):
+        lib = native.library()
+    assert lib is not None and lib.bigembed_native_abi() == native.ABI
+    assert loaded == [(str(path), good)] and good != tampered
+    assert "differs from the" in caplog.text and "rebuilding" in caplog.text
+
+
+@pytest.mark.parametrize("what", ["library", "record"])
+def test_a_group_writable_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch, caplog, what):
+    _lib()
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    path, good = _cached_build(tmp_path / "cache")
+    writable = path if what == "library" else path.with_suffix(".json")
+    writable.chmod(0o775)
+    loaded = _loads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="bigembed.trainer.native"):
+        assert native.library() is not None
+    assert "writable by its group" in caplog.text and "rebuilding" in caplog.text
+    assert loaded == [(str(path), good)]
+    assert not (path.stat().st_mode | path.with_suffix(".json").stat().st_mode) & stat.S_IWGRP  # fresh files
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path, monkeypatch, caplog):
+    _lib()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(cache))
+    loaded = _loads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="bigembed.trainer.native"):
+        lib = native.library()
+    assert lib is not None and lib.bigembed_native_abi() == native.ABI
+    assert "writable by its group or by others" in caplog.text and "private temporary folder" in caplog.text
+    assert len(loaded) == 1 and not loaded[0][0].startswith(str(cache))
+    assert list(cache.iterdir()) == [] and not Path(loaded[0][0]).exists()  # nothing kept anywhere
 
 
 def test_without_a_working_compiler_or_when_turned_off_training_uses_the_dense_step(tmp_path, monkeypatch, caplog):
