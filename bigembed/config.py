@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 import typing
@@ -329,14 +330,19 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 pass
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if typ is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # every range check is false for NaN: refuse it here
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if typ is str:
         if isinstance(value, str):
             return value

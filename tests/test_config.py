@@ -60,3 +60,18 @@ def test_schema_help_lists_every_section_and_key():
     text = schema_help()
     for needle in ("[model]", "[training]", "[checkpoint]", "dim (int, default 100)", "interval_seconds"):
         assert needle in text
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
+@pytest.mark.parametrize("key", ["training.lr", "model.margin", "checkpoint.interval_seconds", "model.init_scale"])
+def test_non_finite_floats_are_refused(key, value):
+    # every range check is false for NaN, so NaN used to pass as a learning rate
+    with pytest.raises(ConfigError, match=f"{key}: must be a finite number"):
+        load_config(overrides={key: value})
+
+
+def test_non_finite_floats_in_a_toml_file_are_refused(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text("[training]\nlr = nan\n")
+    with pytest.raises(ConfigError, match="training.lr: must be a finite number"):
+        load_config(path)
