@@ -19,7 +19,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -35,10 +35,15 @@ _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 @dataclass
 class Position:
-    """Where training stands: the next bucket to train is ``bucket`` of ``epoch`` (0-based)."""
+    """Where training stands: the next bucket to train is ``bucket`` of ``epoch`` (0-based),
+    from its slab ``slab`` (0-based; > 0 when a commit fell inside the bucket)."""
 
     epoch: int = 0
     bucket: int = 0
+    slab: int = 0
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.epoch, self.bucket, self.slab)
 
 
 @dataclass
@@ -56,7 +61,8 @@ class VersionManifest:
             "version": self.version,
             "parent": self.parent,
             "shards": self.shards,
-            "position": {"epoch": self.position.epoch, "bucket": self.position.bucket},
+            "position": {"epoch": self.position.epoch, "bucket": self.position.bucket,
+                         "slab": self.position.slab},
             **self.extra,
         }
 
@@ -72,15 +78,37 @@ class VersionManifest:
         try:
             pos = raw["position"]
             known = {"format", "format_version", "version", "parent", "shards", "position"}
-            return cls(
+            manifest = cls(
                 version=int(raw["version"]),
                 parent=None if raw["parent"] is None else int(raw["parent"]),
-                shards=dict(raw["shards"]),
-                position=Position(int(pos["epoch"]), int(pos["bucket"])),
+                shards={str(k): _check_shard_entry(path, str(k), v) for k, v in dict(raw["shards"]).items()},
+                position=Position(int(pos["epoch"]), int(pos["bucket"]), int(pos.get("slab", 0))),
                 extra={k: v for k, v in raw.items() if k not in known},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: manifest has a missing or malformed field ({exc})") from None
+        if min(manifest.position.as_tuple()) < 0 or manifest.version < 0:
+            raise CheckpointError(f"{path}: impossible training position {manifest.position.as_tuple()} "
+                                  "(epoch, bucket, slab) or version: the manifest is damaged")
+        return manifest
+
+
+def _check_shard_entry(path: Path, key: str, entry: Any) -> dict[str, Any]:
+    """A manifest's shard entry, checked: a relative path that stays inside the RUN (no ``..``,
+    not absolute), a sha256 and a shape of non-negative integers."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"shard {key!r} is not an object")
+    where = entry["path"]
+    parts = PurePosixPath(where).parts if isinstance(where, str) else ()
+    if not parts or where.startswith(("/", "\\")) or ".." in parts or "\\" in where or ":" in parts[0]:
+        raise CheckpointError(f"{path}: shard {key!r} has path {where!r}, which leaves the RUN directory; "
+                              "refusing to read it (the manifest is damaged or was tampered with)")
+    checksum, shape = entry["sha256"], entry["shape"]
+    if checksum is not None and not (isinstance(checksum, str) and re.fullmatch(r"[0-9a-f]{64}", checksum)):
+        raise ValueError(f"shard {key!r} has a malformed sha256")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"shard {key!r} has a malformed shape {shape!r}")
+    return entry
 
 
 def version_dir(run_dir: Path, version: int) -> Path:
@@ -98,9 +126,17 @@ def read_current(run_dir: Path) -> int | None:
     """The committed version named by ``CURRENT``, or None when there is none."""
     path = Path(run_dir) / "CURRENT"
     try:
-        text = path.read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a file naming a version like 'v3'") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text, expected a version like 'v3'") from None
     m = _VERSION_DIR.match(text)
     if not m:
         raise CheckpointError(f"{path}: expected a version like 'v3', got {text[:40]!r}")
@@ -113,16 +149,32 @@ def read_manifest(run_dir: Path, version: int) -> VersionManifest:
         raw = read_json(path, "checkpoint manifest")
     except BigembedError as exc:
         raise CheckpointError(str(exc)) from None
-    return VersionManifest.from_json(path, raw)
+    manifest = VersionManifest.from_json(path, raw)
+    if manifest.version != version:
+        raise CheckpointError(f"{path}: manifest says version {manifest.version}, but it is in v{version}'s folder")
+    return manifest
 
 
-def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str, out: np.ndarray | None = None) -> np.ndarray:
-    """Read and verify one shard listed in ``manifest`` (into ``out`` where it fits)."""
+def shard_location(run_dir: Path, manifest: VersionManifest, key: str) -> Path:
+    """Where shard ``key`` of ``manifest`` lives, refusing a path that resolves outside the RUN
+    (through a symbolic link, say): a manifest never sends a reader elsewhere."""
     try:
         entry = manifest.shards[key]
     except KeyError:
         raise CheckpointError(f"v{manifest.version}: manifest lists no shard {key!r}") from None
-    return read_shard(Path(run_dir) / entry["path"], entry["sha256"], tuple(entry["shape"]), out)
+    root = Path(run_dir).resolve()
+    where = (root / entry["path"]).resolve()
+    if not where.is_relative_to(root):
+        raise CheckpointError(f"v{manifest.version}: shard {key!r} at {entry['path']!r} resolves to {where}, "
+                              f"outside the RUN {root}; refusing to read it")
+    return Path(run_dir) / entry["path"]
+
+
+def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Read and verify one shard listed in ``manifest`` (into ``out`` where it fits)."""
+    where = shard_location(run_dir, manifest, key)
+    entry = manifest.shards[key]
+    return read_shard(where, entry["sha256"], tuple(entry["shape"]), out)
 
 
 def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
@@ -131,40 +183,66 @@ def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
         read_shard_of(run_dir, manifest, key)
 
 
-def load_good_version(run_dir: Path, warn: Callable[[str], None]) -> VersionManifest:
-    """The newest committed version whose shards all verify, falling back along parents."""
-    current = read_current(run_dir)
-    if current is None:
-        raise CheckpointError(f"{run_dir}/CURRENT: missing; this RUN has no committed checkpoint")
-    version: int | None = current
-    first_error: CheckpointError | None = None
-    while version is not None:
-        trying: int = version
+def committed_versions(run_dir: Path) -> list[int]:
+    """Versions whose folder holds a manifest (complete commits, or damaged ones), oldest first."""
+    return [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").is_file()]
+
+
+def load_good_version(run_dir: Path, warn: Callable[[str], None],
+                      check: Callable[[VersionManifest], None] | None = None) -> VersionManifest:
+    """The version to resume from: ``CURRENT``'s if its manifest and every shard verify (and
+    ``check(manifest)`` passes), else the newest version that does, saying why.
+
+    When ``CURRENT`` is readable, versions newer than it were never committed and are not
+    considered; when it is missing, unreadable or names a version that is gone, every
+    version is. Nothing is deleted here.
+    """
+    problems: list[str] = []
+    try:
+        current = read_current(run_dir)
+    except CheckpointError as exc:
+        current = None
+        problems.append(str(exc))
+    versions = sorted(committed_versions(run_dir), reverse=True)
+    if current is None and not problems:
+        problems.append(f"{Path(run_dir) / 'CURRENT'}: missing")
+    elif current is not None and current in versions:
+        versions = [current] + [v for v in versions if v < current]
+    elif current is not None:
+        problems.append(f"{Path(run_dir) / 'CURRENT'}: names v{current}, which does not exist")
+    for trying in versions:
         try:
             manifest = read_manifest(run_dir, trying)
+            if check is not None:
+                check(manifest)
             verify_version(run_dir, manifest)
-            if first_error is not None:
-                warn(f"warning: {first_error}; falling back to v{trying}")
-            return manifest
         except CheckpointError as exc:
-            first_error = first_error or exc
-            try:
-                version = read_manifest(run_dir, trying).parent
-            except CheckpointError:  # manifest itself unreadable: try the next older folder
-                older = [v for v in list_versions(run_dir) if v < trying]
-                version = older[-1] if older else None
-    assert first_error is not None
-    raise CheckpointError(f"{first_error} (and no earlier version is intact)")
+            problems.append(str(exc))
+            continue
+        if problems:
+            warn(f"warning: {problems[0]}; falling back to v{trying}, "
+                 "the newest version whose manifest and shards verify")
+        return manifest
+    if not problems:
+        raise CheckpointError(f"{run_dir}: no committed checkpoint")
+    raise CheckpointError(f"{problems[0]} (and no other version is intact)")
 
 
 def remove_uncommitted(run_dir: Path) -> None:
-    """Delete version folders newer than ``CURRENT``: leftovers of an interrupted commit."""
-    current = read_current(run_dir)
+    """Delete what an interrupted commit leaves: version folders without a manifest (staged,
+    never committed) and hidden temp entries. A folder with a manifest is left alone."""
     for v in list_versions(run_dir):
-        if current is None or v > current:
-            shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
+        folder = version_dir(run_dir, v)
+        if not (folder / "manifest.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
     for tmp in (Path(run_dir) / "checkpoints").glob(".*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def next_version(run_dir: Path) -> int:
+    """The number of the next version: past every folder there is, so a number is never
+    reused (a reader that pinned ``v7`` never meets another ``v7``)."""
+    return max(list_versions(run_dir), default=-1) + 1
 
 
 class VersionWriter:
@@ -238,7 +316,7 @@ class VersionWriter:
             version=self.version,
             parent=self.base.version if self.base else None,
             shards=shards,
-            position=Position(position.epoch, position.bucket),
+            position=Position(position.epoch, position.bucket, position.slab),
             extra=extra,
         )
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -251,34 +329,38 @@ class VersionWriter:
 
 
 def collect_garbage(run_dir: Path, current: VersionManifest, keep: int, pinned: tuple[int, ...] = ()) -> list[int]:
-    """Delete versions not among the newest ``keep`` of ``current``'s parent chain nor ``pinned``.
+    """Delete versions not among the newest ``keep`` of ``current``'s parent chain, nor
+    ``pinned``, nor pinned by a running reader (:mod:`bigembed.checkpoint.pins`).
 
     A folder survives while any kept manifest references a shard inside it.
     Returns the versions deleted.
     """
-    kept: list[VersionManifest] = [current]
-    while len(kept) < keep and kept[-1].parent is not None:
-        try:
-            kept.append(read_manifest(run_dir, kept[-1].parent))
-        except CheckpointError:
-            break
-    for v in pinned:
-        if v != current.version:
+    from bigembed.checkpoint.pins import gc_lock, live_pins
+
+    with gc_lock(run_dir):
+        kept: list[VersionManifest] = [current]
+        while len(kept) < keep and kept[-1].parent is not None:
             try:
-                kept.append(read_manifest(run_dir, v))
+                kept.append(read_manifest(run_dir, kept[-1].parent))
             except CheckpointError:
-                pass
-    needed = {m.version for m in kept}
-    for m in kept:
-        for entry in m.shards.values():
-            match = re.match(r"checkpoints/v(\d+)/", entry["path"])
-            if match:
-                needed.add(int(match.group(1)))
-    deleted = []
-    for v in list_versions(run_dir):
-        if v < current.version and v not in needed:
-            shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
-            deleted.append(v)
+                break
+        for v in set(pinned) | live_pins(run_dir):
+            if v != current.version:
+                try:
+                    kept.append(read_manifest(run_dir, v))
+                except CheckpointError:
+                    pass
+        needed = {m.version for m in kept}
+        for m in kept:
+            for entry in m.shards.values():
+                match = re.match(r"checkpoints/v(\d+)/", entry["path"])
+                if match:
+                    needed.add(int(match.group(1)))
+        deleted = []
+        for v in list_versions(run_dir):
+            if v < current.version and v not in needed:
+                shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
+                deleted.append(v)
     return deleted
 
 

@@ -202,19 +202,19 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, p
              seed: int, json_out: Path | None, progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
     from bigembed.evaluation import evaluate_full, evaluate_sampled
-    from bigembed.evaluation.report import format_metrics, open_run_checkpoint
+    from bigembed.evaluation.report import format_metrics, opened_checkpoint
     from bigembed.storage.atomic import atomic_write_json
 
-    manifest, dm, config = open_run_checkpoint(run, data, which)
-    dm.require_split(split)
-    if protocol == "sampled":
-        with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
-            metrics = evaluate_sampled(run, manifest, dm, config, split, negatives, seed, bar.update)
-    else:
-        total = 2 * dm.num_edges(split) * dm.num_partitions
-        with _counter(f"eval {split}", "query", total, progress) as bar:
-            metrics = evaluate_full(run, manifest, dm, config, split, protocol == "filtered", per_relation,
-                                    bar.update)
+    with opened_checkpoint(run, data, which) as (manifest, dm, config):  # pinned while it is read
+        dm.require_split(split)
+        if protocol == "sampled":
+            with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
+                metrics = evaluate_sampled(run, manifest, dm, config, split, negatives, seed, bar.update)
+        else:
+            total = 2 * dm.num_edges(split) * dm.num_partitions
+            with _counter(f"eval {split}", "query", total, progress) as bar:
+                metrics = evaluate_full(run, manifest, dm, config, split, protocol == "filtered", per_relation,
+                                        bar.update)
     if json_out is not None and str(json_out) == "-":
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -235,19 +235,19 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, p
 @click.option("--progress/--no-progress", default=True)
 def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
-    from bigembed.evaluation.report import open_run_checkpoint
+    from bigembed.evaluation.report import opened_checkpoint
     from bigembed.export import export_run
     from bigembed.trainer import Model
 
-    manifest, dm, config = open_run_checkpoint(run, data, which)
-    layout: list[dict[str, object]] = [
-        {"index": i, "name": s.name, "operator": s.operator_name, "offset": s.offset,
-         "shape": list(s.shape) if s.shape else None,
-         "lhs": dm.type_names[s.lhs_type], "rhs": dm.type_names[s.rhs_type]}
-        for i, s in enumerate(Model.for_data(config, dm).specs)
-    ]
-    with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
-        export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)
+    with opened_checkpoint(run, data, which) as (manifest, dm, config):  # pinned while it is read
+        layout: list[dict[str, object]] = [
+            {"index": i, "name": s.name, "operator": s.operator_name, "offset": s.offset,
+             "shape": list(s.shape) if s.shape else None,
+             "lhs": dm.type_names[s.lhs_type], "rhs": dm.type_names[s.rhs_type]}
+            for i, s in enumerate(Model.for_data(config, dm).specs)
+        ]
+        with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
+            export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)
     _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
 
 

@@ -2,43 +2,71 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from bigembed.checkpoint import VersionManifest, read_current, read_manifest
+from bigembed.checkpoint.pins import pin_version
 from bigembed.checkpoint.run import check_same_data, read_evals, read_run_config
+from bigembed.checkpoint.versions import committed_versions
 from bigembed.config import Config, build_config, flatten
-from bigembed.errors import BigembedError
+from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 
 
-def resolve_version(run: Path, which: str = "last") -> VersionManifest:
+def _which_version(run: Path, which: str) -> int:
     """``which``: ``last`` (CURRENT), ``best`` (best on the validation split) or ``vN``/``N``."""
     if which == "last":
-        version = read_current(run)
+        try:
+            version = read_current(run)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; `bigembed train` repairs it, or pass --version vN "
+                                  f"(committed: {_listing(run)})") from None
         if version is None:
-            raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint")
-    elif which == "best":
+            raise BigembedError(f"{run}/CURRENT: missing; this RUN has no committed checkpoint "
+                                f"(committed: {_listing(run)})")
+        return version
+    if which == "best":
         best = read_evals(run).get("best")
         if not best:
             raise BigembedError(f"{run}: no validation results (train with training.eval_every > 0 to have a best)")
-        version = int(best["version"])
-    else:
-        try:
-            version = int(which.removeprefix("v"))
-        except ValueError:
-            raise BigembedError(f"--version {which!r}: expected last, best, or a version such as v3") from None
-    return read_manifest(run, version)
+        return int(best["version"])
+    try:
+        return int(which.removeprefix("v"))
+    except ValueError:
+        raise BigembedError(f"--version {which!r}: expected last, best, or a version such as v3") from None
 
 
-def open_run_checkpoint(run: Path, data: Path | None, which: str = "last"
-                        ) -> tuple[VersionManifest, DataManifest, Config]:
-    """A committed version of RUN, the DATA (default: the one RUN was trained on; checked to be
-    the RUN's) and the RUN's config."""
+def _listing(run: Path) -> str:
+    return ", ".join(f"v{v}" for v in committed_versions(run)) or "none"
+
+
+def resolve_version(run: Path, which: str = "last") -> VersionManifest:
+    """The manifest of version ``which`` of ``run`` (see :func:`_which_version`), unpinned."""
+    return read_manifest(run, _which_version(run, which))
+
+
+@contextmanager
+def opened_checkpoint(run: Path, data: Path | None, which: str = "last"
+                      ) -> Iterator[tuple[VersionManifest, DataManifest, Config]]:
+    """A committed version of RUN, pinned against garbage collection while the block reads it
+    (a trainer may be committing beside the reader), the DATA (default: the one RUN was
+    trained on; checked to be the RUN's) and the RUN's config."""
     saved = read_run_config(run)
     dm = read_data_manifest(data if data is not None else Path(saved["data"]["path"]))
     check_same_data(run, saved, dm)
-    return resolve_version(run, which), dm, build_config(flatten(saved["config"]))
+    with ExitStack() as stack:
+        for attempt in range(3):  # "last" may move on between reading CURRENT and pinning it
+            version = _which_version(run, which)
+            try:
+                stack.enter_context(pin_version(run, version))
+                break
+            except CheckpointError:
+                if which != "last" or attempt == 2:
+                    raise
+        yield read_manifest(run, version), dm, build_config(flatten(saved["config"]))
 
 
 def _line(m: dict[str, Any]) -> str:

@@ -83,7 +83,8 @@ def write_shard(path: Path, array: np.ndarray, durable: bool = True, checksum: b
             dtype=array.dtype,
             compressors=None,
             overwrite=True,
-            attributes={"bigembed_dtype": "bfloat16"} if array.dtype == BFLOAT16_BITS else None,
+            attributes={"bigembed_all_chunks": True,
+                        **({"bigembed_dtype": "bfloat16"} if array.dtype == BFLOAT16_BITS else {})},
         )
         if _raw_chunks(z):
             _write_raw(tmp, z, array)
@@ -187,13 +188,16 @@ def _read_raw(path: Path, z: zarr.Array, out: np.ndarray | None = None) -> np.nd
             and out.flags.c_contiguous and out.flags.writeable)
     array = out if fits and out is not None else np.empty(z.shape, dtype=z.dtype)
     step = z.chunks[0]
+    every_chunk = bool(z.attrs.get("bigembed_all_chunks", False))
     for i, start in enumerate(range(0, z.shape[0], step)):
         rows = array[start : start + step]
         target = rows.reshape(-1).view(np.uint8).data  # a writable memoryview of the rows
         try:
             f = open(path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)), "rb")
-        except FileNotFoundError:  # zarr leaves out a chunk that is all fill value
-            rows.fill(z.fill_value)
+        except FileNotFoundError:
+            if every_chunk:  # :func:`_write_raw` wrote it: its absence is damage (or a deleted
+                raise  # version), never rows of the fill value
+            rows.fill(z.fill_value)  # zarr itself leaves out a chunk that is all fill value
             continue
         with f:
             if f.readinto(target) != target.nbytes:
