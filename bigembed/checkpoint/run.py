@@ -50,6 +50,7 @@ def data_fingerprint(data: DataManifest) -> dict[str, Any]:
         "entity_counts": data.entity_counts,
         "relations": data.relations,
         "relation_types": [[data.type_names[a], data.type_names[b]] for a, b in data.relation_types],
+        "fingerprint": data.fingerprint,
     }
 
 
@@ -96,6 +97,29 @@ def check_same_data(run_dir: Path, saved: dict[str, Any], data: DataManifest) ->
                 f"{run_dir}: was trained on {want['path']}, whose {key} differ from {got['path']}'s; "
                 "use the same DATA or a new RUN directory"
             )
+    _check_fingerprints(run_dir, want, got)
+
+
+def _check_fingerprints(run_dir: Path, want: dict[str, Any], got: dict[str, Any]) -> None:
+    """Refuse a DATA whose node dictionary, partitioning or edges differ from those the RUN
+    was trained on, even when every count agrees (the same files imported with another
+    ``--seed``, other names of the same shape, a re-import over the same path). RUNs or
+    DATA from before fingerprints are not checked."""
+    old, new = want.get("fingerprint"), got.get("fingerprint")
+    if not old or not new:
+        return
+    if old["nodes"] != new["nodes"]:
+        raise ConfigConflictError(
+            f"{run_dir}: was trained on DATA {want['path']} (nodes {old['nodes'][:12]}), but {got['path']} has "
+            f"other nodes or partitioning (nodes {new['nodes'][:12]}): it was imported again from other files "
+            "or with another --seed or -p; rows would get other nodes' names. Use the DATA the RUN was "
+            "trained on, or train a new RUN")
+    for split, digest in sorted(old.get("splits", {}).items()):
+        other = new.get("splits", {}).get(split)
+        if other is not None and other != digest:
+            raise ConfigConflictError(
+                f"{run_dir}: was trained on DATA {want['path']} whose {split!r} edges (fingerprint {digest[:12]}) "
+                f"differ from {got['path']}'s ({other[:12]}); use the DATA the RUN was trained on, or train a new RUN")
 
 
 def config_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:

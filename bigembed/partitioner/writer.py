@@ -6,7 +6,9 @@ when complete, so a failed or interrupted import leaves no half-written DATA.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,21 +95,39 @@ def _append_chunk(plan: PartitionPlan, root: Path, split: str, lhs: np.ndarray, 
         counts[bucket.key] = counts.get(bucket.key, 0) + int(sizes[b])
 
 
-def _write_names(plan: PartitionPlan, root: Path) -> None:
-    """Names per (entity type, partition), in row order."""
+def _write_names(plan: PartitionPlan, root: Path) -> str:
+    """Names per (entity type, partition), in row order; returns the node fingerprint: a
+    sha256 of every type's names partition by partition in row order (with int ids, of the
+    counts: row k of partition p is id k * P + p), so another --seed, other names or another
+    number of partitions gives another fingerprint."""
+    digest = hashlib.sha256(f"{plan.spec.ids}\0{plan.spec.num_partitions}\0".encode())
     for t, entity in enumerate(plan.type_names):
+        digest.update(f"type\0{entity}\0{plan.type_counts[t]}\0".encode())
         if plan.node_index is None:  # int ids: row k of the type in partition p is id k * P + p
             for p in range(plan.spec.num_partitions):
                 names_dir(root, entity, p).mkdir(parents=True, exist_ok=True)
             continue
         all_names = list(plan.node_index[t])
         for p, members in enumerate(plan.members_by_partition(t)):
-            write_names(names_dir(root, entity, p), [all_names[i] for i in members.tolist()])
+            names = [all_names[i] for i in members.tolist()]
+            digest.update(f"partition\0{p}\0{len(names)}\0".encode())
+            for start in range(0, len(names), 65536):
+                digest.update("\n".join(names[start : start + 65536]).encode() + b"\n")
+            write_names(names_dir(root, entity, p), names)
+    return digest.hexdigest()
 
 
-def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]]) -> dict[str, object]:
+def _hash_edges(digest: Any, lhs: np.ndarray, rhs: np.ndarray, rel: np.ndarray, weight: np.ndarray | None) -> None:
+    """Add a chunk of a split's edges (global node numbers, in input order) to its fingerprint."""
+    for column in (lhs, rhs, rel) if weight is None else (lhs, rhs, rel, weight):
+        digest.update(np.ascontiguousarray(column).data)
+
+
+def _manifest(plan: PartitionPlan, bucket_counts: dict[str, dict[str, int]],
+              fingerprint: dict[str, object]) -> dict[str, object]:
     spec = plan.spec
     return {
+        "fingerprint": fingerprint,
         "format": DATA_FORMAT,
         "format_version": DATA_FORMAT_VERSION,
         "entities": {
@@ -138,15 +158,21 @@ def write_plan(plan: PartitionPlan, out: Path, overwrite: bool = False,
     """Pass 2: write DATA at ``out``; returns the manifest written."""
     with atomic_output_dir(out, "import", overwrite) as tmp:
         bucket_counts: dict[str, dict[str, int]] = {}
+        edge_digests: dict[str, Any] = {}
         for source in plan.spec.sources:
             counts = bucket_counts.setdefault(source.split, {})
+            digest = edge_digests.setdefault(source.split, hashlib.sha256())
             for chunk in read_source(plan.spec, source.path):
                 lhs, rhs, rel = _chunk_to_global(plan, chunk, source.path)
-                _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts, parse_weights(chunk, source.path))
+                weight = parse_weights(chunk, source.path)
+                _hash_edges(digest, lhs, rhs, rel, weight)
+                _append_chunk(plan, tmp, source.split, lhs, rhs, rel, counts, weight)
                 if progress:
                     progress(len(chunk.lhs))
-        _write_names(plan, tmp)
-        manifest = _manifest(plan, bucket_counts)
+        nodes = _write_names(plan, tmp)
+        fingerprint: dict[str, object] = {"nodes": nodes,
+                                          "splits": {split: d.hexdigest() for split, d in edge_digests.items()}}
+        manifest = _manifest(plan, bucket_counts, fingerprint)
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
 

@@ -74,6 +74,13 @@ class DataManifest:
         return bool(self.raw.get("weighted", False))
 
     @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """``{"nodes": sha256, "splits": {split: sha256}}`` of the node dictionary and partitioning
+        and of each split's edges, as imported; None for a DATA imported before fingerprints."""
+        value = self.raw.get("fingerprint")
+        return value if isinstance(value, dict) else None
+
+    @property
     def num_entities(self) -> int:
         return sum(self.entity_counts)
 
