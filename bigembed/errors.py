@@ -30,3 +30,7 @@ class CheckpointError(BigembedError, RuntimeError):
 
 class ConfigConflictError(BigembedError, ValueError):
     """A resumed run was given settings that differ from the ones it was started with."""
+
+
+class TrainingDivergedError(BigembedError, ArithmeticError):
+    """A loss or an embedding became NaN or infinite; nothing of it was committed."""

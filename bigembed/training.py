@@ -8,6 +8,7 @@ its own package; this module only wires them together.
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import threading
 import time
@@ -47,12 +48,13 @@ from bigembed.checkpoint.run import (
     write_evals,
     write_run_config,
 )
-from bigembed.checkpoint.versions import list_versions, version_dir
+from bigembed.checkpoint.versions import committed_versions, next_version, version_dir
 from bigembed.config import Config, config_to_dict, flatten, load_config
-from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
+from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.scheduler.memory import MemoryModel, choose_buffer
+from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.dtypes import dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
 from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
@@ -104,9 +106,11 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
 
 def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
                     overrides: dict[str, Any], override: bool) -> tuple[Config, bool]:
-    """The config to use and whether the run already exists (refusing conflicts)."""
-    if not is_run(run_dir):
-        if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+    """The config to use and whether the run already exists (refusing conflicts). A RUN in
+    which nothing was ever committed (its first start failed or was killed) takes the new
+    settings: no stored shard depends on the old ones."""
+    if not is_run(run_dir) or not _has_commits(run_dir):
+        if not is_run(run_dir) and run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
             raise BigembedError(f"{run_dir}: exists and is not a bigembed RUN directory; choose another -o")
         config = load_config(config_file, overrides)
         Model.for_data(config, data)  # per-relation settings must name real relations and types
@@ -130,6 +134,11 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
     return config, True
 
 
+def _has_commits(run_dir: Path) -> bool:
+    """Whether a version was ever committed in ``run_dir`` (a CURRENT, or a version's manifest)."""
+    return (run_dir / "CURRENT").exists() or (run_dir / "CURRENT").is_symlink() or bool(committed_versions(run_dir))
+
+
 class _Session:
     """Mutable state of one training session: the staged version and the buffer."""
 
@@ -139,7 +148,7 @@ class _Session:
         self.device = torch.device("cpu") if device is None else device  # where the buffer's partitions live
         self.base = base
         # ``base`` was verified shard by shard (resume) or just written: trust its shards
-        self.writer = VersionWriter(run_dir, base, base.version + 1, {e["path"] for e in base.shards.values()})
+        self.writer = VersionWriter(run_dir, base, next_version(run_dir), {e["path"] for e in base.shards.values()})
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(
             config.training.buffer_partitions, self._load, self._store)
         self.model = Model.for_data(config, data)
@@ -176,6 +185,10 @@ class _Session:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
         write = functools.partial(self.writer.write, hash_now=self.flushing)
+        if not bool(torch.isfinite(state.emb).all()):  # a backstop: the loss check stops most divergence first
+            raise TrainingDivergedError(
+                f"partition {p}: embeddings became NaN or infinite since v{self.base.version} (training "
+                f"diverged); nothing was committed, v{self.base.version} stays CURRENT: lower training.lr")
         rows = to_numpy(state.emb.cpu())  # no copy on the CPU
         write_partition(write, self.data, p, rows, emb_key)
         write_partition(write, self.data, p, state.adagrad.cpu().numpy(), adagrad_key)
@@ -193,13 +206,21 @@ class _Session:
             torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)).to(self.device),
         )
 
-    def commit(self, position: Position, extra: dict[str, Any] | None = None) -> VersionManifest:
+    def commit(self, position: Position, extra: dict[str, Any] | None = None,
+               in_use: tuple[int, ...] = ()) -> VersionManifest:
+        """Commit what is trained so far as ``position``. ``in_use``: partitions a bucket in
+        progress goes on training after the commit (written now, and dirty again after)."""
         self.flushing = True
         try:
             self.buffer.flush()  # waits for a background write-back first
         finally:
             self.flushing = False
+        self.buffer.mark_dirty(in_use)
         if self.relations.params.numel():
+            if not bool(torch.isfinite(self.relations.params).all()):
+                raise TrainingDivergedError(
+                    f"relation parameters became NaN or infinite since v{self.base.version}; nothing was "
+                    f"committed, v{self.base.version} stays CURRENT: lower training.relation_lr")
             self.writer.write(RELATION_PARAMS_KEY, self.relations.params.cpu().numpy())
             self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.cpu().numpy())
         manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
@@ -254,22 +275,23 @@ def _chunk_size(count: int, chunk: int, chunks: int) -> int:
     return len(range(chunk, count, chunks))
 
 
-def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: int, log: Log,
+def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: Position, log: Log,
                  show_progress: bool) -> bool:
-    """Train the rest of ``epoch`` from visit ``start``; False when stopped by a signal."""
+    """Train the rest of ``epoch`` from ``start`` (a visit and a slab of it); False when
+    stopped by a signal."""
     config, data = session.config, session.data
     chunks = config.training.edge_chunks
     visits = _epoch_visits(config, data.num_partitions, epoch)
     counts = [_chunk_size(data.edge_count("train", b), c, chunks) for b, c in visits]
     upcoming = [(b.lhs, b.rhs) if n else () for (b, _), n in zip(visits, counts, strict=True)]  # buffer needs
     total = sum(counts)
-    done = sum(counts[:start])
+    done = sum(counts[: start.bucket])
     everywhere = _all_negatives_partitions(config, data.num_partitions)
     loss_sum = 0.0
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
-        for k in range(start, len(visits)):
+        for k in range(start.bucket, len(visits)):
             bucket, chunk = visits[k]
             count = counts[k]
             if count:
@@ -289,21 +311,26 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
                 if chunks > 1:
                     edges = EdgeArrays(edges.lhs[chunk::chunks], edges.rhs[chunk::chunks], edges.rel[chunk::chunks],
                                        None if edges.weight is None else edges.weight[chunk::chunks])
+                in_use = tuple(session.buffer.resident()) if everywhere else (bucket.lhs, bucket.rhs)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
-                                             session.relations, bucket_seed(config.training.seed, epoch, k), extras)
+                                             session.relations, bucket_seed(config.training.seed, epoch, k), extras,
+                                             start.slab if k == start.bucket else 0,
+                                             _slab_hook(session, epoch, k, len(visits), bucket, in_use, log))
                 loss_sum += stats.loss
                 append_stats(session.run_dir, {
                     "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs, "edge_chunk": chunk,
                     "edges": stats.edges, "loss": stats.loss / max(1, stats.edges),
                     "seconds": round(stats.seconds, 4), "io_wait_s": round(waited, 4),
                     "edges_per_s": round(stats.edges / max(stats.seconds, 1e-9), 1),
+                    **({} if stats.stopped_at is None else {"stopped_at_slab": stats.stopped_at}),
                 })
-                bar.update(count)
-                bar.set_postfix(bucket=f"{k + 1}/{len(visits)}", loss=f"{stats.loss / max(1, count):.4f}")
+                bar.update(stats.edges)
+                bar.set_postfix(bucket=f"{k + 1}/{len(visits)}", loss=f"{stats.loss / max(1, stats.edges):.4f}")
+                if stats.stopped_at is not None:  # stopped by a signal, committed inside the bucket
+                    return False
             last = k + 1 == len(visits)
             position = Position(epoch + 1, 0) if last else Position(epoch, k + 1)
-            due = time.monotonic() - session.last_commit >= config.checkpoint.interval_seconds
-            if last or due or session.stop_requested:
+            if last or _commit_due(session):
                 manifest = session.commit(position)
                 if not last:
                     log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(visits)}")
@@ -316,6 +343,34 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: i
     log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
         f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}{io}")
     return True
+
+
+def _commit_due(session: _Session) -> bool:
+    """Whether to commit now: a stop was asked for, or ``checkpoint.interval_seconds`` passed."""
+    interval = session.config.checkpoint.interval_seconds
+    return bool(session.stop_requested) or time.monotonic() - session.last_commit >= interval
+
+
+def _slab_hook(session: _Session, epoch: int, k: int, visits: int, bucket: Bucket, in_use: tuple[int, ...],
+               log: Log) -> Callable[[int, int, float], bool]:
+    """What runs after each slab of visit ``k``: stop on a non-finite loss (before anything of
+    it is committed), and inside a bucket of several slabs commit when due or asked to stop,
+    so one huge bucket (P = 1) still commits every ``interval_seconds`` and stops promptly."""
+
+    def after_slab(slabs_done: int, slabs: int, loss: float) -> bool:
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"epoch {epoch + 1}, bucket {k + 1}/{visits} (partitions {bucket.lhs}, {bucket.rhs}), slab "
+                f"{slabs_done}/{slabs}: the loss is {loss} (training diverged); nothing of it was committed, "
+                f"v{session.base.version} stays CURRENT: lower training.lr (now {session.config.training.lr})")
+        if slabs_done == slabs or not _commit_due(session):
+            return False  # the end of the bucket: the epoch loop commits there
+        manifest = session.commit(Position(epoch, k, slabs_done), in_use=in_use)
+        log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{visits}, "
+            f"slab {slabs_done}/{slabs}")
+        return bool(session.stop_requested)
+
+    return after_slab
 
 
 def _validate(session: _Session, epoch: int, log: Log, show_progress: bool) -> bool:
@@ -355,7 +410,8 @@ def _validate(session: _Session, epoch: int, log: Log, show_progress: bool) -> b
 
 @contextmanager
 def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
-    """First SIGINT/SIGTERM: finish the bucket, commit, stop. A second SIGINT aborts at once."""
+    """First SIGINT/SIGTERM: finish the slab (at most ``SLAB_EDGES`` edges), commit, stop. A
+    second SIGINT aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -365,7 +421,7 @@ def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
         if session.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         session.stop_requested = name
-        log(f"{name}: finishing the current bucket and committing (press Ctrl-C again to abort)")
+        log(f"{name}: finishing the current slab of edges and committing (press Ctrl-C again to abort)")
 
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -394,6 +450,44 @@ def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | Non
     return out
 
 
+def _check_startable(config: Config, data: DataManifest) -> None:
+    """Refuse, before any work, a run that would fail later: a validation split that DATA
+    lacks, all-negatives partitions the buffer cannot hold, an unknown device, or settings
+    whose memory cannot fit (a dimension or a number of negatives too large)."""
+    t = config.training
+    if t.eval_every and t.eval_split not in data.bucket_counts:
+        raise ConfigError(
+            f"training.eval_every = {t.eval_every} validates on training.eval_split = {t.eval_split!r}, but "
+            f"{data.path.parent} has no split named {t.eval_split!r} (it has: {', '.join(data.bucket_counts)}); "
+            f"import one with --split {t.eval_split}=FILE, or set training.eval_every=0")
+    _all_negatives_partitions(config, data.num_partitions)
+    if training_device(t).type == "cpu":
+        _check_memory(config, data)
+
+
+def _check_memory(config: Config, data: DataManifest) -> None:
+    """Estimate peak memory (scheduler.memory) and refuse in one line what cannot fit."""
+    from bigembed.scheduler.memory import available_memory, batch_bytes, human
+
+    free = available_memory()
+    if free is None:
+        return
+    t, m = config.training, config.model
+    all_negs = t.all_negatives or any(r.all_negatives for r in config.relations.values())
+    workers = resolve_workers(t)
+    model = MemoryModel(m.dim, t.optimizer == "adagrad", all_negs, itemsize(t.storage_dtype), workers)
+    rows = max(data.entity_counts, default=0)
+    c = min(t.buffer_partitions, data.num_partitions) if data.num_partitions > 1 else 1
+    table = model.estimate(rows, c, max(data.bucket_counts["train"].values(), default=0))
+    batches = workers * batch_bytes(m.dim, t.batch_size, t.chunk_size, t.negatives, rows if all_negs else 0)
+    if table + batches > free:
+        raise ConfigError(
+            f"model.dim = {m.dim}, training.negatives = {t.negatives}, training.batch_size = {t.batch_size}: "
+            f"training needs about {human(table + batches)} ({human(table)} for {c} partition(s) of up to {rows} "
+            f"rows, {human(batches)} for {workers} worker(s)' batches), but about {human(free)} is available; "
+            "lower them, or import with more partitions (`bigembed import --memory SIZE --dim D`)")
+
+
 def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
           overrides: dict[str, Any] | None = None, override: bool = False,
           log: Log = print, show_progress: bool = True, memory: int | None = None) -> TrainResult:
@@ -411,30 +505,60 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     keep_freed_buffers()
     if not is_run(run_dir):  # refuse bad settings before anything is created
         config, _ = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
-        _all_negatives_partitions(config, data.num_partitions)
-        training_device(config.training)
+        _check_startable(config, data)
     with exclusive_run(run_dir):
         return _train_locked(data, run_dir, config_file, dict(overrides or {}), override, log, show_progress)
+
+
+def _resume_version(run_dir: Path, data: DataManifest, config: Config, log: Log) -> VersionManifest:
+    """The version to resume from: CURRENT's if it verifies, else the newest one that does
+    (said aloud, and written into CURRENT). Only folders without a manifest (staged by an
+    interrupted commit) are deleted; no complete version is."""
+    visits = data.num_partitions ** 2 * config.training.edge_chunks
+
+    def check(manifest: VersionManifest) -> None:
+        pos = manifest.position
+        if pos.bucket >= visits or (pos.slab and pos.slab >= _slabs_of(config, data, pos)):
+            raise CheckpointError(
+                f"{version_dir(run_dir, manifest.version)}/manifest.json: impossible training position "
+                f"(epoch {pos.epoch}, bucket {pos.bucket}, slab {pos.slab}) for {visits} buckets an epoch")
+
+    try:
+        current = read_current(run_dir)
+    except CheckpointError:
+        current = None
+    if current is None and not committed_versions(run_dir):
+        raise CheckpointError(f"{run_dir}: CURRENT is missing or damaged and no version has a manifest "
+                              "(the checkpoints were removed); start a new RUN directory")
+    base = load_good_version(run_dir, log, check)
+    remove_uncommitted(run_dir)
+    if base.version != current:
+        path = run_dir / "CURRENT"
+        if path.is_dir() and not path.is_symlink():  # kept for a look, out of the way of the commit protocol
+            aside = path.with_name(f"CURRENT.damaged-{int(time.time())}")
+            path.rename(aside)
+            log(f"{path}: was a directory; moved to {aside.name}")
+        atomic_write_bytes(path, f"v{base.version}\n".encode())
+        log(f"{path}: now names v{base.version}; the other versions are left as they were")
+    return base
+
+
+def _slabs_of(config: Config, data: DataManifest, pos: Position) -> int:
+    """Slabs of the bucket visit at ``pos`` (how many sub-bucket positions it has)."""
+    from bigembed.trainer.bucket import SLAB_EDGES
+
+    bucket, chunk = _epoch_visits(config, data.num_partitions, pos.epoch)[pos.bucket]
+    return -(-_chunk_size(data.edge_count("train", bucket), chunk, config.training.edge_chunks) // SLAB_EDGES)
 
 
 def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
                   override: bool, log: Log, show_progress: bool) -> TrainResult:
     config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
-    device = training_device(config.training)  # before anything is written
+    _check_startable(config, data)  # before anything is written
+    device = training_device(config.training)
     resumed: Position | None = None
-    if exists and read_current(run_dir) is None:
-        committed = [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").exists()]
-        if committed:
-            raise CheckpointError(
-                f"{run_dir}/CURRENT: missing, but v{committed[-1]} has a manifest; "
-                f"write 'v{committed[-1]}' into {run_dir}/CURRENT to resume from it"
-            )
-        remove_uncommitted(run_dir)  # the first start was killed before v0 was committed
-        exists = False
-        log(f"{run_dir}: no version was ever committed (the first start was interrupted); starting over")
     if exists:
-        remove_uncommitted(run_dir)
-        base = load_good_version(run_dir, log)
+        base = _resume_version(run_dir, data, config, log)
         resumed = base.position
         epochs = config.training.epochs
         if base.position.epoch >= epochs:
@@ -448,9 +572,14 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
                 f"MRR {best['mrr']:.4f} at epoch {best['epoch']}, v{best['version']}); nothing to do "
                 "(set training.early_stopping=0 to train on)")
             return TrainResult(base.version, base.position.epoch, resumed)
+        slab = f", slab {base.position.slab}" if base.position.slab else ""
         log(f"resuming {run_dir} from v{base.version}: epoch {base.position.epoch + 1}, "
-            f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2 * config.training.edge_chunks}")
+            f"bucket {base.position.bucket + 1} of {data.num_partitions ** 2 * config.training.edge_chunks}{slab}")
     else:
+        if is_run(run_dir):
+            log(f"{run_dir}: no version was ever committed (the first start failed or was interrupted); "
+                "starting over")
+        remove_uncommitted(run_dir)
         base = _create_run(run_dir, config, data)
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
             f"{data.num_edges('train')} training edges, dim {config.model.dim}")
@@ -465,7 +594,7 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
     try:
         with _stop_on_signals(session, log):
             for epoch in range(base.position.epoch, config.training.epochs):
-                start = base.position.bucket if epoch == base.position.epoch else 0
+                start = base.position if epoch == base.position.epoch else Position(epoch, 0)
                 if not _train_epoch(session, trainer, epoch, start, log, show_progress):
                     break
                 if not _validate(session, epoch, log, show_progress):
@@ -477,5 +606,6 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
     stopped = session.stop_requested is not None and pos.epoch < config.training.epochs
     if stopped:  # a signal during the very last bucket just lets training finish
         log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
-            f"{pos.epoch + 1}, bucket {pos.bucket + 1}; rerun the same command to resume")
+            f"{pos.epoch + 1}, bucket {pos.bucket + 1}{f', slab {pos.slab}' if pos.slab else ''}; "
+            "rerun the same command to resume")
     return TrainResult(session.base.version, pos.epoch, resumed, stopped=stopped)

@@ -158,6 +158,12 @@ class PartitionBuffer(Generic[T]):
         self._dirty.clear()
         return written
 
+    def mark_dirty(self, partitions: Iterable[int]) -> None:
+        """Mark resident ``partitions`` dirty again (a commit in the middle of a bucket flushed
+        them, and the rest of the bucket goes on updating them)."""
+        self.wait()
+        self._dirty.update(p for p in partitions if p in self._items)
+
     def dirty(self) -> set[int]:
         self.wait()
         return set(self._dirty)

