@@ -56,7 +56,7 @@ from bigembed.scheduler import PartitionBuffer, order_buckets
 from bigembed.scheduler.memory import MemoryModel, choose_buffer
 from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
-from bigembed.storage.dtypes import dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
+from bigembed.storage.dtypes import all_finite, dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
 from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
 from bigembed.trainer.allocator import keep_freed_buffers
@@ -185,11 +185,11 @@ class _Session:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
         write = functools.partial(self.writer.write, hash_now=self.flushing)
-        if not bool(torch.isfinite(state.emb).all()):  # a backstop: the loss check stops most divergence first
+        rows = to_numpy(state.emb.cpu())  # no copy on the CPU
+        if not all_finite(rows):  # a backstop: the loss check after each slab catches most divergence first
             raise TrainingDivergedError(
                 f"partition {p}: embeddings became NaN or infinite since v{self.base.version} (training "
                 f"diverged); nothing was committed, v{self.base.version} stays CURRENT: lower training.lr")
-        rows = to_numpy(state.emb.cpu())  # no copy on the CPU
         write_partition(write, self.data, p, rows, emb_key)
         write_partition(write, self.data, p, state.adagrad.cpu().numpy(), adagrad_key)
         # evicted: nothing reads these host rows now (on a GPU they are a fresh copy, not reused)
@@ -388,6 +388,7 @@ def _validate(session: _Session, epoch: int, log: Log, show_progress: bool) -> b
     record = {"epoch": epoch + 1, "version": session.base.version, "split": t.eval_split,
               "mrr": metrics["mrr"], "hits@1": metrics["hits@1"], "hits@3": metrics["hits@3"],
               "hits@10": metrics["hits@10"], "mean_rank": metrics["mean_rank"],
+              "nonfinite_scores": metrics.get("nonfinite_scores", 0),
               "seconds": round(time.perf_counter() - start, 2)}
     append_stats(session.run_dir, {"eval": record})
     evals = session.evals

@@ -59,3 +59,20 @@ def to_float32(array: np.ndarray) -> np.ndarray:
     if array.dtype == BFLOAT16_BITS:  # bfloat16 is the top half of a float32
         return (array.astype(np.uint32) << 16).view(np.float32)
     return array.astype(np.float32, copy=False)
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every value of a stored table is finite, in one pass without a copy of it.
+
+    float32: NaN x 0 and inf x 0 are NaN, so a product with zeros is NaN exactly when a row
+    holds a non-finite value (a BLAS matrix-vector product: 60 ms for 256 MB here, against
+    90 ms for ``np.isfinite(...).all()`` and its temporary). bfloat16 bits: the exponent is
+    all ones."""
+    if array.size == 0:
+        return True
+    if array.dtype == BFLOAT16_BITS:
+        return not bool(((array & 0x7F80) == 0x7F80).any())
+    if array.dtype == np.float32 and array.ndim == 2 and array.flags.c_contiguous:
+        with np.errstate(invalid="ignore"):
+            return bool(np.isfinite((array @ np.zeros(array.shape[1], np.float32)).sum()))
+    return bool(np.isfinite(array).all())

@@ -166,3 +166,16 @@ def test_a_large_shard_is_hashed_beside_its_write_with_the_same_checksum(tmp_pat
     monkeypatch.setattr(shards, "array_checksum", broken)
     with pytest.raises(MemoryError, match="no memory for the hash"):
         write_shard(tmp_path / "t.zarr", array)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_one_bad_value_in_any_storage_dtype(dtype, bad):
+    import torch
+
+    from bigembed.storage.dtypes import all_finite, to_numpy
+
+    table = torch.randn(301, 8, generator=torch.Generator().manual_seed(3)).to(getattr(torch, dtype))
+    assert all_finite(to_numpy(table))
+    table[137, 5] = bad
+    assert not all_finite(to_numpy(table))
