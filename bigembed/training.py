@@ -482,11 +482,13 @@ def _check_memory(config: Config, data: DataManifest) -> None:
     table = model.estimate(rows, c, max(data.bucket_counts["train"].values(), default=0))
     batches = workers * batch_bytes(m.dim, t.batch_size, t.chunk_size, t.negatives, rows if all_negs else 0)
     if table + batches > free:
+        fix = ("lower training.negatives, training.batch_size or model.dim" if batches > table else
+               "lower model.dim, or import with more partitions (`bigembed import --memory SIZE --dim D`)")
         raise ConfigError(
             f"model.dim = {m.dim}, training.negatives = {t.negatives}, training.batch_size = {t.batch_size}: "
             f"training needs about {human(table + batches)} ({human(table)} for {c} partition(s) of up to {rows} "
-            f"rows, {human(batches)} for {workers} worker(s)' batches), but about {human(free)} is available; "
-            "lower them, or import with more partitions (`bigembed import --memory SIZE --dim D`)")
+            f"rows and fixed overhead, {human(batches)} for {workers} worker(s)' batches), but about "
+            f"{human(free)} is available; {fix}")
 
 
 def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
