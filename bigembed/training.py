@@ -48,7 +48,7 @@ from bigembed.checkpoint.run import (
     write_evals,
     write_run_config,
 )
-from bigembed.checkpoint.versions import committed_versions, next_version, version_dir
+from bigembed.checkpoint.versions import check_position, committed_versions, next_version, version_dir
 from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
@@ -520,11 +520,12 @@ def _resume_version(run_dir: Path, data: DataManifest, config: Config, log: Log)
     visits = data.num_partitions ** 2 * config.training.edge_chunks
 
     def check(manifest: VersionManifest) -> None:
+        check_position(run_dir, manifest, visits)
         pos = manifest.position
-        if pos.bucket >= visits or (pos.slab and pos.slab >= _slabs_of(config, data, pos)):
+        if pos.slab and pos.slab >= _slabs_of(config, data, pos):
             raise CheckpointError(
                 f"{version_dir(run_dir, manifest.version)}/manifest.json: impossible training position "
-                f"(epoch {pos.epoch}, bucket {pos.bucket}, slab {pos.slab}) for {visits} buckets an epoch")
+                f"(epoch {pos.epoch}, bucket {pos.bucket}, slab {pos.slab}): that bucket has fewer slabs")
 
     try:
         current = read_current(run_dir)

@@ -183,6 +183,16 @@ def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
         read_shard_of(run_dir, manifest, key)
 
 
+def check_position(run_dir: Path, manifest: VersionManifest, visits: int) -> None:
+    """Refuse a manifest whose bucket lies past the ``visits`` bucket visits of an epoch
+    (P x P x ``training.edge_chunks``): such a manifest is damaged, whatever its checksums say."""
+    if manifest.position.bucket >= visits:
+        pos = manifest.position
+        raise CheckpointError(
+            f"{version_dir(run_dir, manifest.version)}/manifest.json: impossible training position "
+            f"(epoch {pos.epoch}, bucket {pos.bucket}, slab {pos.slab}) for {visits} buckets an epoch")
+
+
 def committed_versions(run_dir: Path) -> list[int]:
     """Versions whose folder holds a manifest (complete commits, or damaged ones), oldest first."""
     return [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").is_file()]

@@ -10,7 +10,7 @@ from typing import Any
 from bigembed.checkpoint import VersionManifest, read_current, read_manifest
 from bigembed.checkpoint.pins import pin_version
 from bigembed.checkpoint.run import check_same_data, read_evals, read_run_config
-from bigembed.checkpoint.versions import committed_versions
+from bigembed.checkpoint.versions import check_position, committed_versions
 from bigembed.config import Config, build_config, flatten
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
@@ -66,7 +66,9 @@ def opened_checkpoint(run: Path, data: Path | None, which: str = "last"
             except CheckpointError:
                 if which != "last" or attempt == 2:
                     raise
-        yield read_manifest(run, version), dm, build_config(flatten(saved["config"]))
+        manifest, config = read_manifest(run, version), build_config(flatten(saved["config"]))
+        check_position(run, manifest, dm.num_partitions ** 2 * config.training.edge_chunks)
+        yield manifest, dm, config
 
 
 def _line(m: dict[str, Any]) -> str:
