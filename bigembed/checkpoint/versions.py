@@ -31,6 +31,7 @@ from bigembed.storage.shards import overwrite_shard, read_shard, shard_checksum,
 CHECKPOINT_FORMAT = "bigembed-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 _VERSION_DIR = re.compile(r"^v(\d+)$")
+RETIRED_MANIFEST = "manifest.retired.json"  # a collected version's, kept for its referenced shards
 
 
 @dataclass
@@ -239,11 +240,14 @@ def load_good_version(run_dir: Path, warn: Callable[[str], None],
 
 
 def remove_uncommitted(run_dir: Path) -> None:
-    """Delete what an interrupted commit leaves: version folders without a manifest (staged,
-    never committed) and hidden temp entries. A folder with a manifest is left alone."""
+    """Delete what an interrupted commit leaves: version folders without a manifest newer than
+    every version with one (a version is staged under a number past all others, see
+    :func:`next_version`) and hidden temp entries. Older folders without a manifest hold
+    shards that kept versions still use (see :func:`collect_garbage`): left alone."""
+    newest = max(committed_versions(run_dir), default=-1)
     for v in list_versions(run_dir):
         folder = version_dir(run_dir, v)
-        if not (folder / "manifest.json").exists():
+        if v > newest and not (folder / "manifest.json").exists():
             shutil.rmtree(folder, ignore_errors=True)
     for tmp in (Path(run_dir) / "checkpoints").glob(".*"):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -366,12 +370,26 @@ def collect_garbage(run_dir: Path, current: VersionManifest, keep: int, pinned: 
                 match = re.match(r"checkpoints/v(\d+)/", entry["path"])
                 if match:
                     needed.add(int(match.group(1)))
+        kept_versions = {m.version for m in kept}
         deleted = []
         for v in list_versions(run_dir):
             if v < current.version and v not in needed:
                 shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
                 deleted.append(v)
+            elif v < current.version and v not in kept_versions:
+                _retire(run_dir, v)
     return deleted
+
+
+def _retire(run_dir: Path, version: int) -> None:
+    """Take a collected version's manifest out of the list of versions: its folder stays only
+    for shards that kept versions reference, while shards it referenced in older folders may
+    be gone, so the manifest would no longer verify."""
+    manifest = version_dir(run_dir, version) / "manifest.json"
+    try:
+        manifest.rename(manifest.with_name(RETIRED_MANIFEST))
+    except FileNotFoundError:
+        pass
 
 
 def emb_key(entity: str, partition: int) -> str:

@@ -13,7 +13,7 @@ from bigembed.checkpoint import (
     read_current,
     remove_uncommitted,
 )
-from bigembed.checkpoint.versions import list_versions, read_manifest, read_shard_of, version_dir
+from bigembed.checkpoint.versions import committed_versions, list_versions, read_manifest, read_shard_of, version_dir
 from bigembed.errors import CheckpointError
 
 
@@ -50,6 +50,25 @@ def test_garbage_collection_keeps_referenced_folders(tmp_path):
         collect_garbage(tmp_path, m, keep=2)
     # v0 still holds "a" (never rewritten); v1..v2 are no longer needed.
     assert list_versions(tmp_path) == [0, 3, 4]
+
+
+def test_a_folder_kept_only_for_its_shards_is_no_longer_a_version(tmp_path):
+    """v1's folder stays for the shard v3 references, but v1's manifest also names v0's
+    shards, which are gone: v1 must not be offered as a version to fall back to or pin, and
+    a resume must not delete its folder."""
+    x = np.ones((2, 2), np.float32)
+    m = commit(tmp_path, None, 0, {"a": x, "b": x, "c": x})
+    m = commit(tmp_path, m, 1, {"a": x * 2})
+    for v in range(2, 4):
+        m = commit(tmp_path, m, v, {"b": x * v})
+        collect_garbage(tmp_path, m, keep=1)
+    m = commit(tmp_path, m, 4, {"c": x * 4})
+    collect_garbage(tmp_path, m, keep=1)
+    assert list_versions(tmp_path) == [1, 3, 4]  # v1 holds "a", v3 holds "b"
+    assert committed_versions(tmp_path) == [4]
+    remove_uncommitted(tmp_path)
+    assert list_versions(tmp_path) == [1, 3, 4]
+    assert np.array_equal(read_shard_of(tmp_path, m, "a"), x * 2)
 
 
 def test_damaged_current_falls_back_to_parent_and_says_so(tmp_path):
