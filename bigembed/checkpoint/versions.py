@@ -251,6 +251,8 @@ def remove_uncommitted(run_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
     for tmp in (Path(run_dir) / "checkpoints").glob(".*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in Path(run_dir).glob(".*.tmp-*"):  # a half-written CURRENT, config.json or evals.json
+        tmp.unlink(missing_ok=True)  # (the caller holds the RUN's lock: no other writer is at work)
 
 
 def next_version(run_dir: Path) -> int:

@@ -94,9 +94,11 @@ def test_uncommitted_version_is_removed(tmp_path):
     v0 = commit(tmp_path, None, 0, {"a": np.ones((2, 2), np.float32)})
     writer = VersionWriter(tmp_path, v0, 1)
     writer.write("a", np.zeros((2, 2), np.float32))  # crash before commit
+    (tmp_path / ".CURRENT.tmp-999999").write_text("v1")  # killed while replacing CURRENT
     remove_uncommitted(tmp_path)
     assert list_versions(tmp_path) == [0]
     assert read_manifest(tmp_path, 0).version == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "checkpoints"]
 
 
 def test_staged_shard_is_read_back_before_commit(tmp_path):
