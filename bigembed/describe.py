@@ -79,7 +79,7 @@ def last_epoch_stats(stats_file: Path) -> dict[str, Any] | None:
 def describe_run(path: Path) -> dict[str, Any]:
     from bigembed.checkpoint import read_current, read_manifest
     from bigembed.checkpoint.run import read_evals, read_run_config
-    from bigembed.checkpoint.versions import list_versions
+    from bigembed.checkpoint.versions import committed_versions
 
     saved = read_run_config(path)
     config = saved["config"]
@@ -105,7 +105,9 @@ def describe_run(path: Path) -> dict[str, Any]:
         facts["finished"] = manifest.position.epoch >= config["training"]["epochs"]
         if not facts["finished"]:
             visits = P * P * int(config["training"].get("edge_chunks", 1))  # edge_chunks passes an epoch
-            facts["next bucket"] = f"{manifest.position.bucket + 1} of {visits} in epoch {manifest.position.epoch + 1}"
+            slab = f", from slab {manifest.position.slab + 1}" if manifest.position.slab else ""
+            facts["next bucket"] = (f"{manifest.position.bucket + 1} of {visits} in epoch "
+                                    f"{manifest.position.epoch + 1}{slab}")
     facts["last epoch trained"] = last_epoch_stats(path / "stats.jsonl")
     evals = read_evals(path)
     if evals["best"]:
@@ -114,7 +116,7 @@ def describe_run(path: Path) -> dict[str, Any]:
                                     "epoch": best["epoch"], "version": f"v{best['version']}"}
         if evals.get("early_stopped"):
             facts["stopped early"] = True
-    facts["versions on disk"] = [f"v{v}" for v in list_versions(path)]
+    facts["versions on disk"] = [f"v{v}" for v in committed_versions(path)]
     facts["size on disk"] = _human(_disk_bytes(path))
     return facts
 
