@@ -15,6 +15,7 @@ the next start. Unchanged shards are referenced by path, never copied.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -376,11 +377,26 @@ def collect_garbage(run_dir: Path, current: VersionManifest, keep: int, pinned: 
         deleted = []
         for v in list_versions(run_dir):
             if v < current.version and v not in needed:
-                shutil.rmtree(version_dir(run_dir, v), ignore_errors=True)
+                _delete_version(run_dir, v)
                 deleted.append(v)
             elif v < current.version and v not in kept_versions:
                 _retire(run_dir, v)
     return deleted
+
+
+def _delete_version(run_dir: Path, version: int) -> None:
+    """Delete a version's folder: renamed out of the list of versions first (atomic), so a kill
+    in the middle of the deletion leaves a hidden folder that the next start removes
+    (:func:`remove_uncommitted`), never a version with some of its shards gone."""
+    folder = version_dir(run_dir, version)
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    try:
+        os.replace(folder, doomed)
+    except FileNotFoundError:
+        return
+    except OSError:  # e.g. a leftover of an earlier kill in the way: delete it in place
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _retire(run_dir: Path, version: int) -> None:

@@ -163,3 +163,29 @@ def test_a_key_staged_twice_is_rewritten_in_place_and_committed_as_last_written(
     assert v1.shards["a"]["path"].startswith("checkpoints/v1/")
     assert np.array_equal(read_shard_of(tmp_path, v1, "a"), x + 2)  # verified against the manifest
     assert np.array_equal(read_shard_of(tmp_path, v0, "a"), x)  # the committed version untouched
+
+
+def test_a_kill_during_garbage_collection_leaves_no_half_deleted_version(tmp_path, monkeypatch):
+    """The folder is renamed away before its files go: a kill between two unlinks leaves a
+    hidden folder that the next start removes, never a version missing some of its shards."""
+    import bigembed.checkpoint.versions as versions
+
+    x = np.ones((2, 2), np.float32)
+    m = commit(tmp_path, None, 0, {"a": x})
+    m = commit(tmp_path, m, 1, {"a": x * 2})
+    real = versions.shutil.rmtree
+
+    class Killed(BaseException):
+        pass
+
+    def killed_midway(path, *args, **kwargs):
+        next(p for p in Path(path).rglob("*") if p.is_file() and p.name != "manifest.json").unlink()
+        raise Killed
+
+    monkeypatch.setattr(versions.shutil, "rmtree", killed_midway)
+    with pytest.raises(Killed):
+        collect_garbage(tmp_path, m, keep=1)
+    monkeypatch.setattr(versions.shutil, "rmtree", real)
+    assert committed_versions(tmp_path) == [1] and list_versions(tmp_path) == [1]
+    remove_uncommitted(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["v1"]
