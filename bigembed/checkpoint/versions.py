@@ -374,6 +374,8 @@ def collect_garbage(run_dir: Path, current: VersionManifest, keep: int, pinned: 
                 if match:
                     needed.add(int(match.group(1)))
         kept_versions = {m.version for m in kept}
+        for doomed in (Path(run_dir) / "checkpoints").glob(".v*.deleting"):  # an earlier deletion, killed
+            shutil.rmtree(doomed, ignore_errors=True)
         deleted = []
         for v in list_versions(run_dir):
             if v < current.version and v not in needed:
