@@ -42,3 +42,16 @@ def test_write_graph_splits(tmp_path):
 def test_bad_specs(kw, msg):
     with pytest.raises(BigembedError, match=msg):
         GraphSpec(**kw).validate()
+
+
+def test_vectorised_lines_equal_python_formatting():
+    from bigembed.generator import format_lines
+
+    rng = np.random.default_rng(4)
+    edge_cases = np.array([0, 1, 9, 10, 99, 100, 999_999, 10**12, 2**63 - 1], dtype=np.int64)
+    a = np.concatenate([edge_cases, rng.integers(0, 10**9, 500)])
+    r = rng.integers(0, 12, a.shape[0])
+    b = a[::-1].copy()
+    want = "".join(f"n{x}\tr{y}\tn{z}\n" for x, y, z in zip(a.tolist(), r.tolist(), b.tolist())).encode()
+    assert format_lines([b"n", a, b"\tr", r, b"\tn", b, b"\n"]) == want
+    assert format_lines([a[:1], b"\n"]) == b"0\n"
