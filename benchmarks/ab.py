@@ -1,4 +1,4 @@
-"""bigembed against an earlier bigembed, side by side in one invocation: import and train.
+"""bigembed against an earlier bigembed, side by side in one invocation: generate, import, train.
 
 Both trees are run on the same generated graph, alternating (before, after, before, ...)
 so a slow spell of the machine hits both sides; each figure is the median of ``--repeats``
@@ -74,12 +74,19 @@ def main() -> None:
     subprocess.run([*command(args.after), "generate", "-o", str(graph), "--nodes", str(args.nodes),
                     "--edges", str(args.edges), "--no-progress"], check=True)
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
+    generates: dict[str, list[float]] = {s: [] for s in sides}
     imports: dict[str, list[float]] = {s: [] for s in sides}
     train: dict[tuple[str, int], list[float]] = {(s, p): [] for s in sides for p in args.partitions}
     quality: dict[tuple[str, int], float] = {}
     lines = sum(1 for _ in open(graph / "train.tsv"))
     for rep in range(args.repeats):
         for side, tree in sides.items():
+            other = work / f"graph-{side}"
+            shutil.rmtree(other, ignore_errors=True)
+            wall, _ = run(tree, work, ["generate", "-o", str(other), "--nodes", str(args.nodes),
+                                       "--edges", str(args.edges), "--no-progress"])
+            generates[side].append(args.edges / wall)
+            shutil.rmtree(other)
             for p in args.partitions:
                 data, run_dir = work / f"data-{side}-{p}", work / f"run-{side}-{p}"
                 shutil.rmtree(data, ignore_errors=True)
@@ -102,6 +109,7 @@ def main() -> None:
           f"median (min-max) of {args.repeats} alternating runs")
     print(f"| measure | before ({commit['before']}) | after ({commit['after']}) |")
     print("|---|---|---|")
+    print(f"| generate, edges/s (whole command) | {spread(generates['before'])} | {spread(generates['after'])} |")
     print(f"| import, edges/s (P={args.partitions[0]}) | {spread(imports['before'])} | {spread(imports['after'])} |")
     for p in args.partitions:
         print(f"| train P={p}, edges/s | {spread(train[('before', p)])} | {spread(train[('after', p)])} |")
