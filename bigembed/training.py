@@ -432,14 +432,20 @@ def _stop_on_signals(session: _Session, log: Log) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _memory_model(config: Config) -> MemoryModel:
+    """The memory model (scheduler.memory) of training with ``config``."""
+    t = config.training
+    all_negs = t.all_negatives or any(r.all_negatives for r in config.relations.values())
+    return MemoryModel(config.model.dim, t.optimizer == "adagrad", all_negs, itemsize(t.storage_dtype),
+                       resolve_workers(t))
+
+
 def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
                       budget: int, log: Log) -> dict[str, Any]:
     """``training.buffer_partitions`` (and the beta order) for a memory budget, said aloud."""
     base = flatten(read_run_config(run_dir)["config"]) if is_run(run_dir) else None
     config = load_config(config_file, overrides, base=base)
-    all_negs = config.training.all_negatives or any(r.all_negatives for r in config.relations.values())
-    model = MemoryModel(config.model.dim, config.training.optimizer == "adagrad", all_negs,
-                        itemsize(config.training.storage_dtype), resolve_workers(config.training))
+    model = _memory_model(config)
     biggest = max(data.bucket_counts["train"].values(), default=0)
     choice = choose_buffer(model, data.entity_counts, biggest, budget)
     c = max(2, min(choice.c, data.num_partitions))
@@ -474,13 +480,13 @@ def _check_memory(config: Config, data: DataManifest) -> None:
     if free is None:
         return
     t, m = config.training, config.model
-    all_negs = t.all_negatives or any(r.all_negatives for r in config.relations.values())
-    workers = resolve_workers(t)
-    model = MemoryModel(m.dim, t.optimizer == "adagrad", all_negs, itemsize(t.storage_dtype), workers)
+    model = _memory_model(config)
     rows = max(data.entity_counts, default=0)
     c = min(t.buffer_partitions, data.num_partitions) if data.num_partitions > 1 else 1
     table = model.estimate(rows, c, max(data.bucket_counts["train"].values(), default=0))
-    batches = workers * batch_bytes(m.dim, t.batch_size, t.chunk_size, t.negatives, rows if all_negs else 0)
+    batches = model.workers * batch_bytes(m.dim, t.batch_size, t.chunk_size, t.negatives,
+                                          rows if model.all_negatives else 0)
+    workers = model.workers
     if table + batches > free:
         fix = ("lower training.negatives, training.batch_size or model.dim" if batches > table else
                "lower model.dim, or import with more partitions (`bigembed import --memory SIZE --dim D`)")

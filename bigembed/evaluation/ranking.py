@@ -252,8 +252,8 @@ class _Block:
             scores = self.d.scores(model, emb[c0:c1])
             inside = (ex_c >= c0) & (ex_c < c1)
             ex_rows, ex_cols = ex_q[inside], ex_c[inside] - c0
-            bad = ~torch.isfinite(scores)
-            if bad.any():  # rare: the usual path pays one pass over the scores
+            if not bool(torch.isfinite(scores.sum())):  # one reduction, no mask, on the usual path
+                bad = ~torch.isfinite(scores)  # (a sum that overflows finds no bad score here: exact)
                 self.nonfinite += int(bad.sum()) - int(bad[ex_rows, ex_cols].sum())
                 scores.masked_fill_(scores.isnan(), float("inf"))
             if lost:

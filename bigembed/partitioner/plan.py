@@ -16,6 +16,7 @@ import numpy as np
 from bigembed.config import Config
 from bigembed.errors import ConfigError, InputFormatError
 from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, SkippedLines, read_chunks
+from bigembed.scheduler.memory import available_memory
 
 DEFAULT_RELATION = "edge"
 # Bytes plan_import holds at its peak per row of an int-id plan (measured with tracemalloc): the arange (8),
@@ -203,29 +204,6 @@ def _parse_int_ids(tokens: list[str], path: Path, chunk: EdgeChunk) -> np.ndarra
             f"{path}:{chunk.line_of(bad)}: negative node id {tokens[bad]!r} (--ids int needs ids >= 0)"
         )
     return ids
-
-
-def available_memory() -> int | None:
-    """Bytes the machine can still give this process (MemAvailable, capped by a cgroup v2 limit;
-    physical memory where there is no /proc), or None where that cannot be told."""
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as handle:
-            found += [int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit))
-    except (OSError, ValueError):
-        pass
-    if not found:
-        try:
-            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError, AttributeError):
-            pass
-    return min(found) if found else None
 
 
 def check_dense_rows(rows: int, largest: tuple[int, Path, int], limit: int | None) -> None:

@@ -16,6 +16,7 @@ temporaries (4 in half precision: the table's float32 copy).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -77,8 +78,8 @@ def batch_bytes(dim: int, batch_size: int, chunk_size: int, negatives: int, all_
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still allocate, about: MemAvailable, capped by a cgroup (v2)
-    limit; None where neither can be read (not Linux)."""
+    """Bytes this process can still allocate, about: MemAvailable, capped by what a cgroup (v2)
+    limit leaves; physical memory where neither can be read; None where nothing can be."""
     found: list[int] = []
     try:
         with open("/proc/meminfo") as f:
@@ -96,6 +97,11 @@ def available_memory() -> int | None:
             found.append(int(limit) - used)
     except (OSError, ValueError):
         pass
+    if not found:  # no /proc (not Linux): physical memory, an upper bound
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
     return min(found) if found else None
 
 
