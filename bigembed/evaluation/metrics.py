@@ -26,9 +26,13 @@ def ranks_against(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
     (rank k + 1, auc 0).
     """
     p = pos.unsqueeze(1)
-    lost = ~torch.isfinite(p)
-    greater = ((neg > p) | neg.isnan() | lost).sum(1).double()
-    ties = ((neg == p) & ~lost).sum(1).double()
+    if bool(torch.isfinite(pos.sum() + neg.sum())):  # the usual path: two compares, no masks
+        greater = (neg > p).sum(1).double()
+        ties = (neg == p).sum(1).double()
+    else:  # (a sum that overflows takes this path too, with the same answers)
+        lost = ~torch.isfinite(p)
+        greater = ((neg > p) | neg.isnan() | lost).sum(1).double()
+        ties = ((neg == p) & ~lost).sum(1).double()
     ranks = 1.0 + greater + 0.5 * ties
     k = max(1, neg.shape[1])
     auc = (neg.shape[1] - greater - 0.5 * ties) / k
@@ -36,8 +40,8 @@ def ranks_against(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def count_nonfinite(*scores: Tensor) -> int:
-    """How many of the scores are NaN or infinite."""
-    return sum(int((~torch.isfinite(s)).sum()) for s in scores)
+    """How many of the scores are NaN or infinite (one sum each when there are none)."""
+    return sum(int((~torch.isfinite(s)).sum()) for s in scores if not bool(torch.isfinite(s.sum())))
 
 
 def combine_directions(rhs: dict[str, Any], lhs: dict[str, Any]) -> dict[str, Any]:
