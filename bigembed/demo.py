@@ -23,7 +23,8 @@ def run_demo(out: Path, log: Callable[[str], None], show_progress: bool = True) 
     from bigembed.evaluation import evaluate_sampled
     from bigembed.export import export_run
     from bigembed.generator import GraphSpec, write_graph
-    from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+    from bigembed.partitioner import ImportSpec, Source
+    from bigembed.partitioner.engine import import_data
     from bigembed.storage.data_manifest import read_data_manifest
     from bigembed.training import train
 
@@ -38,9 +39,8 @@ def run_demo(out: Path, log: Callable[[str], None], show_progress: bool = True) 
     paths = write_graph(GraphSpec(nodes=2000, edges=40000, relations=3, communities=20), out / "graph")
     log("$ bigembed import graph/train.tsv --split valid=graph/valid.tsv --split test=graph/test.tsv -o data -p 4")
     spec = ImportSpec(sources=[Source(s, p) for s, p in paths.items()], num_partitions=4)
-    plan = plan_import(spec)
-    write_plan(plan, out / "data")
-    log(f"  {plan.summary()}")
+    _manifest, stats = import_data(spec, out / "data")
+    log(f"  {stats.summary(spec.ids, spec.type_names)}")
     log("$ bigembed train data -o run --dim 32 --epochs 5")
     overrides = {"model.dim": 32, "training.epochs": 5}
     train(out / "data", out / "run", None, overrides, log=log, show_progress=show_progress)

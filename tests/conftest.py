@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+from bigembed.partitioner import ImportSpec, Source
+from bigembed.partitioner.engine import import_data
 
 
 def write_tiny_graph(
@@ -23,7 +24,7 @@ def write_tiny_graph(
 
 def import_files(out: Path, files: dict[str, Path], partitions: int, **kw) -> Path:
     spec = ImportSpec(sources=[Source(s, p) for s, p in files.items()], num_partitions=partitions, **kw)
-    write_plan(plan_import(spec), out)
+    import_data(spec, out)
     return out
 
 

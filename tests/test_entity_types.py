@@ -103,7 +103,7 @@ def decoded_edges(data: Path, split: str) -> list[tuple[str, str, str, str, str]
             count = dm.edge_count(split, Bucket(l, r))
             if not count:
                 continue
-            e = read_edges(data, split, Bucket(l, r), count)
+            e = read_edges(data, split, Bucket(l, r), count, dtypes=dm.edge_dtypes)
             for a, rel, b in zip(np.asarray(e.lhs), np.asarray(e.rel), np.asarray(e.rhs), strict=True):
                 out.append((*names[l][a], dm.relations[rel], *names[r][b]))
     return out

@@ -8,7 +8,8 @@ stderr and exit code 1; click's usage errors exit with 2.
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,8 @@ def cli() -> None:
               help="Config whose [entities.NAME] and [relations.NAME] lhs/rhs give the entity types "
                    "(the schema); without one every node is of type 'node'.")
 @click.option("--memory", metavar="SIZE",
-              help="Pick --partitions so that training at --dim fits SIZE (e.g. 8G), instead of -p.")
+              help="Pick --partitions so that training at --dim fits SIZE (e.g. 8G), instead of -p; "
+                   "the import itself also stays within SIZE (default: half of the memory available).")
 @click.option("--dim", "memory_dim", type=int, default=100, show_default=True,
               help="Embedding dimension --memory plans for.")
 @click.option("--storage-dtype", "memory_dtype", type=click.Choice(STORAGE_DTYPES),
@@ -86,14 +88,18 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
                delimiter: str, columns: str, ids: str, header: bool | None, comment: str, seed: int,
                config_file: Path | None, memory: str | None, memory_dim: int, memory_dtype: str, overwrite: bool,
                progress: bool) -> None:
-    """Import edge files (TSV/CSV, optionally gzip/xz/bzip2) into a partitioned DATA directory.
+    """Import edge files (TSV/CSV, optionally gzip/xz/bzip2, or Parquet) into a partitioned DATA directory.
 
-    EDGES are the training edges; --split NAME=FILE adds evaluation splits. With
+    EDGES are the training edges ('-' reads standard input, so another program can pipe
+    edges in); --split NAME=FILE adds evaluation splits. Each file is read once; the
+    dictionary of node names is kept within --memory (default: half of the memory
+    available), spilling to disk beside OUT when it does not fit. With
     --config, each relation's lhs and rhs nodes get the entity types its
     [relations.NAME] declares: the same id under two types is two nodes.
     """
     from bigembed.config import load_config
-    from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+    from bigembed.partitioner import ImportSpec, Source
+    from bigembed.partitioner.blocks import is_stdin
     from bigembed.partitioner.plan import Schema
     from bigembed.partitioner.reader import ColumnSpec
 
@@ -118,16 +124,28 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
                       memory_dtype=memory_dtype, header=header, comment=comment)
     if out.exists() and not overwrite:
         raise BigembedError(f"{out}: already exists (pass --overwrite to replace it)")
-    total_bytes = sum(s.path.stat().st_size for s in sources if s.path.is_file())
-    with _counter("reading (pass 1/2)", "B", total_bytes or None, progress) as bar:
-        plan = plan_import(spec, bar.update)
+    if sum(is_stdin(s.path) for s in sources) > 1:
+        raise click.UsageError("standard input (-) can be read for one source only")
+    from bigembed.partitioner.engine import import_budget, import_data
+
+    total_bytes = sum(s.path.stat().st_size for s in sources if not is_stdin(s.path) and s.path.is_file())
+    _log(f"import memory {human(import_budget(spec))}" + ("" if budget is not None else
+                                                         " (half of what is available; set it with --memory)"))
+    with ExitStack() as stack:
+        reading = stack.enter_context(_counter("reading", "B", total_bytes or None, progress))
+
+        def edge_progress(total: int) -> Callable[[int], object]:
+            reading.close()
+            return stack.enter_context(_counter("writing buckets", "edge", total, progress)).update
+
+        _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
+                                       edge_progress=edge_progress)
     if budget is not None:
         _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
-             f"{plan.spec.num_partitions} partitions")
-    _log(f"plan: {plan.summary()}")
-    total = sum(plan.edges_per_split.values())
-    with _counter("writing (pass 2/2)", "edge", total, progress) as bar:
-        write_plan(plan, out, overwrite=overwrite, progress=bar.update)
+             f"{stats.num_partitions} partitions")
+    _log(f"imported: {stats.summary(ids, spec.type_names)}")
+    if stats.spilled_bytes:
+        _log(f"the dictionary spilled {human(stats.spilled_bytes)} to disk to stay within {human(stats.memory_limit)}")
     _log(f"wrote {out}")
 
 

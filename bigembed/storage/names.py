@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from mmap_ninja.string import StringsMmap
 
 from bigembed.errors import DataLayoutError
@@ -35,3 +37,39 @@ def iter_names(folder: Path, count: int, chunk: int = 65536) -> Iterator[list[st
         raise DataLayoutError(f"{folder}: expected {count} names as the manifest says, got {total}")
     for start in range(0, count, chunk):
         yield strings[start : min(start + chunk, count)]
+
+
+def write_names_arrow(folder: Path, batches: Iterator[Any]) -> int:
+    """Write names given as Arrow string arrays, batch by batch, in the layout
+    :func:`write_names` gives (mmap-ninja strings: the UTF-8 bytes end to end in ``data.ninja``,
+    each name's ``starts``/``ends``), without making a Python string of each name.
+    Returns how many names were written."""
+    import pyarrow as pa
+    from mmap_ninja import numpy as ninja_np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    size = 0
+    with open(folder / "data.ninja", "wb") as data:
+        for batch in batches:
+            array = batch.cast(pa.large_string()) if batch.type != pa.large_string() else batch
+            if len(array) == 0:
+                continue
+            offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + len(array) + 1]
+            body = array.buffers()[2]
+            data.write(memoryview(body)[int(offsets[0]) : int(offsets[-1])])
+            starts = offsets[:-1] - offsets[0] + size
+            ends = offsets[1:] - offsets[0] + size
+            if written == 0:
+                ninja_np.from_ndarray(folder / "starts", starts).flush()
+                ninja_np.from_ndarray(folder / "ends", ends).flush()
+            else:
+                ninja_np.extend_dir(folder / "starts", starts)
+                ninja_np.extend_dir(folder / "ends", ends)
+            size += int(offsets[-1] - offsets[0])
+            written += len(array)
+    if written:
+        (folder / "type.ninja").write_text("string")
+    else:
+        (folder / "data.ninja").unlink()
+    return written

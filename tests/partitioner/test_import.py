@@ -31,7 +31,7 @@ def read_back(data_dir: Path, split: str = "train") -> list[tuple[str, str, str]
     out = []
     for l in range(dm.num_partitions):
         for r in range(dm.num_partitions):
-            e = read_edges(data_dir, split, Bucket(l, r), dm.edge_count(split, Bucket(l, r)))
+            e = read_edges(data_dir, split, Bucket(l, r), dm.edge_count(split, Bucket(l, r)), dtypes=dm.edge_dtypes)
             out += [(names[l][a], dm.relations[c], names[r][b]) for a, b, c in zip(e.lhs, e.rhs, e.rel)]
     return out
 
@@ -85,7 +85,7 @@ def test_float_weights_are_kept_exactly_not_truncated(tmp_path):
     data = import_files(tmp_path / "data", {"train": path}, 1, columns=ColumnSpec.parse("lhs,rel,rhs,weight"))
     dm = read_data_manifest(data)
     assert dm.weighted
-    edges = read_edges(data, "train", Bucket(0, 0), 3, weighted=True)
+    edges = read_edges(data, "train", Bucket(0, 0), 3, weighted=True, dtypes=dm.edge_dtypes)
     assert sorted(np.asarray(edges.weight).tolist()) == [0.25, 1.0, 2.75]
     assert edges.weight.dtype == np.float32
 
@@ -165,8 +165,11 @@ def test_bad_column_specs(text, message):
 def test_edge_arrays_have_documented_dtypes(tmp_path, tiny_graph):
     path, _ = tiny_graph
     data = import_files(tmp_path / "data", {"train": path}, 1)
-    e = read_edges(data, "train", Bucket(0, 0), read_data_manifest(data).edge_count("train", Bucket(0, 0)))
-    assert (e.lhs.dtype, e.rhs.dtype, e.rel.dtype) == (np.int64, np.int64, np.int32)
+    dm = read_data_manifest(data)
+    e = read_edges(data, "train", Bucket(0, 0), dm.edge_count("train", Bucket(0, 0)), dtypes=dm.edge_dtypes)
+    # the compact layout: int32 offsets (a partition of fewer than 2**31 rows), uint8 relations (<= 256)
+    assert (e.lhs.dtype, e.rhs.dtype, e.rel.dtype) == (np.int32, np.int32, np.uint8)
+    assert dm.raw["format_version"] == 3
 
 
 def test_line_numbers_stay_exact_across_comments_and_chunks(tmp_path):
@@ -194,7 +197,7 @@ def test_pass_one_progress_counts_stored_bytes(tmp_path, compress):
 def test_full_disk_during_import_keeps_nothing(tmp_path, tiny_graph, monkeypatch):
     import errno
 
-    import bigembed.partitioner.writer as writer
+    import bigembed.partitioner.engine as writer
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -1,0 +1,258 @@
+"""Read edge files in large byte blocks parsed by Arrow's CSV reader, once, from a file or a pipe.
+
+A block is a run of whole lines (tens of MB). A block made only of edges (no comment line,
+no carriage return, the same number of fields on every line) is split by
+:func:`pyarrow.csv.read_csv` in C on every core; any other block goes through the exact
+line-by-line parser of :mod:`bigembed.partitioner.reader`, which skips and counts comment and
+blank lines and names the line of any bad one. Either way the block comes out as an
+:class:`~bigembed.partitioner.reader.EdgeChunk` of Arrow string arrays, so line numbers in
+errors are those of the file whichever path a block took. ``-`` reads standard input.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from bigembed.errors import InputFormatError
+from bigembed.partitioner.reader import (
+    ColumnSpec,
+    EdgeChunk,
+    SkippedLines,
+    _decompressed,
+    _exact_block,
+    _open_stored,
+    looks_like_header,
+)
+
+STDIN = Path("-")
+BLOCK_BYTES = 32 << 20
+BOM = b"\xef\xbb\xbf"
+
+
+def is_stdin(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def describe(path: Path) -> str:
+    """How a source is named in messages."""
+    return "<stdin>" if is_stdin(path) else str(path)
+
+
+class _Counted(io.RawIOBase):
+    """Standard input with a count of the bytes read (for progress)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.stream.readinto(buffer)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n or 0
+
+    def tell(self) -> int:
+        return self.count
+
+
+def _open(path: Path) -> tuple[IO[bytes], BinaryIO]:
+    """(decompressed byte stream, the source as stored: its ``tell()`` is how far it was read)."""
+    if is_stdin(path):
+        counted = _Counted(cast(BinaryIO, sys.stdin.buffer))
+        raw = cast(io.BufferedReader, io.BufferedReader(counted, 1 << 20))
+        return _decompressed(raw, path), cast(BinaryIO, counted)
+    raw = _open_stored(path)
+    try:
+        return _decompressed(raw, path), cast(BinaryIO, raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _utf8_error(path: Path, block: bytes, first: int, exc: UnicodeDecodeError) -> InputFormatError:
+    line = first + block.count(b"\n", 0, exc.start)
+    start = block.rfind(b"\n", 0, exc.start) + 1
+    return InputFormatError(f"{describe(path)}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start - start + 1} "
+                            "of the line); convert the file to UTF-8 (e.g. with iconv) and import again")
+
+
+def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str) -> EdgeChunk | None:
+    """Split a block of plain edge lines with Arrow; None when it needs the exact parser."""
+    comment_b = comment.encode()
+    if b"\r" in block or (comment_b and (block.startswith(comment_b) or b"\n" + comment_b in block)):
+        return None
+    eol = block.find(b"\n")
+    width = block.count(delimiter.encode(), 0, eol if eol >= 0 else len(block)) + 1
+    if width < columns.width:
+        return None
+    names = [f"c{i}" for i in range(width)]
+    wanted = {columns.lhs, columns.rhs} | {c for c in (columns.rel, columns.weight) if c is not None}
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(block),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=8 << 20),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
+                                              escape_char=False, newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pa_csv.ConvertOptions(column_types={names[i]: pa.string() for i in wanted},
+                                                  include_columns=[names[i] for i in sorted(wanted)],
+                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None  # a line with another number of fields, or bad UTF-8: the exact parser names it
+
+    def column(i: int) -> pa.Array:
+        array = table.column(names[i]).combine_chunks()
+        if b" " in block:
+            array = pc.utf8_trim_whitespace(array)
+        return array
+
+    lhs, rhs = column(columns.lhs), column(columns.rhs)
+    if pc.any(pc.equal(pc.utf8_length(lhs), 0)).as_py() or pc.any(pc.equal(pc.utf8_length(rhs), 0)).as_py():
+        return None  # an empty id: let the exact parser report its line
+    if block.count(b"\n") + (0 if block.endswith(b"\n") else 1) != table.num_rows:
+        return None  # blank lines shift the line numbers: the exact parser keeps them
+    rel = column(columns.rel) if columns.rel is not None else None
+    weight = column(columns.weight) if columns.weight is not None else None
+    return EdgeChunk(lhs, rhs, rel, first, weight=weight)
+
+
+def _exact(path: Path, block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str,
+           skipped: SkippedLines) -> EdgeChunk:
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, block, first, exc) from None
+    chunk = _exact_block(path if not is_stdin(path) else Path("<stdin>"), text.splitlines(keepends=True), first,
+                         columns, delimiter, comment, skipped)
+    return replace(chunk, lhs=pa.array(chunk.lhs, pa.string()), rhs=pa.array(chunk.rhs, pa.string()),
+                   rel=None if chunk.rel is None else pa.array(chunk.rel, pa.string()),
+                   weight=None if chunk.weight is None else pa.array(chunk.weight, pa.string()))
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file (by its magic bytes; standard input is read as text)."""
+    if is_stdin(path):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> Iterator[EdgeChunk]:
+    """The edges of a Parquet file, by column name: ``lhs``, ``rhs`` and (when --columns names
+    them) ``rel`` and ``weight`` when the file has columns of those names, else the columns at
+    the positions --columns gives. Values are read as text, as from a TSV; an error names the
+    row (1-based) where a text file's would name the line."""
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputFormatError(f"{path}: cannot read as Parquet ({exc})") from None
+    names = handle.schema_arrow.names
+    roles = {"lhs": columns.lhs, "rhs": columns.rhs, "rel": columns.rel, "weight": columns.weight}
+    chosen: dict[str, str] = {}
+    for role, position in roles.items():
+        if position is None:
+            continue
+        if {"lhs", "rhs"} <= set(names):
+            if role not in names:
+                raise InputFormatError(f"{path}: no column named {role!r} (it has {', '.join(names)})")
+            chosen[role] = role
+        elif position < len(names):
+            chosen[role] = names[position]
+        else:
+            raise InputFormatError(f"{path}: --columns wants column {position + 1} as {role}, "
+                                   f"the file has {len(names)} ({', '.join(names)})")
+    row = 0
+    with handle:
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=sorted(set(chosen.values()))):
+            arrays = {}
+            for role, name in chosen.items():
+                column = batch.column(name)
+                if column.null_count:
+                    bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise InputFormatError(f"{path}:{row + bad + 1}: {role} ({name!r}) is null")
+                arrays[role] = pc.cast(column, pa.string())
+            for role in ("lhs", "rhs"):
+                empty = pc.equal(pc.utf8_length(arrays[role]), 0)
+                if pc.any(empty).as_py():
+                    bad = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+                    raise InputFormatError(f"{path}:{row + bad + 1}: empty node id")
+            if batch.num_rows:
+                yield EdgeChunk(arrays["lhs"], arrays["rhs"], arrays.get("rel"), row + 1, end_offset=0,
+                                weight=arrays.get("weight"))
+            row += batch.num_rows
+
+
+def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool | None = False, comment: str = "#",
+                skipped: SkippedLines | None = None, block_bytes: int = BLOCK_BYTES) -> Iterator[EdgeChunk]:
+    """Yield the edges of ``path`` (``-``: standard input) as chunks of Arrow string arrays.
+
+    Same rules as :func:`bigembed.partitioner.reader.read_chunks` (header, comment and blank
+    lines, byte-order mark, gzip/xz/bzip2), each input byte read once.
+    """
+    skipped = SkippedLines() if skipped is None else skipped
+    if is_parquet(path):
+        yield from read_parquet(path, columns)
+        return
+    line_no = 0
+    stream, stored = _open(path)
+    try:
+        with stream:
+            carry = stream.readline()
+            if carry.startswith(BOM):
+                carry = carry[len(BOM):]
+            if carry:
+                if header:
+                    skipped.header += 1
+                    carry, line_no = b"", 1
+                elif header is None:
+                    try:
+                        first = carry.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise _utf8_error(path, carry, 1, exc) from None
+                    if looks_like_header(first, delimiter):
+                        shown = first.rstrip("\r\n")[:80]
+                        raise InputFormatError(
+                            f"{describe(path)}:1: the first line {shown!r} looks like a header; "
+                            "pass --header to skip it or --no-header to import it as an edge")
+            done = False
+            while not done:
+                data = stream.read(block_bytes)
+                if data:
+                    buffer = carry + data
+                    cut = buffer.rfind(b"\n") + 1
+                    if cut == 0:
+                        carry = buffer
+                        continue
+                    block, carry = buffer[:cut], buffer[cut:]
+                else:
+                    block, carry, done = carry, b"", True
+                if not block:
+                    continue
+                chunk = (_arrow_block(block, columns, delimiter, line_no + 1, comment)
+                         or _exact(path, block, columns, delimiter, line_no + 1, comment, skipped))
+                line_no += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                if len(chunk.lhs):
+                    yield replace(chunk, end_offset=stored.tell())
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise InputFormatError(f"{describe(path)}: cannot read after line {line_no} ({exc})") from None
+    finally:
+        if not is_stdin(path):
+            stored.close()

@@ -1,0 +1,470 @@
+"""One-pass import: Arrow reads the files once, DuckDB keeps the dictionary out of core.
+
+Every block of edges (:mod:`bigembed.partitioner.blocks`) is checked and appended to a DuckDB
+table of its split, as names (string ids) or numbers (int ids); DuckDB holds that table and
+the dictionary within a memory limit and spills what does not fit to a folder inside the
+import's temporary output, so memory stays bounded whatever the number of distinct nodes.
+Then:
+
+- nodes: the distinct (entity type, name) pairs, each type's nodes ranked by a seeded hash of
+  the name with the name itself as tie-break (``rank``). A node's partition is ``rank % P``
+  and its offset ``rank // P`` after the rows of earlier types, as a seeded permutation gave
+  before: partitions differ by at most one node per type. Edges find their nodes by joining
+  on the name, never on the hash, so two ids that hash alike stay two nodes.
+- int ids: node ``i`` is rank ``i``, without a dictionary.
+- edges: each split's edges, joined to their ranks, come back in input order and are
+  appended to their (lhs partition, rhs partition) bucket in the compact layout
+  (:func:`bigembed.storage.edges.compact_dtypes`).
+
+Everything is written under a temporary folder beside DATA and renamed into place only when
+complete, so a failed or interrupted import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bigembed.errors import BigembedError, InputFormatError
+from bigembed.partitioner.blocks import describe, is_stdin, read_blocks
+from bigembed.partitioner.plan import (
+    DEFAULT_RELATION,
+    ImportSpec,
+    Progress,
+    _parse_int_ids,
+    _partitions_for_budget,
+    check_dense_rows,
+)
+from bigembed.partitioner.reader import EdgeChunk, SkippedLines
+from bigembed.partitioner.writer import parse_weights
+from bigembed.scheduler.memory import available_memory, human
+from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
+from bigembed.storage.data_manifest import DATA_FORMAT
+from bigembed.storage.edges import Bucket, EdgeArrays, append_edges, bucket_dir, compact_dtypes
+from bigembed.storage.names import names_dir, write_names_arrow
+
+# The SQL that orders a type's nodes before they are dealt to partitions ({seed}: --seed).
+# Tests replace it with a constant to make every id hash alike.
+NODE_ORDER = "hash(n, {seed}::UBIGINT)"
+COMPACT_FORMAT_VERSION = 3  # manifests with "edge_dtypes"
+DEFAULT_IMPORT_FRACTION = 0.5  # of the memory available now, when no --memory is given
+
+
+@dataclass
+class ImportStats:
+    """What an import did, for its summary line and for tests."""
+
+    num_nodes: int = 0
+    type_counts: list[list[int]] = field(default_factory=list)
+    num_partitions: int = 1
+    relations: list[str] = field(default_factory=list)
+    edges_per_split: dict[str, int] = field(default_factory=dict)
+    skipped: SkippedLines = field(default_factory=SkippedLines)
+    spilled_bytes: int = 0  # the most DuckDB had written to its spill folder at a check
+    memory_limit: int = 0
+
+    def summary(self, ids: str, type_names: list[str]) -> str:
+        sizes = [sum(c[p] for c in self.type_counts) for p in range(self.num_partitions)]
+        shown = ", ".join(map(str, sizes[:16])) + (", ..." if len(sizes) > 16 else "")
+        splits = ", ".join(f"{s}={n}" for s, n in self.edges_per_split.items())
+        types = ""
+        if len(type_names) > 1:
+            types = " of types " + ", ".join(f"{n}={sum(c)}" for n, c in zip(type_names, self.type_counts))
+        skipped = self.skipped.describe()
+        return (f"{self.num_nodes} nodes ({ids} ids){types} in {self.num_partitions} partitions [{shown}], "
+                f"{len(self.relations)} relations, edges: {splits}" + (f"; {skipped}" if skipped else ""))
+
+
+def import_budget(spec: ImportSpec) -> int:
+    """Bytes this import may use: --memory when given, else half of the memory available now."""
+    if spec.memory is not None:
+        return spec.memory
+    available = available_memory()
+    return int((available if available is not None else 8 << 30) * DEFAULT_IMPORT_FRACTION)
+
+
+def _connect(spill: Path, limit: int) -> Any:
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET memory_limit='{max(limit, 16 << 20) >> 20}MB'").fetchall()
+    con.execute(f"SET temp_directory='{spill}'").fetchall()
+    con.execute(f"SET threads={max(1, os.cpu_count() or 1)}").fetchall()
+    con.execute("SET preserve_insertion_order=true").fetchall()
+    return con
+
+
+def _spilled(con: Any) -> int:
+    try:
+        return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
+    except Exception:  # noqa: BLE001 - an older DuckDB without the table: report nothing
+        return 0
+
+
+class _Loader:
+    """Pass over the input: checks each chunk and appends it to its split's table."""
+
+    def __init__(self, spec: ImportSpec, con: Any) -> None:
+        self.spec, self.con = spec, con
+        self.types = list(spec.type_names)
+        self.codes: dict[str, int] = {}  # relation name -> first-seen code
+        self.code_types: list[tuple[int, int]] = []
+        self.max_id = [-1] * len(self.types)
+        self.largest: tuple[int, Path, int] = (-1, Path(), 0)
+        self.tables: dict[str, str] = {}
+        self.weighted = spec.columns.weight is not None
+        self.int_limit: int | None = None
+        if spec.ids == "int":
+            self.int_limit = spec.plan_memory if spec.plan_memory is not None else available_memory()
+
+    def _table(self, split: str) -> str:
+        if split not in self.tables:
+            name = f"split_{len(self.tables)}"
+            node = "BIGINT" if self.spec.ids == "int" else "VARCHAR"
+            weight = ", w FLOAT" if self.weighted else ""
+            self.con.execute(f"CREATE TABLE {name} (l {node}, h {node}, c INTEGER{weight})").fetchall()
+            self.tables[split] = name
+        return self.tables[split]
+
+    def _relation_codes(self, chunk: EdgeChunk, path: Path) -> np.ndarray:
+        n = len(chunk.lhs)
+        if chunk.rel is None:
+            names, indices = [DEFAULT_RELATION], np.zeros(n, np.int64)
+        else:
+            encoded = pc.dictionary_encode(chunk.rel).combine_chunks() if isinstance(chunk.rel, pa.ChunkedArray) \
+                else pc.dictionary_encode(chunk.rel)
+            names = encoded.dictionary.to_pylist()
+            indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        lookup = np.empty(len(names), np.int32)
+        for k, name in enumerate(names):
+            if name not in self.codes:
+                schema = self.spec.schema
+                if schema is not None:
+                    pair = schema.types_of(name)
+                    if pair is None:
+                        line = chunk.line_of(int(np.flatnonzero(indices == k)[0]))
+                        raise InputFormatError(
+                            f"{describe(path)}:{line}: relation {name!r} has no entity types in {schema.source} "
+                            f"(add [relations.{name}] with lhs and rhs)")
+                    self.code_types.append((self.types.index(pair[0]), self.types.index(pair[1])))
+                else:
+                    self.code_types.append((0, 0))
+                self.codes[name] = len(self.codes)
+            lookup[k] = self.codes[name]
+        return lookup[indices]
+
+    def _int_ids(self, array: pa.Array, chunk: EdgeChunk, path: Path) -> pa.Array:
+        try:
+            ids = pc.cast(array, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            _parse_int_ids(array.to_pylist(), path, chunk)  # raises with the line
+            raise InputFormatError(f"{describe(path)}:{chunk.first_line}: bad integer node id") from None
+        values = ids.to_numpy(zero_copy_only=False)
+        if values.size and values.min() < 0:
+            bad = int(np.flatnonzero(values < 0)[0])
+            raise InputFormatError(f"{describe(path)}:{chunk.line_of(bad)}: negative node id "
+                                   f"{array[bad].as_py()!r} (--ids int needs ids >= 0)")
+        return ids
+
+    def _weights(self, chunk: EdgeChunk, path: Path) -> pa.Array:
+        assert chunk.weight is not None
+        try:
+            values = pc.cast(chunk.weight, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = None
+        if values is not None and np.isfinite(values).all() and (values >= 0).all():
+            return pa.array(values.astype(np.float32))
+        parse_weights(replace(chunk, weight=cast(pa.Array, chunk.weight).to_pylist()), path)  # raises with the line
+        raise AssertionError("unreachable: some weight was bad")  # pragma: no cover
+
+    def add(self, split: str, chunk: EdgeChunk, path: Path) -> None:
+        codes = self._relation_codes(chunk, path)
+        lhs, rhs = chunk.lhs, chunk.rhs
+        if self.spec.ids == "int":
+            lhs, rhs = self._int_ids(lhs, chunk, path), self._int_ids(rhs, chunk, path)
+            ctypes = np.asarray(self.code_types, np.int64).reshape(-1, 2)
+            for side, ids in ((0, lhs), (1, rhs)):
+                values = ids.to_numpy(zero_copy_only=False)
+                types = ctypes[codes, side]
+                for t in range(len(self.types)):
+                    sel = values[types == t] if len(self.types) > 1 else values
+                    if sel.size:
+                        self.max_id[t] = max(self.max_id[t], int(sel.max()))
+                top = int(values.argmax())
+                if values[top] > self.largest[0]:
+                    self.largest = (int(values[top]), path, chunk.line_of(top))
+            check_dense_rows(sum(m + 1 for m in self.max_id), self.largest, self.int_limit)
+        columns: dict[str, Any] = {"l": lhs, "h": rhs, "c": pa.array(codes, pa.int32())}
+        if self.weighted:
+            columns["w"] = self._weights(chunk, path)
+        self.con.register("block", pa.table(columns))
+        self.con.execute(f"INSERT INTO {self._table(split)} SELECT * FROM block").fetchall()
+        self.con.unregister("block")
+
+
+def _counts(num: int, P: int) -> list[int]:
+    return [len(range(p, num, P)) for p in range(P)]
+
+
+def _node_table(con: Any, loader: _Loader, seed: int) -> list[int]:
+    """Build ``nodes(t, n, rank)`` from every split; returns the node count of each type."""
+    typed = len(loader.types) > 1
+    if typed:
+        pairs = pa.table({"c": pa.array(range(len(loader.code_types)), pa.int32()),
+                          "lt": pa.array([a for a, _ in loader.code_types], pa.int32()),
+                          "rt": pa.array([b for _, b in loader.code_types], pa.int32())})
+        con.register("pairs", pairs)
+        con.execute("CREATE TABLE code_types AS SELECT * FROM pairs").fetchall()
+        sides = " UNION ALL ".join(
+            f"SELECT y.lt AS t, e.l AS n FROM {table} e JOIN code_types y USING (c) "
+            f"UNION ALL SELECT y.rt, e.h FROM {table} e JOIN code_types y USING (c)"
+            for table in loader.tables.values())
+    else:
+        sides = " UNION ALL ".join(f"SELECT 0 AS t, l AS n FROM {table} UNION ALL SELECT 0, h FROM {table}"
+                                   for table in loader.tables.values())
+    order = NODE_ORDER.format(seed=int(seed) % 2**64)
+    con.execute(f"CREATE TABLE nodes AS SELECT t, n, (row_number() OVER (PARTITION BY t ORDER BY {order}, n) - 1) "
+                f"AS rank FROM (SELECT DISTINCT t, n FROM ({sides}))").fetchall()
+    counts = dict(con.execute("SELECT t, count(*) FROM nodes GROUP BY t").fetchall())
+    return [int(counts.get(t, 0)) for t in range(len(loader.types))]
+
+
+class _BucketWriter:
+    """Edges of one split by bucket, buffered in memory up to ``buffer_bytes`` between appends."""
+
+    def __init__(self, root: Path, split: str, P: int, dtypes: dict[str, np.dtype], weighted: bool,
+                 buffer_bytes: int) -> None:
+        self.root, self.split, self.P, self.dtypes = root, split, P, dtypes
+        self.weighted = weighted
+        self.buffer_bytes = buffer_bytes
+        self.pending: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        self.held = 0
+        self.counts: dict[str, int] = {}
+
+    def add(self, lp: np.ndarray, lo: np.ndarray, rp: np.ndarray, ro: np.ndarray, rel: np.ndarray,
+            weight: np.ndarray | None) -> None:
+        P = self.P
+        bucket = lp * P + rp
+        order = np.argsort(bucket, kind="stable")
+        sizes = np.bincount(bucket, minlength=P * P)
+        columns = [lo[order].astype(self.dtypes["lhs"]), ro[order].astype(self.dtypes["rhs"]),
+                   rel[order].astype(self.dtypes["rel"])]
+        if weight is not None:
+            columns.append(weight[order])
+        start = 0
+        for b in np.flatnonzero(sizes).tolist():
+            stop = start + int(sizes[b])
+            self.pending.setdefault(b, []).append(tuple(c[start:stop] for c in columns))
+            start = stop
+        self.held += sum(c.nbytes for c in columns)
+        if self.held >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        for b, parts in sorted(self.pending.items()):
+            bucket = Bucket(b // self.P, b % self.P)
+            folder = bucket_dir(self.root, self.split, bucket)
+            folder.mkdir(parents=True, exist_ok=True)
+            joined = [np.concatenate(c) for c in zip(*parts)]
+            append_edges(folder, EdgeArrays(joined[0], joined[1], joined[2], joined[3] if self.weighted else None),
+                         self.dtypes)
+            self.counts[bucket.key] = self.counts.get(bucket.key, 0) + len(joined[0])
+        self.pending.clear()
+        self.held = 0
+
+
+def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type_counts: list[list[int]],
+                 dtypes: dict[str, np.dtype], relation_of_code: np.ndarray, buffer_bytes: int,
+                 digest: Any, progress: Callable[[int], object] | None) -> dict[str, int]:
+    """Stream one split's edges in input order into its buckets; returns edges per bucket."""
+    table = loader.tables[split]
+    T = len(loader.types)
+    base = np.zeros((T, P), np.int64)  # rows of earlier types in each partition
+    for t in range(1, T):
+        base[t] = base[t - 1] + np.asarray(type_counts[t - 1], np.int64)
+    ctypes = np.asarray(loader.code_types, np.int64).reshape(-1, 2)
+    weight = ", e.w" if loader.weighted else ""
+    if loader.spec.ids == "int":
+        query = f"SELECT e.l, e.h, e.c{weight} FROM {table} e"
+    else:
+        on = ("JOIN code_types y ON y.c = e.c JOIN nodes a ON a.t = y.lt AND a.n = e.l "
+              "JOIN nodes b ON b.t = y.rt AND b.n = e.h") if T > 1 else \
+            "JOIN nodes a ON a.n = e.l JOIN nodes b ON b.n = e.h"
+        query = f"SELECT a.rank, b.rank, e.c{weight} FROM {table} e {on} ORDER BY e.rowid"
+    writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes)
+    reader = con.sql(query).to_arrow_reader(1 << 20)
+    for batch in reader:
+        lr = batch.column(0).to_numpy().astype(np.int64, copy=False)
+        rr = batch.column(1).to_numpy().astype(np.int64, copy=False)
+        code = batch.column(2).to_numpy()
+        w = batch.column(3).to_numpy() if loader.weighted else None
+        rel = relation_of_code[code]
+        lp, rp = lr % P, rr % P
+        lo, ro = lr // P, rr // P
+        if T > 1:
+            lo += base[ctypes[code, 0], lp]
+            ro += base[ctypes[code, 1], rp]
+        # the split's fingerprint: global node numbers (type start + rank) and relations, in input order
+        digest.update(np.ascontiguousarray(lr).data)
+        digest.update(np.ascontiguousarray(rr).data)
+        digest.update(np.ascontiguousarray(rel, dtype=np.int32).data)
+        if w is not None:
+            digest.update(np.ascontiguousarray(w).data)
+        writer.add(lp, lo, rp, ro, rel, w)
+        if progress:
+            progress(batch.num_rows)
+    writer.flush()
+    return writer.counts
+
+
+def _digest_names(digest: Any, array: pa.Array) -> None:
+    """Add each name followed by a newline to ``digest``."""
+    if len(array) == 0:
+        return
+    lines = pc.binary_join_element_wise(array, "", "\n").cast(pa.large_string())
+    offsets = np.frombuffer(lines.buffers()[1], np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    digest.update(memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+
+
+def _write_names(con: Any, loader: _Loader, root: Path, P: int, sizes: list[int], spec: ImportSpec) -> str:
+    """Names per (type, partition) in row order, and the node fingerprint (the same formula as
+    :func:`bigembed.partitioner.writer._write_names`)."""
+    digest = hashlib.sha256(f"{spec.ids}\0{P}\0".encode())
+    for t, entity in enumerate(loader.types):
+        counts = _counts(sizes[t], P)
+        digest.update(f"type\0{entity}\0{counts}\0".encode())
+        for p in range(P):
+            folder = names_dir(root, entity, p)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if spec.ids == "int":
+                folder.mkdir(exist_ok=True)
+                continue
+            digest.update(f"partition\0{p}\0{counts[p]}\0".encode())
+            reader = con.sql(f"SELECT n FROM nodes WHERE t = {t} AND rank % {P} = {p} ORDER BY rank"
+                             ).to_arrow_reader(1 << 18)
+
+            def hashed(batches: Any) -> Any:
+                for batch in batches:
+                    array = batch.column(0)
+                    _digest_names(digest, array)
+                    yield array
+
+            write_names_arrow(folder, hashed(reader))
+    return digest.hexdigest()
+
+
+def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: Progress | None = None,
+                edge_progress: Callable[[int], Callable[[int], object]] | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[dict[str, object], ImportStats]:
+    """Import ``spec``'s sources into DATA at ``out``, reading each source once.
+
+    ``progress`` is called with bytes of input read (as stored); ``edge_progress(total)``
+    returns the callback of the writing phase (edges). Returns (manifest, stats).
+    """
+    if spec.num_partitions < 1:
+        raise InputFormatError(f"--partitions must be >= 1, got {spec.num_partitions}")
+    if spec.ids not in ("string", "int"):
+        raise InputFormatError(f"--ids must be 'string' or 'int', got {spec.ids!r}")
+    budget = import_budget(spec)
+    stats = ImportStats(memory_limit=budget)
+    with atomic_output_dir(out, "import", overwrite) as tmp:
+        spill = tmp / ".spill"
+        spill.mkdir()
+        con = _connect(spill, int(budget * 0.6))
+        try:
+            loader = _Loader(spec, con)
+            for source in spec.sources:
+                count = 0
+                offset = 0
+                for chunk in read_blocks(source.path, spec.columns, spec.delimiter, header=spec.header,
+                                         comment=spec.comment, skipped=stats.skipped):
+                    loader.add(source.split, chunk, source.path)
+                    count += len(chunk.lhs)
+                    if progress:
+                        progress(chunk.end_offset - offset)
+                    offset = chunk.end_offset
+                if count == 0:
+                    raise InputFormatError(f"{describe(source.path)}: no edges (the file is empty or only comments)")
+                stats.edges_per_split[source.split] = stats.edges_per_split.get(source.split, 0) + count
+            stats.spilled_bytes = _spilled(con)
+            if spec.ids == "int":
+                sizes = [m + 1 for m in loader.max_id]
+            else:
+                if log:
+                    log("building the node dictionary")
+                sizes = _node_table(con, loader, spec.seed)
+            stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con))
+            P = spec.num_partitions
+            if spec.memory is not None and spec.memory_dim:
+                P = _partitions_for_budget(replace(spec, memory=spec.memory), sum(sizes),
+                                           stats.edges_per_split.get("train", 0))
+            stats.num_partitions = P
+            stats.num_nodes = sum(sizes)
+            stats.type_counts = [_counts(n, P) for n in sizes]
+            relation_names = sorted(loader.codes) if spec.columns.rel is not None else [DEFAULT_RELATION]
+            if not loader.codes:
+                loader.codes = {DEFAULT_RELATION: 0}
+            sorted_index = {name: i for i, name in enumerate(relation_names)}
+            relation_of_code = np.empty(len(loader.codes), np.int64)
+            for name, code in loader.codes.items():
+                relation_of_code[code] = sorted_index[name]
+            stats.relations = relation_names
+            rows = max(sum(c[p] for c in stats.type_counts) for p in range(P))
+            dtypes = compact_dtypes(rows, len(relation_names))
+            buffer_bytes = max(16 << 20, int(budget * 0.15))
+            bucket_counts: dict[str, dict[str, int]] = {}
+            edge_digests: dict[str, str] = {}
+            total = sum(stats.edges_per_split.values())
+            edges_cb = edge_progress(total) if edge_progress else None
+            for split in loader.tables:
+                digest = hashlib.sha256()
+                bucket_counts[split] = _write_edges(con, loader, tmp, split, P, stats.type_counts, dtypes,
+                                                    relation_of_code, buffer_bytes, digest, edges_cb)
+                edge_digests[split] = digest.hexdigest()
+                stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con))
+            nodes = _write_names(con, loader, tmp, P, sizes, spec)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "Out of Memory" in first:
+                raise BigembedError(f"{out}: the import needs more memory than the {human(budget)} it may use "
+                                    f"({first}); give it more with --memory") from None
+            raise BigembedError(f"{out}: import failed ({first})") from None
+        finally:
+            con.close()
+            shutil.rmtree(spill, ignore_errors=True)
+        code_types = loader.code_types
+        relation_types = [code_types[loader.codes[name]] for name in relation_names]
+        manifest = {
+            "fingerprint": {"nodes": nodes, "splits": edge_digests},
+            "format": DATA_FORMAT,
+            "format_version": COMPACT_FORMAT_VERSION,
+            "edge_dtypes": {k: np.dtype(v).name for k, v in dtypes.items()},
+            "entities": {entity: {"ids": spec.ids, "num_partitions": P, "counts": stats.type_counts[t]}
+                         for t, entity in enumerate(loader.types)},
+            "relations": [{"name": name, "lhs": loader.types[lt], "rhs": loader.types[rt]}
+                          for name, (lt, rt) in zip(relation_names, relation_types)],
+            "splits": {split: {"num_edges": sum(c.values()), "buckets": dict(sorted(c.items()))}
+                       for split, c in bucket_counts.items()},
+            "weighted": loader.weighted,
+            "sources": [_source_record(s.split, s.path) for s in spec.sources],
+            "seed": spec.seed,
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest, stats
+
+
+def _source_record(split: str, path: Path) -> dict[str, object]:
+    if is_stdin(path):
+        return {"split": split, "path": "-", "bytes": None}
+    return {"split": split, "path": os.path.abspath(path), "bytes": path.stat().st_size}

@@ -1,0 +1,189 @@
+"""The one-pass import engine: the same graph as the two-pass importer, from files, pipes and
+Parquet; names that hash alike stay apart; the dictionary spills under a small budget."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import bigembed.partitioner.engine as engine
+from bigembed.cli.main import cli as main
+from bigembed.errors import BigembedError
+from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+from bigembed.partitioner.engine import import_data
+from bigembed.partitioner.reader import ColumnSpec
+from bigembed.storage.data_manifest import read_data_manifest
+from bigembed.storage.edges import Bucket, read_edges
+from bigembed.storage.names import iter_names, names_dir
+from tests.conftest import write_tiny_graph
+
+
+def buckets(data: Path, split: str = "train") -> tuple[dict[tuple[int, int], Counter], dict[str, int]]:
+    """Each bucket's edges as a multiset of (lhs name, relation, rhs name); and node -> partition."""
+    dm = read_data_manifest(data)
+    names, where = [], {}
+    for p in range(dm.num_partitions):
+        if dm.id_kind == "int":
+            part = [str(o * dm.num_partitions + p) for o in range(dm.entity_counts[p])]
+        else:
+            part = [n for chunk in iter_names(names_dir(data, dm.type_names[0], p), dm.entity_counts[p]) for n in chunk]
+        names.append(part)
+        where.update(dict.fromkeys(part, p))
+    out = {}
+    for l in range(dm.num_partitions):
+        for r in range(dm.num_partitions):
+            e = read_edges(data, split, Bucket(l, r), dm.edge_count(split, Bucket(l, r)), dtypes=dm.edge_dtypes)
+            out[(l, r)] = Counter((names[l][a], dm.relations[c], names[r][b])
+                                  for a, b, c in zip(e.lhs.tolist(), e.rhs.tolist(), e.rel.tolist()))
+    return out, where
+
+
+def old_import(out: Path, files: dict[str, Path], partitions: int, **kw) -> Path:
+    write_plan(plan_import(ImportSpec(sources=[Source(s, p) for s, p in files.items()], num_partitions=partitions,
+                                      **kw)), out)
+    return out
+
+
+def new_import(out: Path, files: dict[str, Path], partitions: int, **kw) -> Path:
+    import_data(ImportSpec(sources=[Source(s, p) for s, p in files.items()], num_partitions=partitions, **kw), out)
+    return out
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_the_same_graph_as_the_two_pass_importer(tmp_path, partitions):
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    write_tiny_graph(train, seed=1, edges=400, nodes=90)
+    write_tiny_graph(test, seed=2, edges=40, nodes=120)  # some nodes only in test
+    files = {"train": train, "test": test}
+    old, new = old_import(tmp_path / "old", files, partitions), new_import(tmp_path / "new", files, partitions)
+    a, b = read_data_manifest(old), read_data_manifest(new)
+    assert a.num_entities == b.num_entities and a.relations == b.relations
+    assert sorted(a.entity_counts) == sorted(b.entity_counts)  # balanced the same way
+    for split in ("train", "test"):
+        (new_buckets, where), (old_buckets, _) = buckets(new, split), buckets(old, split)
+        assert sum(new_buckets.values(), Counter()) == sum(old_buckets.values(), Counter())
+        for (l, r), edges in new_buckets.items():  # each edge in the bucket of its nodes' partitions
+            assert all(where[x] == l and where[y] == r for x, _, y in edges)
+
+
+def test_int_ids_give_the_very_same_buckets(tmp_path):
+    path = tmp_path / "e.tsv"
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{a}\tr{c}\t{b}\n" for a, b, c in rng.integers(0, 50, (300, 3)).tolist()))
+    old = old_import(tmp_path / "old", {"train": path}, 4, ids="int")
+    new = new_import(tmp_path / "new", {"train": path}, 4, ids="int")
+    assert buckets(old)[0] == buckets(new)[0]
+    assert read_data_manifest(old).entity_counts == read_data_manifest(new).entity_counts
+    # and in the same order within each bucket: input order
+    a, b = read_data_manifest(old), read_data_manifest(new)
+    e1 = read_edges(old, "train", Bucket(1, 2), a.edge_count("train", Bucket(1, 2)))
+    e2 = read_edges(new, "train", Bucket(1, 2), b.edge_count("train", Bucket(1, 2)), dtypes=b.edge_dtypes)
+    assert e1.lhs.tolist() == e2.lhs.tolist() and e1.rhs.tolist() == e2.rhs.tolist()
+
+
+def test_a_pipe_gives_the_same_data_as_the_file(tmp_path):
+    path = tmp_path / "e.tsv"
+    write_tiny_graph(path, edges=300)
+    runner = CliRunner()
+    r1 = runner.invoke(main, ["import", str(path), "-o", str(tmp_path / "a"), "-p", "2", "--no-progress"])
+    r2 = runner.invoke(main, ["import", "-", "-o", str(tmp_path / "b"), "-p", "2", "--no-progress"],
+                       input=path.read_bytes())
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
+    assert a["fingerprint"] == b["fingerprint"] and a["splits"] == b["splits"]
+    assert b["sources"][0]["path"] == "-"
+
+
+def test_a_bad_line_from_a_pipe_is_named_by_its_line(tmp_path):
+    r = CliRunner().invoke(main, ["import", "-", "-o", str(tmp_path / "d"), "--no-progress"],
+                           input=b"a\tr\tb\nb\tr\n")
+    assert r.exit_code == 1
+    assert "<stdin>:2: expected at least 3 fields" in r.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_parquet_by_column_name_and_by_position(tmp_path):
+    pq.write_table(pa.table({"lhs": ["a", "b", "c"], "rel": ["x", "x", "y"], "rhs": ["b", "c", "a"]}),
+                   tmp_path / "named.parquet")
+    pq.write_table(pa.table({"src": [0, 1, 2], "dst": [1, 2, 0]}), tmp_path / "plain.parquet")
+    named = new_import(tmp_path / "a", {"train": tmp_path / "named.parquet"}, 2)
+    assert sum(buckets(named)[0].values(), Counter()) == Counter([("a", "x", "b"), ("b", "x", "c"), ("c", "y", "a")])
+    plain = new_import(tmp_path / "b", {"train": tmp_path / "plain.parquet"}, 1, ids="int",
+                       columns=ColumnSpec.parse("lhs,rhs"))
+    assert sum(buckets(plain)[0].values(), Counter()) == Counter([("0", "edge", "1"), ("1", "edge", "2"),
+                                                                 ("2", "edge", "0")])
+
+
+def test_parquet_with_an_empty_id_names_the_row(tmp_path):
+    pq.write_table(pa.table({"lhs": ["a", ""], "rhs": ["b", "c"]}), tmp_path / "e.parquet")
+    with pytest.raises(Exception, match=r"e.parquet:2: empty node id"):
+        new_import(tmp_path / "d", {"train": tmp_path / "e.parquet"}, 1, columns=ColumnSpec.parse("lhs,rhs"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_ids_that_all_hash_alike_stay_distinct_nodes(tmp_path, monkeypatch):
+    path = tmp_path / "e.tsv"
+    triples = write_tiny_graph(path, edges=200)
+    monkeypatch.setattr(engine, "NODE_ORDER", "0")  # every name gets the same hash: the order key collides
+    data = new_import(tmp_path / "d", {"train": path}, 3)
+    dm = read_data_manifest(data)
+    assert dm.num_entities == len({t[0] for t in triples} | {t[2] for t in triples})
+    assert sum(buckets(data)[0].values(), Counter()) == Counter(triples)
+    assert max(dm.entity_counts) - min(dm.entity_counts) <= 1
+
+
+def test_many_nodes_under_a_small_budget_spill_and_import_right(tmp_path, monkeypatch):
+    path = tmp_path / "e.tsv"
+    n = 400_000
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(n)
+    with open(path, "w") as f:  # long distinct names: about 14 MB of them, more than 76 MB (60%) in DuckDB
+        for a, b in zip(ids[: n // 2].tolist(), ids[n // 2 :].tolist()):
+            f.write(f"node-with-a-long-name-{a:012d}\tr\tnode-with-a-long-name-{b:012d}\n")
+    monkeypatch.setattr(engine, "import_budget", lambda spec: 128 << 20)
+    spec = ImportSpec(sources=[Source("train", path)], num_partitions=2)
+    _manifest, stats = import_data(spec, tmp_path / "d")
+    assert stats.spilled_bytes > 0  # DuckDB wrote to its spill folder
+    dm = read_data_manifest(tmp_path / "d")
+    assert dm.num_entities == n and dm.num_edges("train") == n // 2
+    assert not list((tmp_path).glob(".d*"))  # the spill folder went with the temp output
+    got = sum(buckets(tmp_path / "d")[0].values(), Counter())
+    first = path.read_text().splitlines()[0].split("\t")
+    assert got[(first[0], "r", first[2])] == 1 and sum(got.values()) == n // 2
+
+
+def test_too_small_a_budget_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "e.tsv"
+    with open(path, "w") as f:
+        f.writelines(f"node-with-a-long-name-{i:012d}\tr\tnode-with-a-long-name-{i + 1:012d}\n" for i in range(200_000))
+    monkeypatch.setattr(engine, "import_budget", lambda spec: 1 << 20)
+    with pytest.raises(BigembedError) as info:
+        new_import(tmp_path / "d", {"train": path}, 1)
+    assert "needs more memory than" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tsv"]
+
+
+def test_the_compact_layout_trains_evaluates_and_exports(tmp_path):
+    files = {s: tmp_path / f"{s}.tsv" for s in ("train", "test")}
+    write_tiny_graph(files["train"], seed=1, edges=600, nodes=60)
+    write_tiny_graph(files["test"], seed=2, edges=30, nodes=60)
+    runner = CliRunner()
+    data, run = tmp_path / "data", tmp_path / "run"
+    args = ["import", str(files["train"]), "--split", f"test={files['test']}", "-o", str(data), "-p", "2",
+            "--no-progress"]
+    assert runner.invoke(main, args).exit_code == 0
+    assert read_data_manifest(data).edge_dtypes["lhs"] == np.int32
+    r = runner.invoke(main, ["train", str(data), "-o", str(run), "--epochs", "2", "--dim", "8", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["eval", str(run), str(data), "--split", "test"])
+    assert r.exit_code == 0 and "MRR" in r.output, r.output
+    r = runner.invoke(main, ["export", str(run), "--data", str(data), "-o", str(tmp_path / "emb"), "--format", "npy"])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "emb" / "embeddings.npy").shape == (read_data_manifest(data).num_entities, 8)
