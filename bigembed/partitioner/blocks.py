@@ -89,7 +89,8 @@ def _utf8_error(path: Path, block: bytes, first: int, exc: UnicodeDecodeError) -
                             "of the line); convert the file to UTF-8 (e.g. with iconv) and import again")
 
 
-def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str) -> EdgeChunk | None:
+def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str, lines: int,
+                 int_ids: bool = False) -> EdgeChunk | None:
     """Split a block of plain edge lines with Arrow; None when it needs the exact parser."""
     comment_b = comment.encode()
     if b"\r" in block or (comment_b and (block.startswith(comment_b) or b"\n" + comment_b in block)):
@@ -99,14 +100,16 @@ def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, 
     if width < columns.width:
         return None
     names = [f"c{i}" for i in range(width)]
-    wanted = {columns.lhs, columns.rhs} | {c for c in (columns.rel, columns.weight) if c is not None}
+    ids = {columns.lhs, columns.rhs}
+    wanted = ids | {c for c in (columns.rel, columns.weight) if c is not None}
+    types = {names[i]: pa.int64() if int_ids and i in ids else pa.string() for i in wanted}
     try:
         table = pa_csv.read_csv(
             pa.py_buffer(block),
             read_options=pa_csv.ReadOptions(column_names=names, block_size=8 << 20),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
                                               escape_char=False, newlines_in_values=False, ignore_empty_lines=True),
-            convert_options=pa_csv.ConvertOptions(column_types={names[i]: pa.string() for i in wanted},
+            convert_options=pa_csv.ConvertOptions(column_types=types,
                                                   include_columns=[names[i] for i in sorted(wanted)],
                                                   strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
@@ -115,14 +118,15 @@ def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, 
 
     def column(i: int) -> pa.Array:
         array = table.column(names[i]).combine_chunks()
-        if b" " in block:
+        if b" " in block and pa.types.is_string(array.type):
             array = pc.utf8_trim_whitespace(array)
         return array
 
     lhs, rhs = column(columns.lhs), column(columns.rhs)
-    if pc.any(pc.equal(pc.utf8_length(lhs), 0)).as_py() or pc.any(pc.equal(pc.utf8_length(rhs), 0)).as_py():
+    if not int_ids and (pc.any(pc.equal(pc.utf8_length(lhs), 0)).as_py()
+                        or pc.any(pc.equal(pc.utf8_length(rhs), 0)).as_py()):
         return None  # an empty id: let the exact parser report its line
-    if block.count(b"\n") + (0 if block.endswith(b"\n") else 1) != table.num_rows:
+    if lines != table.num_rows:
         return None  # blank lines shift the line numbers: the exact parser keeps them
     rel = column(columns.rel) if columns.rel is not None else None
     weight = column(columns.weight) if columns.weight is not None else None
@@ -201,11 +205,14 @@ def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> 
 
 
 def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool | None = False, comment: str = "#",
-                skipped: SkippedLines | None = None, block_bytes: int = BLOCK_BYTES) -> Iterator[EdgeChunk]:
+                skipped: SkippedLines | None = None, block_bytes: int = BLOCK_BYTES,
+                int_ids: bool = False) -> Iterator[EdgeChunk]:
     """Yield the edges of ``path`` (``-``: standard input) as chunks of Arrow string arrays.
 
     Same rules as :func:`bigembed.partitioner.reader.read_chunks` (header, comment and blank
-    lines, byte-order mark, gzip/xz/bzip2), each input byte read once.
+    lines, byte-order mark, gzip/xz/bzip2), each input byte read once. ``int_ids``: lhs and rhs
+    of Arrow-parsed blocks come as int64 arrays (a block with any other token takes the exact
+    parser, and its ids come as text like every exact block's).
     """
     skipped = SkippedLines() if skipped is None else skipped
     if is_parquet(path):
@@ -246,9 +253,10 @@ def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool
                     block, carry, done = carry, b"", True
                 if not block:
                     continue
-                chunk = (_arrow_block(block, columns, delimiter, line_no + 1, comment)
+                lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                chunk = (_arrow_block(block, columns, delimiter, line_no + 1, comment, lines, int_ids)
                          or _exact(path, block, columns, delimiter, line_no + 1, comment, skipped))
-                line_no += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                line_no += lines
                 if len(chunk.lhs):
                     yield replace(chunk, end_offset=stored.tell())
     except (OSError, EOFError, lzma.LZMAError) as exc:
