@@ -48,6 +48,7 @@ def describe_data(path: Path) -> dict[str, Any]:
         "buckets": dm.num_partitions ** 2,
         "edges": {s: dm.num_edges(s) for s in dm.splits()},
         "non-empty buckets": nonempty,
+        "edge columns": ", ".join(f"{c} {d.name}" for c, d in dm.edge_dtypes.items()),
         "size on disk": _human(_disk_bytes(path)),
     }
 

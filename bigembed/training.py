@@ -307,7 +307,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                     session.buffer.acquire(others)
                     extras = [session.buffer[p] for p in others]
                 edges = read_edges(data.path.parent, "train", bucket, data.edge_count("train", bucket),
-                                   data.weighted)
+                                   data.weighted, data.edge_dtypes)
                 if chunks > 1:
                     edges = EdgeArrays(edges.lhs[chunk::chunks], edges.rhs[chunk::chunks], edges.rel[chunk::chunks],
                                        None if edges.weight is None else edges.weight[chunk::chunks])

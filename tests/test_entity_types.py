@@ -302,9 +302,11 @@ def test_a_version_1_manifest_still_reads(tmp_path):
     manifest = json.loads((data / "manifest.json").read_text())
     assert list(manifest["entities"]) == ["node"]
     manifest["format_version"] = 1
+    manifest.pop("edge_dtypes", None)  # version 1 had none: its columns were int64, int64, int32
     (data / "manifest.json").write_text(json.dumps(manifest))
     dm = read_data_manifest(data)
     assert dm.type_names == ["node"] and not dm.typed
+    assert [d.name for d in dm.edge_dtypes.values()] == ["int64", "int64", "int32"]
     manifest["entities"]["node"]["counts"] = [1]  # one count for two partitions
     (data / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataLayoutError, match="manifest is missing or has a malformed field"):

@@ -61,9 +61,10 @@ def read_split(data: DataManifest, split: str) -> SplitEdges:
             count = data.edge_count(split, bucket)
             if not count:
                 continue
-            edges = read_edges(data.path.parent, split, bucket, count)
-            lhs.append(np.asarray(edges.lhs) + offsets[l])
-            rhs.append(np.asarray(edges.rhs) + offsets[r])
+            edges = read_edges(data.path.parent, split, bucket, count, dtypes=data.edge_dtypes)
+            # global ids need int64: widen before adding the partition's offset
+            lhs.append(np.asarray(edges.lhs, dtype=np.int64) + offsets[l])
+            rhs.append(np.asarray(edges.rhs, dtype=np.int64) + offsets[r])
             rel.append(np.asarray(edges.rel, dtype=np.int64))
     if not lhs:
         empty = np.empty(0, np.int64)

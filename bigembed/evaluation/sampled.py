@@ -50,10 +50,11 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
                 if p not in cache:
                     cache[p] = torch.from_numpy(read_embeddings(run_dir, manifest, data, p))
             lhs_emb, rhs_emb = cache[l], cache[r]
-            edges = read_edges(data.path.parent, split, bucket, count)
-            lhs_idx = torch.from_numpy(np.array(edges.lhs))
-            rhs_idx = torch.from_numpy(np.array(edges.rhs))
-            rel = torch.from_numpy(np.array(edges.rel))
+            edges = read_edges(data.path.parent, split, bucket, count, dtypes=data.edge_dtypes)
+            # int64 indices, int32 relations whatever the columns' dtypes: the same batches and draws
+            lhs_idx = torch.from_numpy(np.array(edges.lhs, dtype=np.int64))
+            rhs_idx = torch.from_numpy(np.array(edges.rhs, dtype=np.int64))
+            rel = torch.from_numpy(np.array(edges.rel, dtype=np.int32))
             with torch.no_grad():
                 for relation, pos in plan_batches(rel, EVAL_BATCH, True, generator):
                     H, T = lhs_emb[lhs_idx[pos]], rhs_emb[rhs_idx[pos]]

@@ -6,13 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bigembed.errors import BigembedError, DataLayoutError
 from bigembed.storage.atomic import read_json
-from bigembed.storage.edges import Bucket
+from bigembed.storage.edges import ALLOWED_DTYPES, LEGACY_DTYPES, MAX_INT32_ROWS, Bucket, EdgeDtypes
 
 DATA_FORMAT = "bigembed-data"
+# What the importer writes. It stays 2 until the importer writes the compact layout: it writes
+# "format_version": DATA_FORMAT_VERSION, and a version 3 manifest without "edge_dtypes" is
+# refused; the commit that makes it write "edge_dtypes" sets 3 here.
 DATA_FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: one entity type (its layout is version 2's with one type)
+# 1: one entity type (its layout is version 2's with one type); 2: int64 lhs/rhs and int32 rel
+# columns; 3: the columns' dtypes are the manifest's "edge_dtypes" (storage.edges.compact_dtypes)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class DataManifest:
     relation_types: list[tuple[int, int]]
     bucket_counts: dict[str, dict[str, int]]
     raw: dict[str, Any]
+    edge_dtypes: EdgeDtypes  # "lhs", "rhs", "rel" -> the dtype of that edge column's files
 
     @property
     def typed(self) -> bool:
@@ -100,6 +108,34 @@ class DataManifest:
             )
 
 
+def _edge_dtypes(path: Path, raw: dict[str, Any], entity_counts: list[int], num_relations: int) -> EdgeDtypes:
+    """The edge columns' dtypes: format 3's ``edge_dtypes``, checked; formats 1 and 2's fixed ones."""
+    if raw["format_version"] < 3:
+        if "edge_dtypes" in raw:
+            raise DataLayoutError(f"{path}: edge_dtypes needs format_version 3, this manifest says "
+                                  f"{raw['format_version']}; re-import the edges")
+        return dict(LEGACY_DTYPES)
+    given = raw.get("edge_dtypes")
+    if not isinstance(given, dict):
+        raise DataLayoutError(f"{path}: format_version 3 needs edge_dtypes (the dtype of each edge column), "
+                              f"got {given!r}; re-import the edges")
+    out = {}
+    for column, allowed in ALLOWED_DTYPES.items():
+        name = given.get(column)
+        if name not in allowed:
+            got = "it is missing" if column not in given else f"got {name!r}"
+            raise DataLayoutError(f"{path}: edge_dtypes.{column} must be one of {', '.join(allowed)}, {got}; "
+                                  "re-import the edges")
+        out[column] = np.dtype(name)
+    if (out["lhs"] == np.int32 or out["rhs"] == np.int32) and max(entity_counts, default=0) > MAX_INT32_ROWS:
+        raise DataLayoutError(f"{path}: edge_dtypes.lhs/rhs int32 cannot hold the offsets of a partition "
+                              f"of {max(entity_counts)} rows; re-import the edges")
+    if num_relations - 1 > int(np.iinfo(out["rel"].name).max):
+        raise DataLayoutError(f"{path}: edge_dtypes.rel {out['rel'].name} cannot hold {num_relations} "
+                              "relation ids; re-import the edges")
+    return out
+
+
 def read_data_manifest(data_dir: Path) -> DataManifest:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -124,16 +160,22 @@ def read_data_manifest(data_dir: Path) -> DataManifest:
         if not types or any(len(t.counts) != P for t in types):
             raise ValueError("every entity type needs one count per partition")
         index = {t.name: i for i, t in enumerate(types)}
-        return DataManifest(
-            path=path,
-            entity_types=types,
-            id_kind=first["ids"],
-            num_partitions=P,
-            entity_counts=[sum(t.counts[p] for t in types) for p in range(P)],
-            relations=[r["name"] for r in raw["relations"]],
-            relation_types=[(index[r["lhs"]], index[r["rhs"]]) for r in raw["relations"]],
-            bucket_counts={s: dict(v["buckets"]) for s, v in raw["splits"].items()},
-            raw=raw,
-        )
+        id_kind = first["ids"]
+        entity_counts = [sum(t.counts[p] for t in types) for p in range(P)]
+        relations = [r["name"] for r in raw["relations"]]
+        relation_types = [(index[r["lhs"]], index[r["rhs"]]) for r in raw["relations"]]
+        bucket_counts = {s: dict(v["buckets"]) for s, v in raw["splits"].items()}
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
         raise DataLayoutError(f"{path}: manifest is missing or has a malformed field ({exc!r})") from None
+    return DataManifest(
+        path=path,
+        entity_types=types,
+        id_kind=id_kind,
+        num_partitions=P,
+        entity_counts=entity_counts,
+        relations=relations,
+        relation_types=relation_types,
+        bucket_counts=bucket_counts,
+        raw=raw,
+        edge_dtypes=_edge_dtypes(path, raw, entity_counts, len(relations)),
+    )

@@ -1,8 +1,13 @@
 """Edge buckets on disk: one folder per (split, lhs partition, rhs partition).
 
-Each bucket holds mmap-ninja NumPy memmaps ``lhs``, ``rhs`` (int64 local offsets)
-and ``rel`` (int32 relation index). Buckets are appended to chunk by chunk while
-importing and read back zero-copy as torch tensors while training.
+Each bucket holds mmap-ninja NumPy memmaps ``lhs``, ``rhs`` (local offsets) and
+``rel`` (relation index), plus ``weight`` (float32) in weighted DATA. Their dtypes are the
+DATA manifest's ``edge_dtypes``: in the compact layout (DATA format 3, :func:`compact_dtypes`)
+int32 offsets when every partition has fewer than 2**31 rows and the smallest integer type
+for relation ids, 9 to 12 bytes an edge (4 + 4 + 1, 2 or 4) instead of 20; before it
+(formats 1 and 2) int64, int64 and int32. Buckets are appended to chunk by
+chunk while importing and read back as memory maps; readers widen to int64 where torch
+indexes with them (a slab at a time while training, see ``trainer/bucket.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +21,27 @@ from mmap_ninja import numpy as ninja_np
 
 from bigembed.errors import DataLayoutError
 
-COLUMNS = {"lhs": np.int64, "rhs": np.int64, "rel": np.int32}
+EdgeDtypes = dict[str, np.dtype]  # "lhs", "rhs", "rel" -> the dtype of that column's files
+
+# The columns of DATA formats 1 and 2 (and of a manifest without ``edge_dtypes``).
+LEGACY_DTYPES: EdgeDtypes = {"lhs": np.dtype(np.int64), "rhs": np.dtype(np.int64), "rel": np.dtype(np.int32)}
+COLUMNS = LEGACY_DTYPES  # the old name
+# What each column may hold (torch indexes with int32/int64 and reads uint8/int16/int32;
+# it has no uint16/uint32 in the versions bigembed supports).
+ALLOWED_DTYPES: dict[str, tuple[str, ...]] = {"lhs": ("int32", "int64"), "rhs": ("int32", "int64"),
+                                              "rel": ("uint8", "int16", "int32")}
 WEIGHT_DTYPE = np.float32  # the optional ``weight`` column of weighted DATA
+MAX_INT32_ROWS = 2**31 - 1  # the most rows a partition may have for int32 offsets
+
+
+def compact_dtypes(max_rows: int, num_relations: int) -> EdgeDtypes:
+    """The smallest column dtypes for DATA whose largest partition has ``max_rows`` rows
+    (all entity types together) and that has ``num_relations`` relations: lhs/rhs int32 when
+    ``max_rows <= 2**31 - 1`` (else int64); rel uint8 for at most 256 relations, int16 for at
+    most 32767, else int32."""
+    offsets = np.dtype(np.int32) if max_rows <= MAX_INT32_ROWS else np.dtype(np.int64)
+    rel = "uint8" if num_relations <= 256 else "int16" if num_relations <= 32767 else "int32"
+    return {"lhs": offsets, "rhs": offsets, "rel": np.dtype(rel)}
 
 
 @dataclass(frozen=True)
@@ -34,8 +58,14 @@ class Bucket:
 
 @dataclass(frozen=True)
 class EdgeArrays:
-    """The edges of one bucket: ``lhs``/``rhs``: (n,) int64 local offsets, ``rel``: (n,) int32,
-    ``weight``: (n,) float32 or None when the DATA is unweighted."""
+    """The edges of one bucket: ``lhs``/``rhs``: (n,) local offsets, ``rel``: (n,) relation
+    indices, ``weight``: (n,) float32 or None when the DATA is unweighted.
+
+    Read from disk, the columns have the DATA's ``edge_dtypes``: lhs/rhs int32 or int64, rel
+    uint8, int16 or int32 (formats 1 and 2: always int64, int64, int32). Any reader that
+    indexes a tensor with them must widen them first (``np.asarray(x, np.int64)``, or
+    ``.long()``); arithmetic on them must not overflow their dtype (add partition offsets to
+    an int64 copy, not to an int32 column)."""
 
     lhs: np.ndarray
     rhs: np.ndarray
@@ -63,11 +93,40 @@ def bucket_dir(data_dir: Path, split: str, bucket: Bucket) -> Path:
     return Path(data_dir) / "edges" / split / bucket.key
 
 
-def append_edges(folder: Path, edges: EdgeArrays) -> None:
-    """Append ``edges`` to the bucket in ``folder``, creating it on first use."""
-    columns = dict(COLUMNS, **({"weight": WEIGHT_DTYPE} if edges.weight is not None else {}))
+def _fitted(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as a contiguous ``dtype`` array; a ValueError when one of them does not fit
+    (casting would wrap it silently)."""
+    values = np.asarray(values)
+    if values.size and not np.can_cast(values.dtype, dtype, "safe"):
+        if values.dtype.kind not in "iub":
+            raise ValueError(f"edge column {name!r}: expected integers, got {values.dtype}")
+        info = np.iinfo(dtype)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise ValueError(f"edge column {name!r}: value {bad} does not fit {dtype.name} "
+                             f"([{info.min}, {info.max}]); write it with a wider dtype")
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def append_edges(folder: Path, edges: EdgeArrays, dtypes: EdgeDtypes | None = None) -> None:
+    """Append ``edges`` to the bucket in ``folder``, creating it on first use. ``dtypes``: the
+    dtype of each column's files (the manifest's ``edge_dtypes``; None: the old int64, int64,
+    int32). A value that does not fit its column's dtype, or a column already written with
+    another dtype, is a ValueError (nothing is written then)."""
+    wanted = LEGACY_DTYPES if dtypes is None else {k: np.dtype(dtypes[k]) for k in LEGACY_DTYPES}
+    columns = dict(wanted, **({"weight": np.dtype(WEIGHT_DTYPE)} if edges.weight is not None else {}))
+    arrays = {}
     for name, dtype in columns.items():
-        array = np.ascontiguousarray(getattr(edges, name), dtype=dtype)
+        column = folder / name
+        if name != "weight":
+            arrays[name] = _fitted(name, getattr(edges, name), dtype)
+        else:
+            arrays[name] = np.ascontiguousarray(edges.weight, dtype=dtype)
+        dtype_file = column / "dtype.ninja"
+        if dtype_file.exists() and (held := dtype_file.read_text().strip()) != dtype.name:
+            raise ValueError(f"{column}: the column holds {held}, cannot append {dtype.name} values to it")
+    for name, array in arrays.items():
         column = folder / name
         if (column / "data.ninja").exists():
             ninja_np.extend_dir(column, array)
@@ -75,16 +134,20 @@ def append_edges(folder: Path, edges: EdgeArrays) -> None:
             ninja_np.from_ndarray(column, array).flush()
 
 
-def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int, weighted: bool = False) -> EdgeArrays:
-    """Memory-map a bucket's edges; ``count`` (from the manifest) is checked against the files."""
+def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int, weighted: bool = False,
+               dtypes: EdgeDtypes | None = None) -> EdgeArrays:
+    """Memory-map a bucket's edges; ``count`` (from the manifest) is checked against the files,
+    and so is each column's dtype against ``dtypes`` (the manifest's ``edge_dtypes``; None: the
+    old int64, int64, int32)."""
+    wanted = LEGACY_DTYPES if dtypes is None else {k: np.dtype(dtypes[k]) for k in LEGACY_DTYPES}
     if count == 0:
         return EdgeArrays(
-            np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32),
+            np.empty(0, wanted["lhs"]), np.empty(0, wanted["rhs"]), np.empty(0, wanted["rel"]),
             np.empty(0, WEIGHT_DTYPE) if weighted else None,
         )
     folder = bucket_dir(data_dir, split, bucket)
     arrays = {}
-    columns = dict(COLUMNS, **({"weight": WEIGHT_DTYPE} if weighted else {}))
+    columns = dict(wanted, **({"weight": np.dtype(WEIGHT_DTYPE)} if weighted else {}))
     for name, dtype in columns.items():
         try:
             arr = ninja_np.open_existing(folder / name, mode="r")
@@ -94,6 +157,7 @@ def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int, weighted:
             raise DataLayoutError(
                 f"{folder / name}: expected {count} {np.dtype(dtype).name} values "
                 f"as the manifest says, got shape {arr.shape} {arr.dtype}"
+                + ("" if arr.dtype == dtype else " (the edge files and manifest.json disagree; re-import the edges)")
             )
         arrays[name] = arr
     return EdgeArrays(**arrays)

@@ -82,9 +82,10 @@ def plan_batches(
     return [batches[i] for i in shuffle]
 
 
-def _read_in_order(column: np.ndarray, start: int, stop: int, order: Tensor) -> Tensor:
-    """``column[start:stop]`` read into memory and permuted by ``order``."""
-    return torch.from_numpy(np.array(column[start:stop])).index_select(0, order)
+def _read_in_order(column: np.ndarray, start: int, stop: int, order: Tensor, dtype: type | None = None) -> Tensor:
+    """``column[start:stop]`` read into memory (as ``dtype``: the one copy widens it) and
+    permuted by ``order``."""
+    return torch.from_numpy(np.array(column[start:stop], dtype=dtype)).index_select(0, order)
 
 
 def mixes_relations(model: Model) -> bool:
@@ -208,7 +209,10 @@ class BucketTrainer:
                     rhs: PartitionState, relations: RelationState, generator: torch.Generator,
                     extras: Sequence[PartitionState] | None) -> float:
         """Shuffle edges ``[s, e)`` of the bucket into batches and train them; the summed loss."""
-        rel = torch.from_numpy(np.array(edges.rel[s:e]))
+        # whatever the columns' dtypes (storage.edges.EdgeArrays), the slab holds int64 offsets
+        # (torch and the native kernels index with them) and int32 relations, converted here
+        # in the copy that reads them, once a slab: batches are slices of it
+        rel = torch.from_numpy(np.array(edges.rel[s:e], dtype=np.int32))
         planned = plan_batches(rel, self.config.batch_size, by_relation, generator)
         # the slab's columns in batch order, so a batch is a slice: gathering each batch's edges
         # from the slab at random positions cost 5% of training on the benchmark graph
@@ -218,7 +222,8 @@ class BucketTrainer:
             batches.append((relation, at, at + pos.shape[0]))
             at += pos.shape[0]
         dev = self.device  # the slab is what is streamed to a GPU
-        slab = Slab(_read_in_order(edges.lhs, s, e, order).to(dev), _read_in_order(edges.rhs, s, e, order).to(dev),
+        slab = Slab(_read_in_order(edges.lhs, s, e, order, np.int64).to(dev),
+                    _read_in_order(edges.rhs, s, e, order, np.int64).to(dev),
                     rel.index_select(0, order).to(dev),
                     None if edges.weight is None else _read_in_order(edges.weight, s, e, order).to(dev))
         del rel
