@@ -146,16 +146,22 @@ class _Loader:
                 handle.close()
 
     def spool_batches(self, split: str, rows: int = 1 << 22) -> Any:
-        """(lhs id, rhs id, relation code, weight or None) of a split's spooled edges, in input order."""
+        """(lhs id, rhs id, relation code, weight or None) of a split's spooled edges, in input order.
+
+        Read with plain reads, not a memory map: every mapped page read would stay in the
+        process's resident memory until the map is closed (20 GB for a billion edges)."""
         folder, _ = self.spools[split]
         n = self.spooled[split]
-        maps = {name: np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r", shape=(n,))
-                for name, dtype in (("l", np.int64), ("h", np.int64), ("c", np.int32), ("w", np.float32))
-                if name != "w" or self.weighted}
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            yield (np.array(maps["l"][start:stop]), np.array(maps["h"][start:stop]), np.array(maps["c"][start:stop]),
-                   np.array(maps["w"][start:stop]) if self.weighted else None)
+        kinds = [("l", np.int64), ("h", np.int64), ("c", np.int32)] + ([("w", np.float32)] if self.weighted else [])
+        handles = {name: open(folder / f"{name}.bin", "rb") for name, _ in kinds}
+        try:
+            for start in range(0, n, rows):
+                count = min(n, start + rows) - start
+                batch = {name: np.fromfile(handles[name], dtype=dtype, count=count) for name, dtype in kinds}
+                yield batch["l"], batch["h"], batch["c"], batch.get("w")
+        finally:
+            for handle in handles.values():
+                handle.close()
 
     def _table(self, split: str) -> str:
         if split not in self.tables:
@@ -467,7 +473,7 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
             stats.relations = relation_names
             rows = max(sum(c[p] for c in stats.type_counts) for p in range(P))
             dtypes = compact_dtypes(rows, len(relation_names))
-            buffer_bytes = max(16 << 20, int(budget * 0.15))
+            buffer_bytes = max(16 << 20, int(budget * 0.1))
             bucket_counts: dict[str, dict[str, int]] = {}
             edge_digests: dict[str, str] = {}
             total = sum(stats.edges_per_split.values())
