@@ -195,7 +195,10 @@ def test_commits_inside_a_bucket_and_resume_is_bit_identical(tmp_path, data, mon
         pass
 
     def crash_at_third_slab_commit(message: str) -> None:
-        if message.startswith("committed v3 ") and "slab" in message:
+        # the first commit inside a bucket from v3 on (which buckets are big enough to have
+        # several slabs depends on how the import dealt nodes to partitions)
+        version = message.split()[1] if message.startswith("committed v") else "v0"
+        if int(version[1:]) >= 3 and "slab" in message:
             raise Crash
 
     crashed = tmp_path / "crashed"
@@ -238,10 +241,11 @@ def test_nan_learning_rate_is_refused_before_anything_is_written(tmp_path, data)
 
 def reimport(tmp_path: Path, data: Path, **kw) -> None:
     """Import the fixture's files again over ``data`` (as `bigembed import --overwrite` does)."""
-    from bigembed.partitioner import ImportSpec, Source, plan_import, write_plan
+    from bigembed.partitioner import ImportSpec, Source
+    from bigembed.partitioner.engine import import_data
 
     sources = [Source("train", tmp_path / "edges.tsv"), Source("valid", tmp_path / "valid.tsv")]
-    write_plan(plan_import(ImportSpec(sources=sources, num_partitions=2, **kw)), data, overwrite=True)
+    import_data(ImportSpec(sources=sources, num_partitions=2, **kw), data, overwrite=True)
 
 
 def test_a_data_imported_again_with_another_seed_is_refused_by_train_eval_and_export(tmp_path, data):
