@@ -29,14 +29,20 @@ EVAL_BATCH = 1000
 
 def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifest, config: Config,
                      split: str, negatives: int, seed: int = 0,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Sampled-ranking metrics of ``split`` for the checkpoint ``manifest``."""
+                     progress: Callable[[int], None] | None = None, max_edges: int | None = None) -> dict[str, Any]:
+    """Sampled-ranking metrics of ``split`` for the checkpoint ``manifest``.
+
+    ``max_edges``: rank a seeded random sample of about that many of the split's edges (each
+    bucket gives its share, rounded up) instead of all of them: a split of 50M edges ranks in
+    minutes as 1M, with a standard error of the MRR still well under 0.001."""
     data.require_split(split)
     model, relations = load_checkpoint_model(run_dir, manifest, data, config)
     generator = torch.Generator().manual_seed(seed)
     rhs_acc, lhs_acc = RankAccumulator(), RankAccumulator()
     cache: dict[int, torch.Tensor] = {}
     P = data.num_partitions
+    total = data.num_edges(split)
+    sampler = torch.Generator().manual_seed(seed + 1)
     for l in range(P):
         for r in range(P):
             bucket = Bucket(l, r)
@@ -52,9 +58,16 @@ def evaluate_sampled(run_dir: Path, manifest: VersionManifest, data: DataManifes
             lhs_emb, rhs_emb = cache[l], cache[r]
             edges = read_edges(data.path.parent, split, bucket, count, dtypes=data.edge_dtypes)
             # int64 indices, int32 relations whatever the columns' dtypes: the same batches and draws
-            lhs_idx = torch.from_numpy(np.array(edges.lhs, dtype=np.int64))
-            rhs_idx = torch.from_numpy(np.array(edges.rhs, dtype=np.int64))
-            rel = torch.from_numpy(np.array(edges.rel, dtype=np.int32))
+            if max_edges is not None and max_edges < total:
+                take = min(count, -(-count * max_edges // total))
+                rows = np.sort(torch.randperm(count, generator=sampler)[:take].numpy())
+                lhs_idx = torch.from_numpy(np.asarray(edges.lhs[rows], dtype=np.int64))
+                rhs_idx = torch.from_numpy(np.asarray(edges.rhs[rows], dtype=np.int64))
+                rel = torch.from_numpy(np.asarray(edges.rel[rows], dtype=np.int32))
+            else:
+                lhs_idx = torch.from_numpy(np.array(edges.lhs, dtype=np.int64))
+                rhs_idx = torch.from_numpy(np.array(edges.rhs, dtype=np.int64))
+                rel = torch.from_numpy(np.array(edges.rel, dtype=np.int32))
             with torch.no_grad():
                 for relation, pos in plan_batches(rel, EVAL_BATCH, True, generator):
                     H, T = lhs_emb[lhs_idx[pos]], rhs_emb[rhs_idx[pos]]
