@@ -209,6 +209,8 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
                    "sampled: against --negatives random nodes, as PyTorch-BigGraph does.")
 @click.option("--negatives", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Sampled negatives per edge and side (--protocol sampled).")
+@click.option("--max-edges", type=click.IntRange(min=1),
+              help="--protocol sampled: rank a seeded random sample of about this many of the split's edges.")
 @click.option("--per-relation", is_flag=True, help="Also report each relation's metrics.")
 @click.option("--version", "which", default="last", show_default=True,
               help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
@@ -216,8 +218,8 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Also write the metrics here as JSON ('-' prints JSON instead of text).")
 @click.option("--progress/--no-progress", default=True)
-def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, per_relation: bool, which: str,
-             seed: int, json_out: Path | None, progress: bool) -> None:
+def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, max_edges: int | None,
+             per_relation: bool, which: str, seed: int, json_out: Path | None, progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
     from bigembed.evaluation import evaluate_full, evaluate_sampled
     from bigembed.evaluation.report import format_metrics, opened_checkpoint
@@ -226,9 +228,12 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, p
     with opened_checkpoint(run, data, which) as (manifest, dm, config):  # pinned while it is read
         dm.require_split(split)
         if protocol == "sampled":
-            with _counter(f"eval {split}", "edge", dm.num_edges(split), progress) as bar:
-                metrics = evaluate_sampled(run, manifest, dm, config, split, negatives, seed, bar.update)
+            total = dm.num_edges(split) if max_edges is None else min(max_edges, dm.num_edges(split))
+            with _counter(f"eval {split}", "edge", total, progress) as bar:
+                metrics = evaluate_sampled(run, manifest, dm, config, split, negatives, seed, bar.update, max_edges)
         else:
+            if max_edges is not None:
+                raise click.UsageError("--max-edges goes with --protocol sampled")
             total = 2 * dm.num_edges(split) * dm.num_partitions
             with _counter(f"eval {split}", "query", total, progress) as bar:
                 metrics = evaluate_full(run, manifest, dm, config, split, protocol == "filtered", per_relation,
