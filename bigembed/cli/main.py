@@ -293,27 +293,79 @@ def info(path: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Folder for train.tsv, valid.tsv, test.tsv.")
+              help="Folder for train.tsv, valid.tsv, test.tsv; '-' writes the train edges to standard output.")
+@click.option("--holdout", type=click.Path(path_type=Path),
+              help="With -o -: folder for valid.tsv and test.tsv (without it they are not written at all).")
 @click.option("--nodes", default=10000, show_default=True, type=int)
 @click.option("--edges", default=100000, show_default=True, type=int)
 @click.option("--relations", default=3, show_default=True, type=int)
 @click.option("--communities", default=20, show_default=True, type=int)
 @click.option("--exponent", default=1.0, show_default=True, type=float, help="Power-law exponent of popularity.")
 @click.option("--noise", default=0.05, show_default=True, type=float, help="Fraction of random rhs.")
-@click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--progress/--no-progress", default=True)
-def generate(out: Path, nodes: int, edges: int, relations: int, communities: int, exponent: float, noise: float,
-             ids: str, seed: int, progress: bool) -> None:
-    """Generate a synthetic graph with planted communities and power-law degrees."""
-    from bigembed.generator import GraphSpec, write_graph
+@click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
+              help="'string': lines n<id> TAB r<rel> TAB n<id>; 'int': <id> TAB <rel> TAB <id>, ids 0..N-1.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed and options, same bytes.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on standard error (on a terminal).")
+def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations: int, communities: int,
+             exponent: float, noise: float, ids: str, seed: int, progress: bool) -> None:
+    """Generate a synthetic graph with planted communities and power-law degrees.
+
+    Each edge goes to valid.tsv or test.tsv with probability 5%, otherwise to train.tsv.
+    With -o -, the train edges stream to standard output, so a graph can be imported
+    without a copy on disk; valid.tsv and test.tsv then go to --holdout DIR, and
+    without --holdout they are not written at all:
+
+    \b
+      bigembed generate -o - --holdout held --nodes 4000000 --edges 100000000 \\
+        | bigembed import - -o DATA --split valid=held/valid.tsv --split test=held/test.tsv
+
+    Progress and messages go to standard error only. If the reader stops early (a
+    closed pipe), generate stops quietly with exit status 1.
+    """
+    import os
+    import sys
+
+    from bigembed.generator import GraphSpec, write_edges, write_graph
 
     spec = GraphSpec(nodes=nodes, edges=edges, relations=relations, communities=communities,
                      exponent=exponent, noise=noise, seed=seed, int_ids=ids == "int")
     spec.validate()
-    with _counter("generating", "edge", edges, progress) as bar:
-        paths = write_graph(spec, out, progress=bar.update)
-    _log("wrote " + ", ".join(str(p) for p in paths.values()))
+    to_stdout = str(out) == "-"
+    if holdout is not None and not to_stdout:
+        raise click.UsageError("--holdout goes with -o - (a folder output gets valid.tsv and test.tsv itself)")
+    if not to_stdout:
+        with _counter("generating", "edge", edges, progress) as bar:
+            paths = write_graph(spec, out, progress=bar.update)
+        _log("wrote " + ", ".join(str(p) for p in paths.values()))
+        return
+    stdout = sys.stdout.buffer
+    try:  # a 1 MiB pipe buffer (Linux): the default 64 KiB costs a context switch each
+        import fcntl
+
+        fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass  # not a pipe, not Linux, or no file descriptor (tests)
+    held: dict[str, Any] = {}
+    try:
+        if holdout is not None:
+            holdout.mkdir(parents=True, exist_ok=True)
+            held = {name: open(holdout / f"{name}.tsv", "wb") for name in ("valid", "test")}
+        with _counter("generating", "edge", edges, progress) as bar:
+            write_edges(spec, stdout, held.get("valid"), held.get("test"), progress=bar.update)
+        stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop as quietly as a tool killed by SIGPIPE, and keep
+        # the interpreter's final flush of the dead pipe from printing an error.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise click.exceptions.Exit(1) from None
+    finally:
+        for handle in held.values():
+            handle.close()
+    _log("wrote the train edges to standard output, " + (f"{holdout / 'valid.tsv'} and {holdout / 'test.tsv'}"
+                                                         if holdout else "no valid/test (no --holdout)"))
 
 
 @cli.command("config-help")
