@@ -145,7 +145,8 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
              f"{stats.num_partitions} partitions")
     _log(f"imported: {stats.summary(ids, spec.type_names)}")
     if stats.spilled_bytes:
-        _log(f"the dictionary spilled {human(stats.spilled_bytes)} to disk to stay within {human(stats.memory_limit)}")
+        how = "kept the edges in a database file" if stats.on_disk else "spilled"
+        _log(f"the dictionary {how} ({human(stats.spilled_bytes)} on disk) to stay within {human(stats.memory_limit)}")
     _log(f"wrote {out}")
 
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bigembed.errors import BigembedError, InputFormatError
-from bigembed.partitioner.blocks import describe, is_stdin, read_blocks
+from bigembed.partitioner.blocks import describe, is_parquet, is_stdin, read_blocks
 from bigembed.partitioner.plan import (
     DEFAULT_RELATION,
     ImportSpec,
@@ -56,7 +56,12 @@ from bigembed.storage.names import names_dir, write_names_arrow
 # Tests replace it with a constant to make every id hash alike.
 NODE_ORDER = "hash(n, {seed}::UBIGINT)"
 COMPACT_FORMAT_VERSION = 3  # manifests with "edge_dtypes"
-DEFAULT_IMPORT_FRACTION = 0.5  # of the memory available now, when no --memory is given
+DEFAULT_IMPORT_FRACTION = 0.5
+DATABASE = "import.duckdb"
+# An in-memory DuckDB table of string-id edges takes about this many bytes per byte of their
+# text (9.4M edges, 169 MB of TSV: 36 bytes an edge as two inlined strings and a code, and
+# DuckDB's overheads); more than ``memory_limit`` spills uncompressed.
+IN_MEMORY_BYTES_PER_TEXT_BYTE = 5  # of the memory available now, when no --memory is given
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ImportStats:
     edges_per_split: dict[str, int] = field(default_factory=dict)
     skipped: SkippedLines = field(default_factory=SkippedLines)
     spilled_bytes: int = 0  # the most DuckDB had written to its spill folder at a check
+    on_disk: bool = False  # the edges were kept in a database file, not in memory
     memory_limit: int = 0
 
     def summary(self, ids: str, type_names: list[str]) -> str:
@@ -92,10 +98,13 @@ def import_budget(spec: ImportSpec) -> int:
     return int((available if available is not None else 8 << 30) * DEFAULT_IMPORT_FRACTION)
 
 
-def _connect(spill: Path, limit: int) -> Any:
+def _connect(spill: Path, limit: int, on_disk: bool) -> Any:
+    """DuckDB within ``limit`` bytes, spilling to ``spill``; ``on_disk``: its tables live in a
+    database file there (compressed: about 9 bytes an edge of short string ids, against about 85
+    once an in-memory table spills), for inputs too big to hold."""
     import duckdb
 
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(str(spill / DATABASE) if on_disk else ":memory:")
     con.execute(f"SET memory_limit='{max(limit, 16 << 20) >> 20}MB'").fetchall()
     con.execute(f"SET temp_directory='{spill}'").fetchall()
     con.execute(f"SET threads={max(1, os.cpu_count() or 1)}").fetchall()
@@ -103,11 +112,36 @@ def _connect(spill: Path, limit: int) -> Any:
     return con
 
 
-def _spilled(con: Any) -> int:
+def keep_on_disk(spec: ImportSpec, limit: int) -> bool:
+    """Whether string-id edges go to a database file rather than memory: when a source's size is
+    unknown before it is read (standard input), compressed (gzip, xz, bzip2, Parquet), or
+    the text is big enough that its table (about IN_MEMORY_BYTES_PER_TEXT_BYTE times the text)
+    would not fit ``limit``."""
+    if spec.ids != "string":
+        return False
+    total = 0
+    for source in spec.sources:
+        if is_stdin(source.path) or is_parquet(source.path):
+            return True
+        try:
+            with open(source.path, "rb") as handle:
+                magic = handle.read(6)
+        except OSError:
+            continue  # the reader names the file
+        if magic.startswith((b"\x1f\x8b", b"\xfd7zXZ", b"BZh")):
+            return True
+        total += source.path.stat().st_size
+    return total * IN_MEMORY_BYTES_PER_TEXT_BYTE > limit
+
+
+def _spilled(con: Any, spill: Path) -> int:
+    """Bytes DuckDB holds on disk now: its spill files and its database file."""
+    database = spill / DATABASE
+    held = database.stat().st_size if database.exists() else 0
     try:
-        return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
+        return held + int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
     except Exception:  # noqa: BLE001 - an older DuckDB without the table: report nothing
-        return 0
+        return held
 
 
 class _Loader:
@@ -431,7 +465,9 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
     with atomic_output_dir(out, "import", overwrite) as tmp:
         spill = tmp / ".spill"
         spill.mkdir()
-        con = _connect(spill, int(budget * 0.6))
+        limit = int(budget * 0.6)
+        stats.on_disk = keep_on_disk(spec, limit)
+        con = _connect(spill, limit, stats.on_disk)
         loader = _Loader(spec, con, tmp / ".spool")
         try:
             for source in spec.sources:
@@ -448,14 +484,14 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                     raise InputFormatError(f"{describe(source.path)}: no edges (the file is empty or only comments)")
                 stats.edges_per_split[source.split] = stats.edges_per_split.get(source.split, 0) + count
             loader.close_spools()
-            stats.spilled_bytes = _spilled(con)
+            stats.spilled_bytes = _spilled(con, spill)
             if spec.ids == "int":
                 sizes = [m + 1 for m in loader.max_id]
             else:
                 if log:
                     log("building the node dictionary")
                 sizes = _node_table(con, loader, spec.seed)
-            stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con))
+            stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con, spill))
             P = spec.num_partitions
             if spec.memory is not None and spec.memory_dim:
                 P = _partitions_for_budget(replace(spec, memory=spec.memory), sum(sizes),
@@ -483,7 +519,7 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                 bucket_counts[split] = _write_edges(con, loader, tmp, split, P, stats.type_counts, dtypes,
                                                     relation_of_code, buffer_bytes, digest, edges_cb)
                 edge_digests[split] = digest.hexdigest()
-                stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con))
+                stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con, spill))
             nodes = _write_names(con, loader, tmp, P, sizes, spec)
         except Exception as exc:
             if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):

@@ -187,3 +187,27 @@ def test_the_compact_layout_trains_evaluates_and_exports(tmp_path):
     r = runner.invoke(main, ["export", str(run), "--data", str(data), "-o", str(tmp_path / "emb"), "--format", "npy"])
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "emb" / "embeddings.npy").shape == (read_data_manifest(data).num_entities, 8)
+
+
+def test_big_piped_or_compressed_string_edges_are_kept_in_a_database_file(tmp_path, monkeypatch):
+    import gzip
+
+    from bigembed.partitioner.engine import keep_on_disk
+
+    plain, packed = tmp_path / "e.tsv", tmp_path / "e.tsv.gz"
+    triples = write_tiny_graph(plain, edges=300)
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+
+    def spec(path, **kw):
+        return ImportSpec(sources=[Source("train", path)], num_partitions=2, **kw)
+
+    assert not keep_on_disk(spec(plain), 1 << 30)
+    assert keep_on_disk(spec(plain), 1000)  # its table would not fit
+    assert keep_on_disk(spec(Path("-")), 1 << 30) and keep_on_disk(spec(packed), 1 << 30)
+    assert not keep_on_disk(spec(packed, ids="int"), 1000)  # int ids never use DuckDB's tables
+    _manifest, stats = import_data(spec(packed), tmp_path / "d")
+    assert stats.on_disk and stats.spilled_bytes > 0
+    assert sum(buckets(tmp_path / "d")[0].values(), Counter()) == Counter(triples)
+    in_memory = new_import(tmp_path / "m", {"train": plain}, 2)
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "d", in_memory))
+    assert a["fingerprint"] == b["fingerprint"]
