@@ -89,9 +89,13 @@ def _utf8_error(path: Path, block: bytes, first: int, exc: UnicodeDecodeError) -
                             "of the line); convert the file to UTF-8 (e.g. with iconv) and import again")
 
 
-def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str, lines: int,
+def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str,
                  int_ids: bool = False) -> EdgeChunk | None:
-    """Split a block of plain edge lines with Arrow; None when it needs the exact parser."""
+    """Split a block of plain edge lines with Arrow; None when it needs the exact parser.
+
+    Arrow keeps empty lines as rows here, so a blank line (like any line with another number
+    of fields) fails the parse and the block goes to the exact parser, which keeps line numbers;
+    a parsed block therefore has one row per line."""
     comment_b = comment.encode()
     if b"\r" in block or (comment_b and (block.startswith(comment_b) or b"\n" + comment_b in block)):
         return None
@@ -103,31 +107,38 @@ def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, 
     ids = {columns.lhs, columns.rhs}
     wanted = ids | {c for c in (columns.rel, columns.weight) if c is not None}
     types = {names[i]: pa.int64() if int_ids and i in ids else pa.string() for i in wanted}
+    if columns.rel is not None:  # few distinct values: codes per line, not one string each
+        types[names[columns.rel]] = pa.dictionary(pa.int32(), pa.string())
     try:
         table = pa_csv.read_csv(
             pa.py_buffer(block),
             read_options=pa_csv.ReadOptions(column_names=names, block_size=8 << 20),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
-                                              escape_char=False, newlines_in_values=False, ignore_empty_lines=True),
+                                              escape_char=False, newlines_in_values=False, ignore_empty_lines=False),
             convert_options=pa_csv.ConvertOptions(column_types=types,
                                                   include_columns=[names[i] for i in sorted(wanted)],
                                                   strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None  # a line with another number of fields, or bad UTF-8: the exact parser names it
+    # Integer columns refuse padded tokens, so only string columns may need trimming; a
+    # dictionary's values are few, so they are trimmed without looking for spaces first.
+    spaced = (not int_ids or columns.weight is not None) and b" " in block
 
     def column(i: int) -> pa.Array:
         array = table.column(names[i]).combine_chunks()
-        if b" " in block and pa.types.is_string(array.type):
+        if pa.types.is_dictionary(array.type):
+            array = pa.DictionaryArray.from_arrays(array.indices, pc.utf8_trim_whitespace(array.dictionary))
+        elif spaced and pa.types.is_string(array.type):
             array = pc.utf8_trim_whitespace(array)
         return array
 
     lhs, rhs = column(columns.lhs), column(columns.rhs)
+    if lhs.null_count or rhs.null_count:
+        return None  # an empty integer token (a blank line reads as a row of them): the exact parser
     if not int_ids and (pc.any(pc.equal(pc.utf8_length(lhs), 0)).as_py()
                         or pc.any(pc.equal(pc.utf8_length(rhs), 0)).as_py()):
         return None  # an empty id: let the exact parser report its line
-    if lines != table.num_rows:
-        return None  # blank lines shift the line numbers: the exact parser keeps them
     rel = column(columns.rel) if columns.rel is not None else None
     weight = column(columns.weight) if columns.weight is not None else None
     return EdgeChunk(lhs, rhs, rel, first, weight=weight)
@@ -243,19 +254,22 @@ def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool
             while not done:
                 data = stream.read(block_bytes)
                 if data:
-                    buffer = carry + data
-                    cut = buffer.rfind(b"\n") + 1
+                    cut = data.rfind(b"\n") + 1
                     if cut == 0:
-                        carry = buffer
+                        carry += data
                         continue
-                    block, carry = buffer[:cut], buffer[cut:]
+                    block = b"".join((carry, memoryview(data)[:cut]))  # one copy of the block
+                    carry = data[cut:]
                 else:
                     block, carry, done = carry, b"", True
                 if not block:
                     continue
-                lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-                chunk = (_arrow_block(block, columns, delimiter, line_no + 1, comment, lines, int_ids)
-                         or _exact(path, block, columns, delimiter, line_no + 1, comment, skipped))
+                parsed = _arrow_block(block, columns, delimiter, line_no + 1, comment, int_ids)
+                if parsed is not None:
+                    chunk, lines = parsed, len(parsed.lhs)
+                else:
+                    lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                    chunk = _exact(path, block, columns, delimiter, line_no + 1, comment, skipped)
                 line_no += lines
                 if len(chunk.lhs):
                     yield replace(chunk, end_offset=stored.tell())

@@ -136,12 +136,54 @@ def keep_on_disk(spec: ImportSpec, limit: int) -> bool:
 
 def _spilled(con: Any, spill: Path) -> int:
     """Bytes DuckDB holds on disk now: its spill files and its database file."""
+    if con is None:
+        return 0
     database = spill / DATABASE
     held = database.stat().st_size if database.exists() else 0
     try:
         return held + int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
     except Exception:  # noqa: BLE001 - an older DuckDB without the table: report nothing
         return held
+
+
+def _narrowest(values: np.ndarray, top: int) -> np.ndarray:
+    """Non-negative ``values`` (at most ``top``) in the smallest unsigned type that holds them."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values
+
+
+class _Spool:
+    """One split's int-id edges in input order, on disk until the partition count is known.
+
+    Each chunk is stored as its columns end to end, as the loader gives them: ids and relation
+    codes in the smallest unsigned type that holds that chunk's values (usually 4 + 4 + 1 bytes
+    an edge, not 20). The list of chunks and their dtypes stays in memory. Read back with plain reads, not a
+    memory map, whose pages would stay resident until it closes (20 GB for a billion edges)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: Any = open(path, "wb")
+        self.index: list[tuple[int, list[tuple[str, np.dtype]]]] = []
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        kinds = []
+        for name, values in columns.items():
+            values = np.ascontiguousarray(values)
+            self.handle.write(values.data.cast("B"))
+            kinds.append((name, values.dtype))
+        self.index.append((len(columns["l"]), kinds))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def chunks(self) -> Any:
+        with open(self.path, "rb") as handle:
+            for count, kinds in self.index:
+                yield {name: np.fromfile(handle, dtype=dtype, count=count) for name, dtype in kinds}
 
 
 class _Loader:
@@ -156,7 +198,7 @@ class _Loader:
         self.largest: tuple[int, Path, int] = (-1, Path(), 0)
         self.tables: dict[str, str] = {}  # split -> its DuckDB table (string ids) or spool folder (int ids)
         self.spool_root = spool
-        self.spools: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self.spools: dict[str, _Spool] = {}
         self.spooled: dict[str, int] = {}
         self.weighted = spec.columns.weight is not None
         self.int_limit: int | None = None
@@ -164,38 +206,23 @@ class _Loader:
             self.int_limit = spec.plan_memory if spec.plan_memory is not None else available_memory()
 
     def _spool_add(self, split: str, columns: dict[str, np.ndarray]) -> None:
-        """Int ids need no dictionary: a chunk's columns go to flat files, read back once P is known."""
+        """Int ids need no dictionary: a chunk's columns go to a flat spool, read back once P is known."""
         if split not in self.spools:
             folder = self.spool_root / f"split_{len(self.spools)}"
             folder.mkdir(parents=True)
-            self.spools[split] = (folder, {name: open(folder / f"{name}.bin", "wb") for name in columns})
+            self.spools[split] = _Spool(folder / "edges.bin")
             self.tables[split] = str(folder)
-        for name, values in columns.items():
-            self.spools[split][1][name].write(np.ascontiguousarray(values).data)
+        self.spools[split].add(columns)
         self.spooled[split] = self.spooled.get(split, 0) + len(columns["l"])
 
     def close_spools(self) -> None:
-        for _folder, handles in self.spools.values():
-            for handle in handles.values():
-                handle.close()
+        for spool in self.spools.values():
+            spool.close()
 
-    def spool_batches(self, split: str, rows: int = 1 << 22) -> Any:
-        """(lhs id, rhs id, relation code, weight or None) of a split's spooled edges, in input order.
-
-        Read with plain reads, not a memory map: every mapped page read would stay in the
-        process's resident memory until the map is closed (20 GB for a billion edges)."""
-        folder, _ = self.spools[split]
-        n = self.spooled[split]
-        kinds = [("l", np.int64), ("h", np.int64), ("c", np.int32)] + ([("w", np.float32)] if self.weighted else [])
-        handles = {name: open(folder / f"{name}.bin", "rb") for name, _ in kinds}
-        try:
-            for start in range(0, n, rows):
-                count = min(n, start + rows) - start
-                batch = {name: np.fromfile(handles[name], dtype=dtype, count=count) for name, dtype in kinds}
-                yield batch["l"], batch["h"], batch["c"], batch.get("w")
-        finally:
-            for handle in handles.values():
-                handle.close()
+    def spool_batches(self, split: str) -> Any:
+        """(lhs id, rhs id, relation code, weight or None) of a split's spooled edges, in input order."""
+        for batch in self.spools[split].chunks():
+            yield batch["l"], batch["h"], batch["c"], batch.get("w")
 
     def _table(self, split: str) -> str:
         if split not in self.tables:
@@ -210,6 +237,9 @@ class _Loader:
         n = len(chunk.lhs)
         if chunk.rel is None:
             names, indices = [DEFAULT_RELATION], np.zeros(n, np.int64)
+        elif isinstance(chunk.rel, pa.DictionaryArray):  # as Arrow's CSV reader gives it
+            names = chunk.rel.dictionary.to_pylist()
+            indices = chunk.rel.indices.to_numpy(zero_copy_only=False)
         else:
             encoded = pc.dictionary_encode(chunk.rel).combine_chunks() if isinstance(chunk.rel, pa.ChunkedArray) \
                 else pc.dictionary_encode(chunk.rel)
@@ -233,18 +263,23 @@ class _Loader:
             lookup[k] = self.codes[name]
         return lookup[indices]
 
-    def _int_ids(self, array: pa.Array, chunk: EdgeChunk, path: Path) -> pa.Array:
+    def _int_ids(self, array: pa.Array, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, int]:
+        """The ids of one column as int64 and their largest value; a one-line error naming the
+        line of a token that is not a non-negative integer."""
         try:
             ids = array if array.type == pa.int64() else pc.cast(array, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             _parse_int_ids(array.to_pylist(), path, chunk)  # raises with the line
             raise InputFormatError(f"{describe(path)}:{chunk.first_line}: bad integer node id") from None
         values = ids.to_numpy(zero_copy_only=False)
-        if values.size and values.min() < 0:
+        if not values.size:
+            return values, -1
+        low, high = pc.min_max(ids).values()
+        if low.as_py() < 0:
             bad = int(np.flatnonzero(values < 0)[0])
             raise InputFormatError(f"{describe(path)}:{chunk.line_of(bad)}: negative node id "
                                    f"{str(array[bad].as_py())!r} (--ids int needs ids >= 0)")
-        return ids
+        return values, int(high.as_py())
 
     def _weights(self, chunk: EdgeChunk, path: Path) -> pa.Array:
         assert chunk.weight is not None
@@ -261,22 +296,26 @@ class _Loader:
         codes = self._relation_codes(chunk, path)
         lhs, rhs = chunk.lhs, chunk.rhs
         if self.spec.ids == "int":
-            lhs, rhs = self._int_ids(lhs, chunk, path), self._int_ids(rhs, chunk, path)
             ctypes = np.asarray(self.code_types, np.int64).reshape(-1, 2)
-            for side, ids in ((0, lhs), (1, rhs)):
-                values = ids.to_numpy(zero_copy_only=False)
-                types = ctypes[codes, side]
-                for t in range(len(self.types)):
-                    sel = values[types == t] if len(self.types) > 1 else values
-                    if sel.size:
-                        self.max_id[t] = max(self.max_id[t], int(sel.max()))
-                top = int(values.argmax())
-                if values[top] > self.largest[0]:
-                    self.largest = (int(values[top]), path, chunk.line_of(top))
+            spooled: dict[str, np.ndarray] = {}
+            for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
+                values, top = self._int_ids(array, chunk, path)
+                if len(self.types) == 1:
+                    self.max_id[0] = max(self.max_id[0], top)
+                else:
+                    types = ctypes[codes, side]
+                    for t in range(len(self.types)):
+                        sel = values[types == t]
+                        if sel.size:
+                            self.max_id[t] = max(self.max_id[t], int(sel.max()))
+                if top > self.largest[0]:
+                    self.largest = (top, path, chunk.line_of(int(values.argmax())))
+                spooled[name] = _narrowest(values, top)
             check_dense_rows(sum(m + 1 for m in self.max_id), self.largest, self.int_limit)
-            self._spool_add(split, {"l": lhs.to_numpy(zero_copy_only=False), "h": rhs.to_numpy(zero_copy_only=False),
-                                    "c": codes.astype(np.int32),
-                                    **({"w": self._weights(chunk, path).to_numpy()} if self.weighted else {})})
+            spooled["c"] = _narrowest(codes, len(self.codes) - 1)
+            if self.weighted:
+                spooled["w"] = self._weights(chunk, path).to_numpy()
+            self._spool_add(split, spooled)
             return
         columns: dict[str, Any] = {"l": lhs, "h": rhs, "c": pa.array(codes, pa.int32())}
         if self.weighted:
@@ -397,11 +436,11 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
         lo, lp = np.divmod(lr, P)
         ro, rp = np.divmod(rr, P)
         if T > 1:
-            lo += base[ctypes[code, 0], lp]
-            ro += base[ctypes[code, 1], rp]
+            lo = lo.astype(np.int64) + base[ctypes[code, 0], lp]
+            ro = ro.astype(np.int64) + base[ctypes[code, 1], rp]
         # the split's fingerprint: global node numbers (type start + rank) and relations, in input order
-        digest.update(np.ascontiguousarray(lr).data)
-        digest.update(np.ascontiguousarray(rr).data)
+        digest.update(np.ascontiguousarray(lr, dtype=np.int64).data)
+        digest.update(np.ascontiguousarray(rr, dtype=np.int64).data)
         digest.update(np.ascontiguousarray(rel, dtype=np.int32).data)
         if w is not None:
             digest.update(np.ascontiguousarray(w).data)
@@ -467,7 +506,7 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
         spill.mkdir()
         limit = int(budget * 0.6)
         stats.on_disk = keep_on_disk(spec, limit)
-        con = _connect(spill, limit, stats.on_disk)
+        con = _connect(spill, limit, stats.on_disk) if spec.ids == "string" else None  # int ids: no dictionary
         loader = _Loader(spec, con, tmp / ".spool")
         try:
             for source in spec.sources:
@@ -530,7 +569,8 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                                     f"({first}); give it more with --memory") from None
             raise BigembedError(f"{out}: import failed ({first})") from None
         finally:
-            con.close()
+            if con is not None:
+                con.close()
             loader.close_spools()
             shutil.rmtree(spill, ignore_errors=True)
             shutil.rmtree(tmp / ".spool", ignore_errors=True)

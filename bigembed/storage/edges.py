@@ -127,11 +127,31 @@ def append_edges(folder: Path, edges: EdgeArrays, dtypes: EdgeDtypes | None = No
         if dtype_file.exists() and (held := dtype_file.read_text().strip()) != dtype.name:
             raise ValueError(f"{column}: the column holds {held}, cannot append {dtype.name} values to it")
     for name, array in arrays.items():
-        column = folder / name
-        if (column / "data.ninja").exists():
-            ninja_np.extend_dir(column, array)
-        else:
-            ninja_np.from_ndarray(column, array).flush()
+        append_column(folder / name, array)
+
+
+def append_column(column: Path, array: np.ndarray) -> None:
+    """Append a 1-d array to the mmap-ninja NumPy column in ``column`` (created on first use),
+    with plain file writes rather than through a memory map: a full disk is then an OSError
+    that the caller reports, where a write through a map would kill the process with SIGBUS,
+    and there is no msync per call (the output is fsynced once, when it is complete). The
+    files are those mmap-ninja writes: ``data.ninja`` (the values end to end), ``dtype.ninja``,
+    ``shape.ninja`` (little-endian uint64 per axis), ``order.ninja`` and ``type.ninja``."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 1:
+        raise ValueError(f"{column}: append_column takes a 1-d array, got shape {array.shape}")
+    shape_file = column / "shape.ninja"
+    if shape_file.exists():
+        held = int(np.frombuffer(shape_file.read_bytes(), "<u8")[0])
+    else:
+        column.mkdir(parents=True, exist_ok=True)
+        (column / "type.ninja").write_bytes(b"numpy")
+        (column / "dtype.ninja").write_bytes(array.dtype.name.encode())
+        (column / "order.ninja").write_bytes(b"C")
+        held = 0
+    with open(column / "data.ninja", "ab" if held else "wb") as data:
+        data.write(array.data.cast("B"))
+    shape_file.write_bytes(np.array([held + len(array)], "<u8").tobytes())
 
 
 def read_edges(data_dir: Path, split: str, bucket: Bucket, count: int, weighted: bool = False,

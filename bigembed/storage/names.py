@@ -10,6 +10,7 @@ import numpy as np
 from mmap_ninja.string import StringsMmap
 
 from bigembed.errors import DataLayoutError
+from bigembed.storage.edges import append_column
 
 
 def names_dir(data_dir: Path, entity: str, partition: int) -> Path:
@@ -45,7 +46,6 @@ def write_names_arrow(folder: Path, batches: Iterator[Any]) -> int:
     each name's ``starts``/``ends``), without making a Python string of each name.
     Returns how many names were written."""
     import pyarrow as pa
-    from mmap_ninja import numpy as ninja_np
 
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -60,12 +60,8 @@ def write_names_arrow(folder: Path, batches: Iterator[Any]) -> int:
             data.write(memoryview(body)[int(offsets[0]) : int(offsets[-1])])
             starts = offsets[:-1] - offsets[0] + size
             ends = offsets[1:] - offsets[0] + size
-            if written == 0:
-                ninja_np.from_ndarray(folder / "starts", starts).flush()
-                ninja_np.from_ndarray(folder / "ends", ends).flush()
-            else:
-                ninja_np.extend_dir(folder / "starts", starts)
-                ninja_np.extend_dir(folder / "ends", ends)
+            append_column(folder / "starts", starts)
+            append_column(folder / "ends", ends)
             size += int(offsets[-1] - offsets[0])
             written += len(array)
     if written:
