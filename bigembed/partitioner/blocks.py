@@ -89,18 +89,22 @@ def _utf8_error(path: Path, block: bytes, first: int, exc: UnicodeDecodeError) -
                             "of the line); convert the file to UTF-8 (e.g. with iconv) and import again")
 
 
-def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, comment: str,
+def _arrow_block(data: bytes | bytearray, end: int, columns: ColumnSpec, delimiter: str, first: int, comment: str,
                  int_ids: bool = False) -> EdgeChunk | None:
-    """Split a block of plain edge lines with Arrow; None when it needs the exact parser.
+    """Split the block ``data[:end]`` of plain edge lines with Arrow; None when it needs the
+    exact parser.
 
     Arrow keeps empty lines as rows here, so a blank line (like any line with another number
     of fields) fails the parse and the block goes to the exact parser, which keeps line numbers;
-    a parsed block therefore has one row per line."""
+    a parsed block therefore has one row per line. Arrow ends a line at a lone CR as well, so
+    a block with one goes to the exact parser too (CRLF line ends are Arrow's)."""
     comment_b = comment.encode()
-    if b"\r" in block or (comment_b and (block.startswith(comment_b) or b"\n" + comment_b in block)):
+    if comment_b and (data.startswith(comment_b, 0, end) or data.find(b"\n" + comment_b, 0, end) >= 0):
         return None
-    eol = block.find(b"\n")
-    width = block.count(delimiter.encode(), 0, eol if eol >= 0 else len(block)) + 1
+    if data.find(b"\r", 0, end) >= 0 and data.count(b"\r", 0, end) != data.count(b"\r\n", 0, end):
+        return None
+    eol = data.find(b"\n", 0, end)
+    width = data.count(delimiter.encode(), 0, eol if eol >= 0 else end) + 1
     if width < columns.width:
         return None
     names = [f"c{i}" for i in range(width)]
@@ -111,7 +115,7 @@ def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, 
         types[names[columns.rel]] = pa.dictionary(pa.int32(), pa.string())
     try:
         table = pa_csv.read_csv(
-            pa.py_buffer(block),
+            pa.py_buffer(memoryview(data)[:end]),  # Arrow copies what it keeps: the buffer can be reused
             read_options=pa_csv.ReadOptions(column_names=names, block_size=8 << 20),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
                                               escape_char=False, newlines_in_values=False, ignore_empty_lines=False),
@@ -123,7 +127,7 @@ def _arrow_block(block: bytes, columns: ColumnSpec, delimiter: str, first: int, 
         return None  # a line with another number of fields, or bad UTF-8: the exact parser names it
     # Integer columns refuse padded tokens, so only string columns may need trimming; a
     # dictionary's values are few, so they are trimmed without looking for spaces first.
-    spaced = (not int_ids or columns.weight is not None) and b" " in block
+    spaced = (not int_ids or columns.weight is not None) and data.find(b" ", 0, end) >= 0
 
     def column(i: int) -> pa.Array:
         array = table.column(names[i]).combine_chunks()
@@ -215,6 +219,21 @@ def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> 
             row += batch.num_rows
 
 
+def _fill(stream: IO[bytes], buf: bytearray, start: int) -> int:
+    """Read into ``buf[start:]`` until it is full or the stream ends; returns where the data ends."""
+    end = start
+    view = memoryview(buf)
+    try:
+        while end < len(buf):
+            n = stream.readinto(view[end:])  # type: ignore[attr-defined]
+            if not n:
+                break
+            end += n
+    finally:
+        view.release()
+    return end
+
+
 def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool | None = False, comment: str = "#",
                 skipped: SkippedLines | None = None, block_bytes: int = BLOCK_BYTES,
                 int_ids: bool = False) -> Iterator[EdgeChunk]:
@@ -250,29 +269,35 @@ def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool
                         raise InputFormatError(
                             f"{describe(path)}:1: the first line {shown!r} looks like a header; "
                             "pass --header to skip it or --no-header to import it as an edge")
-            done = False
-            while not done:
-                data = stream.read(block_bytes)
-                if data:
-                    cut = data.rfind(b"\n") + 1
-                    if cut == 0:
-                        carry += data
-                        continue
-                    block = b"".join((carry, memoryview(data)[:cut]))  # one copy of the block
-                    carry = data[cut:]
-                else:
-                    block, carry, done = carry, b"", True
-                if not block:
+            # Blocks are read into one reused buffer (fresh memory for every block costs page
+            # faults and a copy); what follows the block's last newline is moved to its start.
+            buf = bytearray(max(block_bytes, 2 * len(carry)))
+            buf[: len(carry)] = carry
+            held = len(carry)
+            while True:
+                end = _fill(stream, buf, held)
+                eof = end < len(buf)
+                cut = end if eof else buf.rfind(b"\n", 0, end) + 1
+                if cut == 0 and not eof:  # a line longer than the buffer: read on into a bigger one
+                    bigger = bytearray(2 * len(buf))
+                    bigger[:end] = buf
+                    buf, held = bigger, end
                     continue
-                parsed = _arrow_block(block, columns, delimiter, line_no + 1, comment, int_ids)
-                if parsed is not None:
-                    chunk, lines = parsed, len(parsed.lhs)
-                else:
-                    lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-                    chunk = _exact(path, block, columns, delimiter, line_no + 1, comment, skipped)
-                line_no += lines
-                if len(chunk.lhs):
-                    yield replace(chunk, end_offset=stored.tell())
+                if cut:
+                    parsed = _arrow_block(buf, cut, columns, delimiter, line_no + 1, comment, int_ids)
+                    if parsed is not None:
+                        chunk, lines = parsed, len(parsed.lhs)
+                    else:
+                        block = bytes(buf[:cut])
+                        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                        chunk = _exact(path, block, columns, delimiter, line_no + 1, comment, skipped)
+                    line_no += lines
+                    if len(chunk.lhs):
+                        yield replace(chunk, end_offset=stored.tell())
+                if eof:
+                    break
+                held = end - cut
+                buf[:held] = buf[cut:end]
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise InputFormatError(f"{describe(path)}: cannot read after line {line_no} ({exc})") from None
     finally:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -144,6 +146,55 @@ def _spilled(con: Any, spill: Path) -> int:
         return held + int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
     except Exception:  # noqa: BLE001 - an older DuckDB without the table: report nothing
         return held
+
+
+def _ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Yield ``items`` as a background thread produces them, up to ``depth`` ahead.
+
+    Arrow's parser, NumPy's array operations, hashing and file reads and writes release the
+    GIL, so the producer's work (parsing the next block, bucketing the next batch) runs on
+    the other core while the consumer works on this one. An exception in the producer is
+    raised in the consumer; when the consumer stops early, the producer stops after its
+    current item."""
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        while not stop.is_set():
+            try:
+                slots.put((kind, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if stop.is_set():
+                    break
+                put("item", item)
+            put("end", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put("error", exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="bigembed-import-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _narrowest(values: np.ndarray, top: int) -> np.ndarray:
@@ -372,8 +423,10 @@ class _BucketWriter:
         self.held = 0
         self.counts: dict[str, int] = {}
 
-    def add(self, lp: np.ndarray, lo: np.ndarray, rp: np.ndarray, ro: np.ndarray, rel: np.ndarray,
-            weight: np.ndarray | None) -> None:
+    def order(self, lp: np.ndarray, lo: np.ndarray, rp: np.ndarray, ro: np.ndarray, rel: np.ndarray,
+              weight: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A batch's edges sorted by bucket, stably (input order within a bucket), in the
+        layout's dtypes; and the edges per bucket. Touches no state: runs on a worker thread."""
         P = self.P
         bucket = lp * P + rp
         if P * P <= 32767:  # numpy sorts 16-bit keys stably by radix: 3-4x faster here
@@ -381,9 +434,13 @@ class _BucketWriter:
         order = np.argsort(bucket, kind="stable")
         sizes = np.bincount(bucket, minlength=P * P)
         columns = [_narrow(lo, self.dtypes["lhs"], "lhs")[order], _narrow(ro, self.dtypes["rhs"], "rhs")[order],
-                   rel.astype(self.dtypes["rel"])[order]]
+                   rel.astype(self.dtypes["rel"], copy=False)[order]]
         if weight is not None:
             columns.append(weight[order])
+        return sizes, columns
+
+    def add(self, sizes: np.ndarray, columns: list[np.ndarray]) -> None:
+        """Hold a batch that :meth:`order` sorted, writing out when the buffer is full."""
         start = 0
         for b in np.flatnonzero(sizes).tolist():
             stop = start + int(sizes[b])
@@ -431,20 +488,26 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
               "JOIN nodes b ON b.t = y.rt AND b.n = e.h")
     query = f"SELECT a.rank, b.rank, e.c{weight} FROM {table} e {on} ORDER BY e.rowid"
     writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes)
-    for lr, rr, code, w in (loader.spool_batches(split) if loader.spec.ids == "int" else _arrow_batches(con, query)):
-        rel = relation_of_code[code]
-        lo, lp = np.divmod(lr, P)
-        ro, rp = np.divmod(rr, P)
-        if T > 1:
-            lo = lo.astype(np.int64) + base[ctypes[code, 0], lp]
-            ro = ro.astype(np.int64) + base[ctypes[code, 1], rp]
+    batches = loader.spool_batches(split) if loader.spec.ids == "int" else _arrow_batches(con, query)
+
+    def bucketed() -> Iterator[tuple[np.ndarray, ...]]:  # on the worker thread
+        for lr, rr, code, w in batches:
+            rel = relation_of_code[code]
+            lo, lp = np.divmod(lr, P)
+            ro, rp = np.divmod(rr, P)
+            if T > 1:
+                lo = lo.astype(np.int64) + base[ctypes[code, 0], lp]
+                ro = ro.astype(np.int64) + base[ctypes[code, 1], rp]
+            yield lr, rr, rel, w, *writer.order(lp, lo, rp, ro, rel, w)
+
+    for lr, rr, rel, w, sizes, columns in _ahead(bucketed()):
         # the split's fingerprint: global node numbers (type start + rank) and relations, in input order
         digest.update(np.ascontiguousarray(lr, dtype=np.int64).data)
         digest.update(np.ascontiguousarray(rr, dtype=np.int64).data)
         digest.update(np.ascontiguousarray(rel, dtype=np.int32).data)
         if w is not None:
             digest.update(np.ascontiguousarray(w).data)
-        writer.add(lp, lo, rp, ro, rel, w)
+        writer.add(sizes, columns)
         if progress:
             progress(len(lr))
     writer.flush()
@@ -512,8 +575,9 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
             for source in spec.sources:
                 count = 0
                 offset = 0
-                for chunk in read_blocks(source.path, spec.columns, spec.delimiter, header=spec.header,
-                                         comment=spec.comment, skipped=stats.skipped, int_ids=spec.ids == "int"):
+                for chunk in _ahead(read_blocks(source.path, spec.columns, spec.delimiter, header=spec.header,
+                                                comment=spec.comment, skipped=stats.skipped,
+                                                int_ids=spec.ids == "int")):
                     loader.add(source.split, chunk, source.path)
                     count += len(chunk.lhs)
                     if progress:
