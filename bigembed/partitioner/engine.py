@@ -490,7 +490,7 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
     writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes)
     batches = loader.spool_batches(split) if loader.spec.ids == "int" else _arrow_batches(con, query)
 
-    def bucketed() -> Iterator[tuple[np.ndarray, ...]]:  # on the worker thread
+    def bucketed() -> Iterator[tuple[Any, ...]]:  # on the worker thread
         for lr, rr, code, w in batches:
             rel = relation_of_code[code]
             lo, lp = np.divmod(lr, P)
