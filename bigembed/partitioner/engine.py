@@ -23,11 +23,13 @@ complete, so a failed or interrupted import leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -51,7 +53,15 @@ from bigembed.partitioner.writer import parse_weights
 from bigembed.scheduler.memory import available_memory, human
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DATA_FORMAT
-from bigembed.storage.edges import Bucket, EdgeArrays, append_edges, bucket_dir, compact_dtypes
+from bigembed.storage.edges import (
+    MAX_INT32_ROWS,
+    Bucket,
+    EdgeArrays,
+    append_column,
+    append_edges,
+    bucket_dir,
+    compact_dtypes,
+)
 from bigembed.storage.names import names_dir, write_names_arrow
 
 # The SQL that orders a type's nodes before they are dealt to partitions ({seed}: --seed).
@@ -64,6 +74,10 @@ DATABASE = "import.duckdb"
 # text (9.4M edges, 169 MB of TSV: 36 bytes an edge as two inlined strings and a code, and
 # DuckDB's overheads); more than ``memory_limit`` spills uncompressed.
 IN_MEMORY_BYTES_PER_TEXT_BYTE = 5  # of the memory available now, when no --memory is given
+# Int ids with the partition count given (one entity type) are bucketed while reading, with no
+# spool; tests turn this off to compare with the spool's path.
+DIRECT_WRITES = True
+MIN_WRITE_BUFFER = 16 << 20  # bytes of bucketed edges held between appends, at least
 
 
 @dataclass
@@ -240,8 +254,11 @@ class _Spool:
 class _Loader:
     """Pass over the input: checks each chunk and appends it to its split's table."""
 
-    def __init__(self, spec: ImportSpec, con: Any, spool: Path) -> None:
+    def __init__(self, spec: ImportSpec, con: Any, spool: Path,
+                 direct: Callable[[str], _DirectWriter] | None = None) -> None:
         self.spec, self.con = spec, con
+        self.direct = direct  # int ids, P given, one entity type: buckets written while reading
+        self.writers: dict[str, _DirectWriter] = {}
         self.types = list(spec.type_names)
         self.codes: dict[str, int] = {}  # relation name -> first-seen code
         self.code_types: list[tuple[int, int]] = []
@@ -312,6 +329,8 @@ class _Loader:
                     self.code_types.append((0, 0))
                 self.codes[name] = len(self.codes)
             lookup[k] = self.codes[name]
+        if np.array_equal(lookup, np.arange(len(lookup))):
+            return indices  # the block's dictionary is in first-seen order already (usual)
         return lookup[indices]
 
     def _int_ids(self, array: pa.Array, chunk: EdgeChunk, path: Path) -> tuple[np.ndarray, int]:
@@ -366,7 +385,21 @@ class _Loader:
             spooled["c"] = _narrowest(codes, len(self.codes) - 1)
             if self.weighted:
                 spooled["w"] = self._weights(chunk, path).to_numpy()
-            self._spool_add(split, spooled)
+            if self.direct is None:
+                self._spool_add(split, spooled)
+                return
+            P = self.spec.num_partitions
+            top = max(int(spooled["l"].max()), int(spooled["h"].max()))
+            if top // P > MAX_INT32_ROWS - 1:
+                row = int(np.flatnonzero((spooled["l"] == top) | (spooled["h"] == top))[0])
+                raise InputFormatError(
+                    f"{describe(path)}:{chunk.line_of(row)}: node id {top} would be row {top // P} of its partition, "
+                    f"more than {MAX_INT32_ROWS} rows; import with more partitions (-p)")
+            if split not in self.writers:
+                self.writers[split] = self.direct(split)
+                self.tables[split] = "direct"
+            self.writers[split].add(spooled["l"], spooled["h"], spooled["c"], len(self.codes), spooled.get("w"))
+            self.spooled[split] = self.spooled.get(split, 0) + len(codes)
             return
         columns: dict[str, Any] = {"l": lhs, "h": rhs, "c": pa.array(codes, pa.int32())}
         if self.weighted:
@@ -411,12 +444,48 @@ def _narrow(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     return values.astype(dtype, copy=False)
 
 
+def _datasync(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # replaced since (a renumbered relation column): the final fsync covers it
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+
+class _Writeback:
+    """Starts the disk writes of bucket files while the import goes on: a thread fdatasyncs
+    each file after an append, so the disk works while the next blocks are parsed and the
+    fsync of the finished output finds little left to write (on a 47M-edge import it took
+    0.9 s of 10). A write error is raised by :meth:`wait`."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bigembed-writeback")
+        self.jobs: list[Future[None]] = []
+
+    def sync(self, paths: list[Path]) -> None:
+        self.jobs = [job for job in self.jobs if not job.done() or job.exception() is not None]
+        self.jobs.append(self.pool.submit(_datasync, paths))
+
+    def wait(self) -> None:
+        for job in self.jobs:
+            job.result()
+        self.jobs = []
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _BucketWriter:
     """Edges of one split by bucket, buffered in memory up to ``buffer_bytes`` between appends."""
 
     def __init__(self, root: Path, split: str, P: int, dtypes: dict[str, np.dtype], weighted: bool,
-                 buffer_bytes: int) -> None:
+                 buffer_bytes: int, writeback: _Writeback | None = None) -> None:
         self.root, self.split, self.P, self.dtypes = root, split, P, dtypes
+        self.writeback = writeback
         self.weighted = weighted
         self.buffer_bytes = buffer_bytes
         self.pending: dict[int, list[tuple[np.ndarray, ...]]] = {}
@@ -459,8 +528,76 @@ class _BucketWriter:
             append_edges(folder, EdgeArrays(joined[0], joined[1], joined[2], joined[3] if self.weighted else None),
                          self.dtypes)
             self.counts[bucket.key] = self.counts.get(bucket.key, 0) + len(joined[0])
+            if self.writeback is not None:
+                self.writeback.sync([folder / name / "data.ninja" for name in ("lhs", "rhs", "rel", "weight")[
+                    : 4 if self.weighted else 3]])
         self.pending.clear()
         self.held = 0
+
+
+def _rewrite_rel(root: Path, split: str, P: int, keys: Iterable[str], old: np.dtype,
+                 change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Rewrite the relation column of the buckets ``keys`` of ``split`` through ``change``."""
+    for key in keys:
+        lhs, rhs = (int(x) for x in key.split("_"))
+        column = bucket_dir(root, split, Bucket(lhs, rhs)) / "rel"
+        values = change(np.fromfile(column / "data.ninja", dtype=old))
+        shutil.rmtree(column)
+        append_column(column, values)
+
+
+class _DirectWriter:
+    """Int ids with the partition count given (and one entity type): each chunk goes straight
+    to its buckets, with no spool and no second pass.
+
+    Node ``i`` is row ``i // P`` of partition ``i % P`` whatever the rest of the input holds, so
+    only the relations are not final while reading: their codes are written in first-seen
+    order, in the narrowest type that holds the codes so far (columns written earlier are
+    widened when more relations appear, rarely), and renumbered in :meth:`finish` when the
+    sorted order differs."""
+
+    def __init__(self, root: Path, split: str, P: int, weighted: bool, buffer_bytes: int,
+                 writeback: _Writeback | None = None) -> None:
+        self.root, self.split, self.P = root, split, P
+        dtypes: dict[str, np.dtype] = {"lhs": np.dtype(np.int32), "rhs": np.dtype(np.int32), "rel": np.dtype(np.uint8)}
+        self.writer = _BucketWriter(root, split, P, dtypes, weighted, buffer_bytes, writeback)
+        self.digest = hashlib.sha256()
+
+    def add(self, lhs: np.ndarray, rhs: np.ndarray, codes: np.ndarray, num_codes: int,
+            weight: np.ndarray | None) -> None:
+        """Bucket one chunk of node ids (each below ``2**31 * P``: the loader checks) and relation codes."""
+        rel_dtype = compact_dtypes(0, num_codes)["rel"]
+        if rel_dtype != self.writer.dtypes["rel"]:
+            self.writer.flush()
+            _rewrite_rel(self.root, self.split, self.P, self.writer.counts, self.writer.dtypes["rel"],
+                         lambda values: values.astype(rel_dtype))
+            self.writer.dtypes = dict(self.writer.dtypes, rel=rel_dtype)
+        update_digest(self.digest, lhs, rhs, codes, weight)
+        lo, lp = np.divmod(lhs, self.P)
+        ro, rp = np.divmod(rhs, self.P)
+        self.writer.add(*self.writer.order(lp, lo, rp, ro, codes, weight))
+
+    def finish(self, relation_of_code: np.ndarray) -> dict[str, int]:
+        """Write out what is held and renumber the relations; returns edges per bucket."""
+        self.writer.flush()
+        if not np.array_equal(relation_of_code, np.arange(len(relation_of_code))):
+            dtype = self.writer.dtypes["rel"]
+            _rewrite_rel(self.root, self.split, self.P, self.writer.counts, dtype,
+                         lambda values: relation_of_code[values].astype(dtype))
+        return self.writer.counts
+
+
+def update_digest(digest: Any, lhs: np.ndarray, rhs: np.ndarray, codes: np.ndarray, weight: np.ndarray | None) -> None:
+    """Add a batch to a split's fingerprint: global node numbers (type start + rank) and relation
+    codes (first-seen order; :func:`import_data` adds the names of the codes at the end), in
+    input order, as stored (each batch's dtypes are hashed too, so equal digests mean equal
+    values: the same input gives the same batches and dtypes, by file or by pipe)."""
+    digest.update(f"{lhs.dtype.str}{rhs.dtype.str}{codes.dtype.str}".encode())
+    digest.update(np.ascontiguousarray(lhs).data)
+    digest.update(np.ascontiguousarray(rhs).data)
+    digest.update(np.ascontiguousarray(codes).data)
+    if weight is not None:
+        digest.update(np.ascontiguousarray(weight).data)
 
 
 def _arrow_batches(con: Any, query: str) -> Any:
@@ -473,7 +610,8 @@ def _arrow_batches(con: Any, query: str) -> Any:
 
 def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type_counts: list[list[int]],
                  dtypes: dict[str, np.dtype], relation_of_code: np.ndarray, buffer_bytes: int,
-                 digest: Any, progress: Callable[[int], object] | None) -> dict[str, int]:
+                 digest: Any, progress: Callable[[int], object] | None,
+                 writeback: _Writeback | None = None) -> dict[str, int]:
     """Stream one split's edges in input order into its buckets; returns edges per bucket."""
     table = loader.tables[split]
     T = len(loader.types)
@@ -487,7 +625,7 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
         on = ("JOIN code_types y ON y.c = e.c JOIN nodes a ON a.t = y.lt AND a.n = e.l "
               "JOIN nodes b ON b.t = y.rt AND b.n = e.h")
     query = f"SELECT a.rank, b.rank, e.c{weight} FROM {table} e {on} ORDER BY e.rowid"
-    writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes)
+    writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes, writeback)
     batches = loader.spool_batches(split) if loader.spec.ids == "int" else _arrow_batches(con, query)
 
     def bucketed() -> Iterator[tuple[Any, ...]]:  # on the worker thread
@@ -498,15 +636,10 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
             if T > 1:
                 lo = lo.astype(np.int64) + base[ctypes[code, 0], lp]
                 ro = ro.astype(np.int64) + base[ctypes[code, 1], rp]
-            yield lr, rr, rel, w, *writer.order(lp, lo, rp, ro, rel, w)
+            yield lr, rr, code, w, *writer.order(lp, lo, rp, ro, rel, w)
 
-    for lr, rr, rel, w, sizes, columns in _ahead(bucketed()):
-        # the split's fingerprint: global node numbers (type start + rank) and relations, in input order
-        digest.update(np.ascontiguousarray(lr, dtype=np.int64).data)
-        digest.update(np.ascontiguousarray(rr, dtype=np.int64).data)
-        digest.update(np.ascontiguousarray(rel, dtype=np.int32).data)
-        if w is not None:
-            digest.update(np.ascontiguousarray(w).data)
+    for lr, rr, code, w, sizes, columns in _ahead(bucketed()):
+        update_digest(digest, lr, rr, code, w)
         writer.add(sizes, columns)
         if progress:
             progress(len(lr))
@@ -570,7 +703,15 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
         limit = int(budget * 0.6)
         stats.on_disk = keep_on_disk(spec, limit)
         con = _connect(spill, limit, stats.on_disk) if spec.ids == "string" else None  # int ids: no dictionary
-        loader = _Loader(spec, con, tmp / ".spool")
+        buffer_bytes = max(MIN_WRITE_BUFFER, int(budget * 0.1))
+        auto_partitions = spec.memory is not None and bool(spec.memory_dim)
+        writeback = _Writeback()
+        direct = None
+        if DIRECT_WRITES and spec.ids == "int" and not auto_partitions and len(spec.type_names) == 1:
+            def direct(split: str) -> _DirectWriter:
+                return _DirectWriter(tmp, split, spec.num_partitions, spec.columns.weight is not None, buffer_bytes,
+                                     writeback)
+        loader = _Loader(spec, con, tmp / ".spool", direct)
         try:
             for source in spec.sources:
                 count = 0
@@ -596,7 +737,7 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                 sizes = _node_table(con, loader, spec.seed)
             stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con, spill))
             P = spec.num_partitions
-            if spec.memory is not None and spec.memory_dim:
+            if auto_partitions:
                 P = _partitions_for_budget(replace(spec, memory=spec.memory), sum(sizes),
                                            stats.edges_per_split.get("train", 0))
             stats.num_partitions = P
@@ -612,18 +753,26 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
             stats.relations = relation_names
             rows = max(sum(c[p] for c in stats.type_counts) for p in range(P))
             dtypes = compact_dtypes(rows, len(relation_names))
-            buffer_bytes = max(16 << 20, int(budget * 0.1))
             bucket_counts: dict[str, dict[str, int]] = {}
             edge_digests: dict[str, str] = {}
             total = sum(stats.edges_per_split.values())
             edges_cb = edge_progress(total) if edge_progress else None
+            code_names = json.dumps(sorted(loader.codes, key=loader.codes.__getitem__)).encode()
             for split in loader.tables:
-                digest = hashlib.sha256()
-                bucket_counts[split] = _write_edges(con, loader, tmp, split, P, stats.type_counts, dtypes,
-                                                    relation_of_code, buffer_bytes, digest, edges_cb)
+                if split in loader.writers:
+                    digest = loader.writers[split].digest
+                    bucket_counts[split] = loader.writers[split].finish(relation_of_code)
+                    if edges_cb:
+                        edges_cb(loader.spooled[split])
+                else:
+                    digest = hashlib.sha256()
+                    bucket_counts[split] = _write_edges(con, loader, tmp, split, P, stats.type_counts, dtypes,
+                                                        relation_of_code, buffer_bytes, digest, edges_cb, writeback)
+                digest.update(code_names)  # what the relation codes in it stand for
                 edge_digests[split] = digest.hexdigest()
                 stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con, spill))
             nodes = _write_names(con, loader, tmp, P, sizes, spec)
+            writeback.wait()
         except Exception as exc:
             if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
                 raise
@@ -633,6 +782,7 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                                     f"({first}); give it more with --memory") from None
             raise BigembedError(f"{out}: import failed ({first})") from None
         finally:
+            writeback.close()
             if con is not None:
                 con.close()
             loader.close_spools()

@@ -3,6 +3,7 @@ Parquet; names that hash alike stay apart; the dictionary spills under a small b
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -108,6 +109,43 @@ def test_an_empty_int_id_names_its_line(tmp_path):
     path.write_text("1\tr\t2\n3\tr\t\n")
     with pytest.raises(InputFormatError, match=r"e.tsv:2: empty node id"):
         new_import(tmp_path / "d", {"train": path}, 1, ids="int")
+    assert not (tmp_path / "d").exists()
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("relations", [3, 300])
+def test_int_ids_written_while_reading_equal_the_spools_output(tmp_path, monkeypatch, relations):
+    """With -p given, int ids go straight to their buckets; relations first seen out of sorted
+    order are renumbered at the end, and columns already written are widened when the 257th
+    relation appears (tiny blocks and a tiny buffer make every chunk reach disk first)."""
+    rng = np.random.default_rng(5)
+    names = [f"r{k:03d}" for k in range(relations)][::-1]  # first seen in reverse sorted order
+    rows = [(int(a), names[min(i // 3, relations - 1)], int(b)) for i, (a, b) in enumerate(rng.integers(0, 90, (900, 2)))]
+    path = tmp_path / "e.tsv"
+    path.write_text("".join(f"{a}\t{r}\t{b}\n" for a, r, b in rows))
+    monkeypatch.setattr(engine, "read_blocks", functools.partial(engine.read_blocks, block_bytes=200))
+    monkeypatch.setattr(engine, "MIN_WRITE_BUFFER", 1)
+    direct = new_import(tmp_path / "direct", {"train": path}, 3, ids="int")
+    monkeypatch.setattr(engine, "DIRECT_WRITES", False)
+    spooled = new_import(tmp_path / "spooled", {"train": path}, 3, ids="int")
+    assert not (tmp_path / "spooled" / ".spool").exists()
+    assert tree_bytes(direct) == tree_bytes(spooled)
+    dm = read_data_manifest(direct)
+    assert dm.relations == sorted(names)
+    assert dm.edge_dtypes["rel"] == np.dtype("uint8" if relations <= 256 else "int16")
+    got = sum(buckets(direct)[0].values(), Counter())
+    assert got == Counter((str(a), r, str(b)) for a, r, b in rows)
+
+
+def test_an_int_id_beyond_int32_rows_names_its_line(tmp_path):
+    path = tmp_path / "e.tsv"
+    path.write_text(f"1\tr\t2\n3\tr\t{2 * 2**31 + 5}\n")
+    with pytest.raises(InputFormatError, match=r"e.tsv:2: node id 4294967301 would be row 2147483650"):
+        import_data(ImportSpec(sources=[Source("train", path)], num_partitions=2, ids="int", plan_memory=1 << 60),
+                    tmp_path / "d")
     assert not (tmp_path / "d").exists()
 
 
