@@ -89,6 +89,16 @@ def _utf8_error(path: Path, block: bytes, first: int, exc: UnicodeDecodeError) -
                             "of the line); convert the file to UTF-8 (e.g. with iconv) and import again")
 
 
+def _has_empty(array: pa.Array) -> bool:
+    """Whether a string array holds an empty string: two equal offsets in a row (one pass over
+    the offsets, where utf8_length, equal and any took three over the values: 1.3 s of a
+    47M-edge import)."""
+    if not pa.types.is_string(array.type):
+        return bool(pc.any(pc.equal(pc.binary_length(array), 0)).as_py())
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + len(array) + 1]
+    return bool(len(array)) and int(np.diff(offsets).min()) == 0
+
+
 def _arrow_block(data: bytes | bytearray, end: int, columns: ColumnSpec, delimiter: str, first: int, comment: str,
                  int_ids: bool = False) -> EdgeChunk | None:
     """Split the block ``data[:end]`` of plain edge lines with Arrow; None when it needs the
@@ -140,8 +150,7 @@ def _arrow_block(data: bytes | bytearray, end: int, columns: ColumnSpec, delimit
     lhs, rhs = column(columns.lhs), column(columns.rhs)
     if lhs.null_count or rhs.null_count:
         return None  # an empty integer token (a blank line reads as a row of them): the exact parser
-    if not int_ids and (pc.any(pc.equal(pc.utf8_length(lhs), 0)).as_py()
-                        or pc.any(pc.equal(pc.utf8_length(rhs), 0)).as_py()):
+    if not int_ids and (_has_empty(lhs) or _has_empty(rhs)):
         return None  # an empty id: let the exact parser report its line
     rel = column(columns.rel) if columns.rel is not None else None
     weight = column(columns.weight) if columns.weight is not None else None
