@@ -181,11 +181,14 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> Iterator[EdgeChunk]:
+def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20,
+                 int_ids: bool = False) -> Iterator[EdgeChunk]:
     """The edges of a Parquet file, by column name: ``lhs``, ``rhs`` and (when --columns names
     them) ``rel`` and ``weight`` when the file has columns of those names, else the columns at
-    the positions --columns gives. Values are read as text, as from a TSV; an error names the
-    row (1-based) where a text file's would name the line."""
+    the positions --columns gives. Values are read as text, as from a TSV (``int_ids``: integer
+    lhs and rhs columns stay int64); an error names the row (1-based) where a text file's would
+    name the line. ``end_offset`` is the share of the file's bytes that the rows read so far
+    make up, for progress."""
     import pyarrow.parquet as pq
 
     try:
@@ -208,6 +211,8 @@ def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> 
             raise InputFormatError(f"{path}: --columns wants column {position + 1} as {role}, "
                                    f"the file has {len(names)} ({', '.join(names)})")
     row = 0
+    total_rows = max(1, handle.metadata.num_rows)
+    size = path.stat().st_size
     with handle:
         for batch in handle.iter_batches(batch_size=batch_rows, columns=sorted(set(chosen.values()))):
             arrays = {}
@@ -216,16 +221,24 @@ def read_parquet(path: Path, columns: ColumnSpec, batch_rows: int = 1 << 20) -> 
                 if column.null_count:
                     bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
                     raise InputFormatError(f"{path}:{row + bad + 1}: {role} ({name!r}) is null")
-                arrays[role] = pc.cast(column, pa.string())
+                if int_ids and role in ("lhs", "rhs") and pa.types.is_integer(column.type):
+                    try:
+                        arrays[role] = pc.cast(column, pa.int64())
+                    except pa.ArrowInvalid:
+                        raise InputFormatError(f"{path}: {role} ({name!r}) holds ids beyond int64") from None
+                else:
+                    arrays[role] = pc.cast(column, pa.string())
             for role in ("lhs", "rhs"):
+                if not pa.types.is_string(arrays[role].type):
+                    continue
                 empty = pc.equal(pc.utf8_length(arrays[role]), 0)
                 if pc.any(empty).as_py():
                     bad = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
                     raise InputFormatError(f"{path}:{row + bad + 1}: empty node id")
-            if batch.num_rows:
-                yield EdgeChunk(arrays["lhs"], arrays["rhs"], arrays.get("rel"), row + 1, end_offset=0,
-                                weight=arrays.get("weight"))
             row += batch.num_rows
+            if batch.num_rows:
+                yield EdgeChunk(arrays["lhs"], arrays["rhs"], arrays.get("rel"), row - batch.num_rows + 1,
+                                end_offset=size * row // total_rows, weight=arrays.get("weight"))
 
 
 def _fill(stream: IO[bytes], buf: bytearray, start: int) -> int:
@@ -255,7 +268,7 @@ def read_blocks(path: Path, columns: ColumnSpec, delimiter: str, *, header: bool
     """
     skipped = SkippedLines() if skipped is None else skipped
     if is_parquet(path):
-        yield from read_parquet(path, columns)
+        yield from read_parquet(path, columns, int_ids=int_ids)
         return
     line_no = 0
     stream, stored = _open(path)

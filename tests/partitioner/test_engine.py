@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import bigembed.partitioner.blocks as blocks
 import bigembed.partitioner.engine as engine
 from bigembed.cli.main import cli as main
 from bigembed.errors import BigembedError, InputFormatError
@@ -212,6 +213,23 @@ def test_parquet_with_an_empty_id_names_the_row(tmp_path):
     with pytest.raises(Exception, match=r"e.parquet:2: empty node id"):
         new_import(tmp_path / "d", {"train": tmp_path / "e.parquet"}, 1, columns=ColumnSpec.parse("lhs,rhs"))
     assert not (tmp_path / "d").exists()
+
+
+def test_parquet_progress_reaches_the_file_size_and_int_ids_stay_ints(tmp_path, monkeypatch):
+    """Progress used to stay at 0 for Parquet; int id columns are no longer read as text."""
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"lhs": list(range(2000)), "rhs": [(i * 7) % 2000 for i in range(2000)]}), path,
+                   row_group_size=300)
+    monkeypatch.setattr(blocks, "read_parquet", functools.partial(blocks.read_parquet, batch_rows=300))
+    seen: list[int] = []
+    import_data(ImportSpec(sources=[Source("train", path)], num_partitions=2, ids="int",
+                           columns=ColumnSpec.parse("lhs,rhs")), tmp_path / "d", progress=seen.append)
+    assert len(seen) > 1 and all(step > 0 for step in seen) and sum(seen) == path.stat().st_size
+    assert read_data_manifest(tmp_path / "d").num_entities == 2000
+    pq.write_table(pa.table({"lhs": [1, 2, -3], "rhs": [0, 1, 2]}), tmp_path / "neg.parquet")
+    with pytest.raises(InputFormatError, match=r"neg.parquet:3: negative node id '-3'"):
+        new_import(tmp_path / "n", {"train": tmp_path / "neg.parquet"}, 1, ids="int",
+                   columns=ColumnSpec.parse("lhs,rhs"))
 
 
 def test_ids_that_all_hash_alike_stay_distinct_nodes(tmp_path, monkeypatch):
