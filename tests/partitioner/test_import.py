@@ -207,3 +207,23 @@ def test_full_disk_during_import_keeps_nothing(tmp_path, tiny_graph, monkeypatch
     with pytest.raises(BigembedError, match=r"data: import failed while writing \(No space left on device\)"):
         import_files(tmp_path / "data", {"train": path}, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.tsv"]
+
+
+@pytest.mark.parametrize("ids", ["int", "string"])
+def test_a_failed_background_writeback_is_a_one_line_error_and_keeps_nothing(tmp_path, monkeypatch, ids):
+    """Bucket files are synced on a background thread while the import goes on; a write error
+    there (a full disk found at writeback) must still stop the import with one line."""
+    import errno
+
+    import bigembed.partitioner.engine as engine
+
+    def failing(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.os, "fdatasync", failing)
+    path = tmp_path / "e.tsv"
+    path.write_text("".join(f"{i}\tr\t{(i * 7) % 50}\n" for i in range(200)))
+    message = r"data: import failed while writing \(No space left on device\); nothing was kept$"
+    with pytest.raises(BigembedError, match=message):
+        import_files(tmp_path / "data", {"train": path}, 2, ids=ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tsv"]
