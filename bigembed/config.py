@@ -204,6 +204,14 @@ class CheckpointConfig:
         min=0.0,
     )
     keep_versions: int = _opt(2, "Committed versions kept on disk (>= 2 keeps a fallback).", min=1)
+    max_commit_share: float = _opt(
+        0.05,
+        "Commit less often than interval_seconds when committing would otherwise take more than "
+        "this share of the training time (a table too big to write often: 10 GB took about 40 s), "
+        "so a crash loses at most about (1 - share) / share times the last commit's duration; "
+        "0 (or interval_seconds = 0): commit exactly when interval_seconds says.",
+        min=0.0, max=0.5,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -291,3 +291,38 @@ def test_a_version_pinned_by_a_reader_survives_training_beside_it(tmp_path, data
         assert evaluate_full(run, manifest, dm, config, "valid")["count"] == 20  # every shard still there
     train(data, run, None, {**BASE, "training.epochs": 5, "checkpoint.keep_versions": 1}, log=quiet)
     assert manifest.version not in list_versions(run)  # unpinned: collected by the next commit
+
+
+def test_commit_interval_stretches_only_when_commits_are_slow():
+    from bigembed.training import commit_interval
+
+    assert commit_interval(300, 0.05, 1.0) == 300  # a 1 s commit: 0.3% of the time, no change
+    assert commit_interval(300, 0.05, 40.0) == pytest.approx(760)  # 40 s of a 10 GB table: 5%
+    assert commit_interval(300, 0.0, 40.0) == 300  # share 0: exactly the interval
+    assert commit_interval(0, 0.05, 40.0) == 0  # interval 0: every boundary, whatever it costs
+
+
+@pytest.mark.parametrize("share, inside", [(0.0, 6), (0.05, 1)])
+def test_slow_commits_are_spaced_out_to_their_share_of_the_time(tmp_path, data, monkeypatch, share, inside):
+    """P=1, 7 slabs an epoch, a commit due after every slab: commits that take 0.2 s while a slab
+    trains in milliseconds are skipped, after the first one has shown how long they take, until
+    19 times that has passed (5%); with share 0 every slab commits."""
+    import time
+
+    from bigembed.checkpoint.versions import VersionWriter
+
+    monkeypatch.setattr(bucket_module, "SLAB_EDGES", 64)
+    one = import_files(tmp_path / "d1", {"train": tmp_path / "edges.tsv"}, 1)
+    real_commit = VersionWriter.commit
+
+    def slow_commit(self, *args, **kwargs):
+        time.sleep(0.2)
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(VersionWriter, "commit", slow_commit)
+    messages: list[str] = []
+    train(one, tmp_path / "run", None, {**BASE, "training.epochs": 1, "checkpoint.interval_seconds": 1e-6,
+                                         "checkpoint.max_commit_share": share}, log=messages.append)
+    slab_commits = [m for m in messages if m.startswith("committed v") and "slab" in m]
+    assert len(slab_commits) == inside
+    assert all(m.endswith(" s)") for m in slab_commits)

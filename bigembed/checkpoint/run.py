@@ -33,6 +33,7 @@ FREE_TO_CHANGE = {
     "training.early_stopping",
     "checkpoint.interval_seconds",
     "checkpoint.keep_versions",
+    "checkpoint.max_commit_share",
 }
 # Keys no run may change, because the stored shards depend on them.
 NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "training.optimizer",
