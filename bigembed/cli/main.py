@@ -31,8 +31,17 @@ class BigembedGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted: the last committed checkpoint is intact; rerun to resume", err=True)
+            click.echo(INTERRUPTED.get(ctx.invoked_subcommand or "", "interrupted"), err=True)
             ctx.exit(130)
+
+
+# What Ctrl-C leaves behind, by command (their outputs are written under temp names and renamed
+# only when complete).
+INTERRUPTED = {
+    "train": "interrupted: the last committed checkpoint is intact; rerun to resume",
+    "import": "interrupted: nothing was written (an existing DATA is unchanged)",
+    "export": "interrupted: nothing was written (an existing output is unchanged)",
+}
 
 
 def _log(message: str) -> None:

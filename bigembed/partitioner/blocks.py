@@ -71,7 +71,14 @@ class _Counted(io.RawIOBase):
 def _open(path: Path) -> tuple[IO[bytes], BinaryIO]:
     """(decompressed byte stream, the source as stored: its ``tell()`` is how far it was read)."""
     if is_stdin(path):
-        counted = _Counted(cast(BinaryIO, sys.stdin.buffer))
+        # fd 0 unbuffered, not sys.stdin.buffer: the reader thread may be blocked in a read of a
+        # stalled pipe when Ctrl-C ends the import, and a BufferedReader's lock held at
+        # interpreter shutdown aborts Python ("could not acquire lock for <stdin>")
+        try:
+            source: BinaryIO = cast(BinaryIO, open(sys.stdin.fileno(), "rb", buffering=0, closefd=False))
+        except (AttributeError, OSError, ValueError):  # a stand-in without a descriptor (tests, embedding)
+            source = cast(BinaryIO, sys.stdin.buffer)
+        counted = _Counted(source)
         raw = cast(io.BufferedReader, io.BufferedReader(counted, 1 << 20))
         return _decompressed(raw, path), cast(BinaryIO, counted)
     raw = _open_stored(path)

@@ -199,17 +199,22 @@ def _ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
     worker = threading.Thread(target=produce, name="bigembed-import-ahead", daemon=True)
     worker.start()
+    finished = False
     try:
         while True:
             kind, value = slots.get()
             if kind == "end":
+                finished = True
                 return
             if kind == "error":
                 raise value
             yield value
     finally:
         stop.set()
-        worker.join()
+        # Stopped early (an error, Ctrl-C): give the producer a moment to finish its item, but
+        # do not wait on it for good: it may be blocked reading a pipe that stalls (a daemon
+        # thread, it ends with the process).
+        worker.join(timeout=None if finished else 2.0)
 
 
 def _narrowest(values: np.ndarray, top: int) -> np.ndarray:

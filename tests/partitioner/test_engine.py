@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -194,6 +199,32 @@ def test_a_bad_line_from_a_pipe_is_named_by_its_line(tmp_path):
     assert r.exit_code == 1
     assert "<stdin>:2: expected at least 3 fields" in r.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_while_a_pipe_stalls_ends_the_import_at_once(tmp_path):
+    """The reader thread is blocked in a read of a pipe that has stopped sending; Ctrl-C must
+    still end the import within seconds, exit 130, say so, and leave nothing (it once waited
+    for the pipe, then aborted Python at shutdown over stdin's lock)."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as feed:
+        proc = subprocess.Popen([sys.executable, "-m", "bigembed.cli.main", "import", "-", "--ids", "int",
+                                 "-o", str(tmp_path / "d"), "--no-progress"], stdin=read_fd, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        os.close(read_fd)
+        feed.write(b"".join(b"%d\tr\t%d\n" % (i, i + 1) for i in range(50_000)))
+        feed.flush()
+        time.sleep(3)  # started, read what there was, now waiting on the pipe
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=15)
+        finally:
+            proc.kill()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert code == 130, err
+    assert "interrupted: nothing was written" in err and "Fatal Python error" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_parquet_by_column_name_and_by_position(tmp_path):
