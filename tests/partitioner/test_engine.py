@@ -122,8 +122,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 
 
-@pytest.mark.parametrize("relations", [3, 300])
-def test_int_ids_written_while_reading_equal_the_spools_output(tmp_path, monkeypatch, relations):
+@pytest.mark.parametrize("relations, weighted", [(3, False), (300, False), (3, True)])
+def test_int_ids_written_while_reading_equal_the_spools_output(tmp_path, monkeypatch, relations, weighted):
     """With -p given, int ids go straight to their buckets; relations first seen out of sorted
     order are renumbered at the end, and columns already written are widened when the 257th
     relation appears (tiny blocks and a tiny buffer make every chunk reach disk first)."""
@@ -132,12 +132,13 @@ def test_int_ids_written_while_reading_equal_the_spools_output(tmp_path, monkeyp
     pairs = rng.integers(0, 90, (900, 2)).tolist()
     rows = [(a, names[min(i // 3, relations - 1)], b) for i, (a, b) in enumerate(pairs)]
     path = tmp_path / "e.tsv"
-    path.write_text("".join(f"{a}\t{r}\t{b}\n" for a, r, b in rows))
+    path.write_text("".join(f"{a}\t{r}\t{b}\t{(a * 31 + b) % 7 / 4}\n" for a, r, b in rows))
     monkeypatch.setattr(engine, "read_blocks", functools.partial(engine.read_blocks, block_bytes=200))
     monkeypatch.setattr(engine, "MIN_WRITE_BUFFER", 1)
-    direct = new_import(tmp_path / "direct", {"train": path}, 3, ids="int")
+    spec = {"ids": "int", "columns": ColumnSpec.parse("lhs,rel,rhs,weight" if weighted else "lhs,rel,rhs,_")}
+    direct = new_import(tmp_path / "direct", {"train": path}, 3, **spec)
     monkeypatch.setattr(engine, "DIRECT_WRITES", False)
-    spooled = new_import(tmp_path / "spooled", {"train": path}, 3, ids="int")
+    spooled = new_import(tmp_path / "spooled", {"train": path}, 3, **spec)
     assert not (tmp_path / "spooled" / ".spool").exists()
     assert tree_bytes(direct) == tree_bytes(spooled)
     dm = read_data_manifest(direct)
@@ -145,6 +146,7 @@ def test_int_ids_written_while_reading_equal_the_spools_output(tmp_path, monkeyp
     assert dm.edge_dtypes["rel"] == np.dtype("uint8" if relations <= 256 else "int16")
     got = sum(buckets(direct)[0].values(), Counter())
     assert got == Counter((str(a), r, str(b)) for a, r, b in rows)
+    assert dm.weighted == weighted and (Path(direct) / "edges/train/0_0/weight").exists() == weighted
 
 
 @pytest.mark.parametrize("columns", ["lhs,rel,rhs", "lhs,rel,rhs,weight"])
