@@ -68,12 +68,12 @@ from bigembed.storage.names import names_dir, write_names_arrow
 # Tests replace it with a constant to make every id hash alike.
 NODE_ORDER = "hash(n, {seed}::UBIGINT)"
 COMPACT_FORMAT_VERSION = 3  # manifests with "edge_dtypes"
-DEFAULT_IMPORT_FRACTION = 0.5
+DEFAULT_IMPORT_FRACTION = 0.5  # of the memory available now, when no --memory is given
 DATABASE = "import.duckdb"
 # An in-memory DuckDB table of string-id edges takes about this many bytes per byte of their
 # text (9.4M edges, 169 MB of TSV: 36 bytes an edge as two inlined strings and a code, and
 # DuckDB's overheads); more than ``memory_limit`` spills uncompressed.
-IN_MEMORY_BYTES_PER_TEXT_BYTE = 5  # of the memory available now, when no --memory is given
+IN_MEMORY_BYTES_PER_TEXT_BYTE = 5
 # Int ids with the partition count given (one entity type) are bucketed while reading, with no
 # spool; tests turn this off to compare with the spool's path.
 DIRECT_WRITES = True
@@ -230,8 +230,9 @@ class _Spool:
 
     Each chunk is stored as its columns end to end, as the loader gives them: ids and relation
     codes in the smallest unsigned type that holds that chunk's values (usually 4 + 4 + 1 bytes
-    an edge, not 20). The list of chunks and their dtypes stays in memory. Read back with plain reads, not a
-    memory map, whose pages would stay resident until it closes (20 GB for a billion edges)."""
+    an edge, not 20). The list of chunks and their dtypes stays in memory. Read back with plain
+    reads, not a memory map, whose pages would stay resident until it closes (20 GB for a
+    billion edges)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -374,8 +375,10 @@ class _Loader:
         if self.spec.ids == "int":
             ctypes = np.asarray(self.code_types, np.int64).reshape(-1, 2)
             spooled: dict[str, np.ndarray] = {}
+            chunk_top = -1
             for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
                 values, top = self._int_ids(array, chunk, path)
+                chunk_top = max(chunk_top, top)
                 if len(self.types) == 1:
                     self.max_id[0] = max(self.max_id[0], top)
                 else:
@@ -395,12 +398,11 @@ class _Loader:
                 self._spool_add(split, spooled)
                 return
             P = self.spec.num_partitions
-            top = max(int(spooled["l"].max()), int(spooled["h"].max()))
-            if top // P > MAX_INT32_ROWS - 1:
-                row = int(np.flatnonzero((spooled["l"] == top) | (spooled["h"] == top))[0])
+            if chunk_top // P > MAX_INT32_ROWS - 1:
+                row = int(np.flatnonzero((spooled["l"] == chunk_top) | (spooled["h"] == chunk_top))[0])
                 raise InputFormatError(
-                    f"{describe(path)}:{chunk.line_of(row)}: node id {top} would be row {top // P} of its partition, "
-                    f"more than {MAX_INT32_ROWS} rows; import with more partitions (-p)")
+                    f"{describe(path)}:{chunk.line_of(row)}: node id {chunk_top} would be row {chunk_top // P} of "
+                    f"its partition, more than {MAX_INT32_ROWS} rows; import with more partitions (-p)")
             if split not in self.writers:
                 self.writers[split] = self.direct(split)
                 self.tables[split] = "direct"
@@ -536,13 +538,13 @@ class _BucketWriter:
                          self.dtypes)
             self.counts[bucket.key] = self.counts.get(bucket.key, 0) + len(joined[0])
             if self.writeback is not None:
-                self.writeback.sync([folder / name / "data.ninja" for name in ("lhs", "rhs", "rel", "weight")[
-                    : 4 if self.weighted else 3]])
+                names = ["lhs", "rhs", "rel"] + (["weight"] if self.weighted else [])
+                self.writeback.sync([folder / name / "data.ninja" for name in names])
         self.pending.clear()
         self.held = 0
 
 
-def _rewrite_rel(root: Path, split: str, P: int, keys: Iterable[str], old: np.dtype,
+def _rewrite_rel(root: Path, split: str, keys: Iterable[str], old: np.dtype,
                  change: Callable[[np.ndarray], np.ndarray]) -> None:
     """Rewrite the relation column of the buckets ``keys`` of ``split`` through ``change``."""
     for key in keys:
@@ -576,7 +578,7 @@ class _DirectWriter:
         rel_dtype = compact_dtypes(0, num_codes)["rel"]
         if rel_dtype != self.writer.dtypes["rel"]:
             self.writer.flush()
-            _rewrite_rel(self.root, self.split, self.P, self.writer.counts, self.writer.dtypes["rel"],
+            _rewrite_rel(self.root, self.split, self.writer.counts, self.writer.dtypes["rel"],
                          lambda values: values.astype(rel_dtype))
             self.writer.dtypes = dict(self.writer.dtypes, rel=rel_dtype)
         self.digest.update(lhs, rhs, codes, weight)
@@ -589,7 +591,7 @@ class _DirectWriter:
         self.writer.flush()
         if not np.array_equal(relation_of_code, np.arange(len(relation_of_code))):
             dtype = self.writer.dtypes["rel"]
-            _rewrite_rel(self.root, self.split, self.P, self.writer.counts, dtype,
+            _rewrite_rel(self.root, self.split, self.writer.counts, dtype,
                          lambda values: relation_of_code[values].astype(dtype))
         return self.writer.counts
 
