@@ -93,6 +93,14 @@ def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, ma
 
 
 def dense_adagrad_(param: Tensor, state: Tensor, grad: Tensor, lr: float) -> None:
-    """Element-wise Adagrad for small dense parameters (relation operators)."""
-    state.add_(grad * grad)
-    param.addcdiv_(grad, state.sqrt().add_(EPS), value=-lr)
+    """Element-wise Adagrad for small dense parameters (relation operators).
+
+    Hogwild workers update these parameters at the same time, so an add to ``state`` may be
+    lost; the step is therefore taken from this worker's own sum (what it read plus its own
+    squares), never from a re-read that another worker's older write may have replaced: a
+    coordinate moves by at most ``lr`` a step, whatever the race. (Re-reading let a large
+    gradient be divided by another worker's tiny sum, and a run blew up.)"""
+    square = grad * grad
+    own = state + square
+    state.add_(square)
+    param.addcdiv_(grad, own.sqrt_().add_(EPS), value=-lr)
