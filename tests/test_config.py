@@ -8,7 +8,7 @@ from bigembed.errors import ConfigError
 
 def test_defaults_are_valid():
     config = load_config()
-    assert config.model.dim == 100
+    assert config.model.dim == 256 and config.model.operator == "complex_diagonal" and config.model.reciprocal
     assert config.training.bucket_order == "inside_out"
 
 
@@ -58,7 +58,7 @@ def test_set_option_parsing():
 
 def test_schema_help_lists_every_section_and_key():
     text = schema_help()
-    for needle in ("[model]", "[training]", "[checkpoint]", "dim (int, default 100)", "interval_seconds"):
+    for needle in ("[model]", "[training]", "[checkpoint]", "dim (int, default 256)", "interval_seconds"):
         assert needle in text
 
 

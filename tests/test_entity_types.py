@@ -28,6 +28,7 @@ from bigembed.trainer.batch import batch_loss
 from bigembed.trainer.bucket import BucketTrainer, Slab
 from bigembed.trainer.step import train_batch
 from bigembed.training import train
+from tests.conftest import PBG_STYLE
 
 SCHEMA = """
 [entities.user]
@@ -161,7 +162,7 @@ def _typed_state(dim: int = 3, seed: int = 0) -> PartitionState:
 
 
 def _typed_model(overrides: dict) -> tuple:
-    config = load_config(overrides={"model.dim": 3, **overrides})
+    config = load_config(overrides={**PBG_STYLE, "model.dim": 3, **overrides})
     model = Model.from_config(config, ["likes"], [(0, 1)], ["user", "item"])
     params = initial_params(model.specs, 3)
     return config, model, RelationState(model.specs, params, torch.zeros_like(params))
@@ -207,7 +208,7 @@ def test_all_negatives_rank_and_update_only_the_answers_type(loss):
 
 
 def test_degree_pools_hold_only_endpoints_of_the_type():
-    config = load_config(overrides={"model.dim": 3})
+    config = load_config(overrides={**PBG_STYLE, "model.dim": 3})
     model = Model.from_config(config, ["friend", "likes"], [(1, 1), (1, 0)], ["item", "user"])
     trainer = BucketTrainer(model, config.training)
     trainer.close()
@@ -227,7 +228,7 @@ def test_full_ranking_counts_only_candidates_of_the_answers_type(tmp_path):
     files = write_bipartite(tmp_path / "g")
     data = typed_import(tmp_path / "data", files, 2)
     dm = read_data_manifest(data)
-    config = load_config(overrides={"model.dim": 2})
+    config = load_config(overrides={**PBG_STYLE, "model.dim": 2})
     model = Model.for_data(config, dm)
     relations = RelationState(model.specs, torch.zeros(0), torch.zeros(0))
 
@@ -268,7 +269,9 @@ def test_typed_training_learns_resumes_and_exports_per_type(tmp_path):
     assert items.shape == (80, 16) and users.shape == (120, 16)
     assert sorted((tmp_path / "npy" / "names_item.txt").read_text().split(), key=int) == [str(i) for i in range(80)]
     layout = json.loads((tmp_path / "npy" / "relations.json").read_text())["relations"]
-    assert [(x["name"], x["lhs"], x["rhs"]) for x in layout] == [("friend", "user", "user"), ("likes", "user", "item")]
+    assert [(x["name"], x["lhs"], x["rhs"]) for x in layout] == [  # reciprocal by default: the inverses after
+        ("friend", "user", "user"), ("likes", "user", "item"),
+        ("friend (inverse)", "user", "user"), ("likes (inverse)", "item", "user")]
     # one more epoch resumes on the same typed DATA
     train(data, run, None, {**overrides, "training.epochs": 5}, log=lambda _: None, show_progress=False)
     assert read_manifest(run, read_current(run)).position.epoch == 5

@@ -187,7 +187,7 @@ def test_resume_refuses_conflicting_settings_unless_override(tmp_path, data4):
     with pytest.raises(ConfigConflictError, match=r"training.lr \(saved 0.1, now 0.5\).*--override"):
         train(data4, run, None, {"training.lr": 0.5, "training.epochs": 2}, log=quiet)
     with pytest.raises(ConfigConflictError, match="cannot change model.dim"):
-        train(data4, run, None, {"model.dim": 9}, override=True, log=quiet)
+        train(data4, run, None, {"model.dim": 10}, override=True, log=quiet)
     messages: list[str] = []
     train(data4, run, None, {"training.lr": 0.5, "training.epochs": 2}, override=True, log=messages.append)
     assert any("resuming" in m for m in messages)

@@ -48,7 +48,16 @@ from torch import Tensor
 from bigembed.config import TrainingConfig
 from bigembed.errors import ConfigError
 from bigembed.trainer import native
-from bigembed.trainer.batch import BatchLoss, Model, Negatives, _regularizer, gather, gather_into, sample_sources
+from bigembed.trainer.batch import (
+    BatchLoss,
+    Model,
+    Negatives,
+    _regularizer,
+    gather,
+    gather_into,
+    sample_sources,
+    softmax_shift,
+)
 from bigembed.trainer.kernels import LOSS_RANKING, fused_score_gradients, fused_wide_score_gradients, fused_wide_scores
 from bigembed.trainer.model import CosComparator, DotComparator, _unit
 from bigembed.trainer.relations import RelationSpec, RelationState
@@ -115,7 +124,8 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     track = params is not None or cos or regularize  # else the scored rows are the leaves themselves
     if (not track and len(corrupted) == 2 and config.batch_negatives and chunk > 1 and config.negatives > 0
             and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
-        return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs)
+        return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs,
+                               softmax_shift(model, config, list(negs.values())))
     # the batch's rows gathered side by side, so both sides' products run as one
     X = torch.empty(2, B, d, device=dev)
     gather_into(X[0], lhs.emb, lhs_idx)
@@ -151,11 +161,12 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
             Xp = torch.stack([Q, Rp])
             Yp = torch.stack([sampled[side] for side in corrupted])
             if regularize:
-                reg = _regularizer(model, spec, [L, R], edge_params, B, mixed=rels is not None)
+                reg = _regularizer(model, spec, [L, R], edge_params, w, mixed=rels is not None)
     with torch.no_grad():
         if scored:
             total, dX, dY = fused_score_gradients(model.loss.kind, model.loss.margin, Xp.detach(), Yp.detach(),
-                                                  False in negs, True in negs, w, chunk, config.batch_negatives)
+                                                  False in negs, True in negs, w, chunk, config.batch_negatives,
+                                                  softmax_shift(model, config, list(negs.values())))
         else:
             total, dX, dY = X.new_zeros(()), torch.zeros_like(X), torch.zeros_like(Y)
     rows = [src.rows for _, n in negs.items() for src in n.sources if src.rows is not None]
@@ -179,7 +190,8 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
 
 
 def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_idx: Tensor, rhs_idx: Tensor,
-                    w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives]) -> tuple[BatchLoss, dict[int, Tensor]]:
+                    w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives],
+                    shift: float = 0.0) -> tuple[BatchLoss, dict[int, Tensor]]:
     """The fused step through :func:`~bigembed.trainer.kernels.wide_score_gradients`: the rows
     gathered as it lays them out (each chunk's rhs rows beside the rhs side's sampled rows), and
     the gradients handed back as pieces of one buffer with the rows they belong to. The ranking
@@ -208,7 +220,7 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
         else:
             if lib is not None:
                 _choice.dense_left = dense_left - 1
-            total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U)
+            total, dW = fused_wide_score_gradients(model.loss.kind, model.loss.margin, W, w, chunk, U, shift)
     # in the buffer's order, so that pieces of one partition are neighbours in memory
     pieces = [(rhs, z_idx, dW[:nz]), (lhs, lhs_idx, dW[nz : nz + B]), (ml.state, ml_idx, dW[nz + B :])]
     R = W[:nz].view(-1, chunk + U, d)[:, :chunk]  # a view (chunks, c, dim): no copy on the hot path

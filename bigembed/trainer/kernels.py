@@ -83,7 +83,8 @@ def loss_grads(kind: int, margin: float, pos: Tensor, negs: list[Tensor], weight
 
 
 def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bool, lhs_side: bool,
-                    weight: Tensor, chunk: int, batch_negatives: bool) -> tuple[Tensor, Tensor, Tensor]:
+                    weight: Tensor, chunk: int, batch_negatives: bool, shift: float = 0.0
+                    ) -> tuple[Tensor, Tensor, Tensor]:
     """The weighted loss of a batch scored by dot products, and its gradients.
 
     ``X``: (2, B, dim) the queries ``Q`` over the rhs rows ``R``; ``rhs_side``,
@@ -93,7 +94,8 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
     (B,). With ``batch_negatives`` the chunk's other edges are negatives too. Per chunk,
     ``A = Q R^T`` holds the positives on its diagonal and both sides' in-batch negatives
     (the rhs side reads its rows, the lhs side its columns); ``S = [Q; R] [Nr; Ml]^T``
-    scores both sides' sampled rows in one product. Returns ``(loss, dX, dY)``, ``dY`` right
+    scores both sides' sampled rows in one product; ``shift`` is added to those sampled scores
+    (:func:`~bigembed.trainer.batch.softmax_shift`). Returns ``(loss, dX, dY)``, ``dY`` right
     after ``dX`` in one block of memory.
     """
     k = int(rhs_side) + int(lhs_side)
@@ -145,7 +147,10 @@ def score_gradients(kind: int, margin: float, X: Tensor, Y: Tensor, rhs_side: bo
         else:
             pos = (q * r).sum(-1)
         if U > 0:
-            blocks.append(torch.bmm(fixed, y.transpose(1, 2)))
+            sampled = torch.bmm(fixed, y.transpose(1, 2))
+            if shift != 0.0:  # a constant: the gradient with respect to the scores is unchanged
+                sampled.add_(shift)
+            blocks.append(sampled)
         if len(blocks) == 0:  # a one-edge remainder chunk without sampled negatives: nothing to score
             continue
         if k == 2:
@@ -215,7 +220,7 @@ def wide_scores(W: Tensor, chunk: int, U: int, B: int) -> tuple[Tensor, Tensor]:
 
 
 def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, chunk: int,
-                         U: int) -> tuple[Tensor, Tensor]:
+                         U: int, shift: float = 0.0) -> tuple[Tensor, Tensor]:
     """:func:`score_gradients` for its most common case, both sides corrupted with in-batch and
     ``U`` sampled negatives and every chunk full, with the rhs side's candidates laid out
     beside the rhs rows so that they are scored in one product twice as wide.
@@ -228,7 +233,8 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
     ``Sl = R Ml^T``. Backwards ``dQ = [dA | dSr] Z``, ``dZ = [dA | dSr]^T Q`` plus
     ``dSl Ml`` on its ``R`` rows, ``dMl = dSl^T R``: the nine products of a chunk as six
     calls of wider shapes, which the BLAS runs 12-15% faster (50 x 128 x 100 against
-    50 x 128 x 50 on the benchmark's shape). Returns ``(loss, dW)``, ``dW`` laid out as ``W``.
+    50 x 128 x 50 on the benchmark's shape). ``shift`` is added to the sampled scores
+    (:func:`~bigembed.trainer.batch.softmax_shift`). Returns ``(loss, dW)``, ``dW`` laid out as ``W``.
     """
     B = weight.shape[0]
     c = chunk
@@ -243,6 +249,9 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
     diagonal = A.diagonal(0, 1, 2)
     pos = diagonal.clone()
     diagonal.fill_(float("-inf"))  # an edge is not its own negative
+    if shift != 0.0:
+        S1[:, :, c:].add_(shift)
+        Sl.add_(shift)
     total_r, dpos_r, grads_r = loss_grads(kind, margin, pos, [S1], w, 1)
     total_l, dpos_l, grads_l = loss_grads(kind, margin, pos, [A.transpose(1, 2), Sl], w, 1)
     dS1 = grads_r[0]
@@ -299,11 +308,14 @@ def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor
         others = repeat.nonzero().squeeze(1)
         g.index_add_(0, owner.index_select(0, others), g.index_select(0, others))
         g.index_fill_(0, others, 0.0)
-    if state.dim() == 2:
-        state.index_add_(0, flat, g.square())
-    else:  # the mean of squares through the norm: one pass, no (k, dim) temporary
-        state.index_add_(0, flat, torch.linalg.vector_norm(g, dim=1).square_().div_(g.shape[1]))
-    step = state.index_select(0, flat).sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
+    # the step comes from what this call read plus its own squares, not from a re-read after the
+    # add: another Hogwild worker's older write may have replaced the add, and a large gradient
+    # divided by that worker's small sum is a huge step (see dense_adagrad_)
+    # row-wise: the mean of squares through the norm (one pass, no (k, dim) temporary)
+    square = g.square() if state.dim() == 2 else torch.linalg.vector_norm(g, dim=1).square_().div_(g.shape[1])
+    own = state.index_select(0, flat).add_(square)
+    state.index_add_(0, flat, square)
+    step = own.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
     update = g.mul_(step if state.dim() == 2 else step.unsqueeze(1))
     if table.dtype == update.dtype:
         table.index_add_(0, flat, update)

@@ -257,4 +257,4 @@ def test_eval_and_export_pick_a_version(trained, tmp_path):
     assert np.allclose(np.load(out / "embeddings.npy")[:2], read_shard_of(trained / "run", manifest,
                                                                         emb_key("node", 0))[:2])
     layout = json.loads((out / "relations.json").read_text())["relations"]
-    assert [r["name"] for r in layout] == ["r0", "r1", "r2"]
+    assert [r["name"] for r in layout] == ["r0", "r1", "r2", "r0 (inverse)", "r1 (inverse)", "r2 (inverse)"]

@@ -20,7 +20,7 @@ from bigembed.evaluation.ranking import partition_offsets, rank_split, read_spli
 from bigembed.evaluation.report import format_metrics
 from bigembed.storage.data_manifest import read_data_manifest
 from bigembed.trainer import Model, RelationState
-from tests.conftest import write_tiny_graph
+from tests.conftest import PBG_STYLE, write_tiny_graph
 
 NAN = float("nan")
 
@@ -89,7 +89,7 @@ def test_full_ranking_with_one_nan_row_counts_it_against_every_query(trained):
     touching x has a NaN true score and ranks N; any other query has x above it and the rest
     tied, rank 1 + 1 + (N - 2) / 2. Before, the NaN queries ranked 1st."""
     dm = read_data_manifest(trained / "data")
-    config = load_config(overrides={"model.dim": 2})
+    config = load_config(overrides={**PBG_STYLE, "model.dim": 2})
     model = Model.for_data(config, dm)
     relations = RelationState(model.specs, torch.zeros(0), torch.zeros(0))
     offsets = partition_offsets(dm)

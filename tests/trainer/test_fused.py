@@ -8,6 +8,7 @@ from bigembed.trainer import Model, PartitionState
 from bigembed.trainer.fused import fused_supported
 from bigembed.trainer.model import LOSSES, OPERATORS, LogisticLoss, RankingLoss, SoftmaxLoss
 from bigembed.trainer.step import batch_gradients, train_batch
+from tests.conftest import PBG_STYLE
 from tests.trainer.test_math import _setup as setup_states
 
 INF = float("-inf")
@@ -107,7 +108,8 @@ def test_the_fused_step_covers_sampled_dot_and_cos_only():
     for comparator, all_negatives, expected in [("dot", False, True), ("cos", False, True),
                                                 ("l2", False, False), ("squared_l2", False, False),
                                                 ("dot", True, False)]:
-        config = load_config(overrides={"model.comparator": comparator, "training.all_negatives": all_negatives})
+        config = load_config(overrides={**PBG_STYLE, "model.comparator": comparator,
+                                        "training.all_negatives": all_negatives})
         model = Model.from_config(config, ["r"])
         assert fused_supported(model, model.specs[0]) is expected
 

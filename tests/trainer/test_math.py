@@ -8,8 +8,9 @@ import torch
 from bigembed.config import load_config
 from bigembed.trainer import Model, PartitionState, RelationState, initial_params
 from bigembed.trainer.adagrad import EPS, dense_adagrad_, dense_row_adagrad_, row_adagrad_
-from bigembed.trainer.batch import batch_loss
+from bigembed.trainer.batch import batch_loss, softmax_shift
 from bigembed.trainer.bucket import plan_batches
+from bigembed.trainer.fused import fused_gradients
 from bigembed.trainer.model import (
     COMPARATORS,
     OPERATORS,
@@ -28,6 +29,7 @@ from bigembed.trainer.model import (
 )
 from bigembed.trainer.negatives import sample_negatives
 from bigembed.trainer.step import train_batch
+from tests.conftest import PBG_STYLE
 
 INF = float("-inf")
 
@@ -250,7 +252,7 @@ def test_losses_match_their_formulas_and_ignore_masked_negatives():
 
 
 def _setup(overrides, relations=("r",), lhs_rows=7, rhs_rows=6, dim=4, seed=1):
-    config = load_config(overrides={"model.dim": dim, **overrides})
+    config = load_config(overrides={**PBG_STYLE, "model.dim": dim, **overrides})
     model = Model.from_config(config, list(relations))
     gen = torch.Generator().manual_seed(seed)
     lhs = PartitionState(torch.randn(lhs_rows, dim, generator=gen), torch.zeros(lhs_rows))
@@ -296,18 +298,25 @@ def test_batch_loss_equals_a_direct_double_loop(operator, loss, where):
         return model.specs[0].operator.apply(x, p)
 
     formula = LOSS_FORMULAS[loss]
+    # the sampled-softmax correction: the 3 sampled negatives stand for the 6 (rhs) and 7 (lhs)
+    # candidate rows, or all 13 with both partitions as sources; in-batch ones are not shifted
+    shift = math.log((6.5 if where == "answer" else 13) / 3) if loss == "softmax" else 0.0
     expected = 0.0
     for c, members in enumerate([[0, 1], [2, 3], [4]]):
         for i in members:
             L, R = lhs.emb[lhs_idx[i]], rhs.emb[rhs_idx[i]]
             pos = float(op(L) @ R)
-            rhs_negs_ = [rhs.emb[rhs_idx[j]] for j in members if j != i] + [rhs.emb[k] for k in ur[c]]
-            lhs_negs_ = [lhs.emb[lhs_idx[j]] for j in members if j != i] + [lhs.emb[k] for k in ul[c]]
+            rhs_in = [rhs.emb[rhs_idx[j]] for j in members if j != i]
+            lhs_in = [lhs.emb[lhs_idx[j]] for j in members if j != i]
+            rhs_negs_ = [rhs.emb[k] for k in ur[c]]
+            lhs_negs_ = [lhs.emb[k] for k in ul[c]]
             if where == "buffer":
                 rhs_negs_ += [lhs.emb[k] for k in ur_other[c]]
                 lhs_negs_ += [rhs.emb[k] for k in ul_other[c]]
-            expected += float(weights[i]) * formula(pos, [float(op(L) @ n) for n in rhs_negs_])
-            expected += float(weights[i]) * formula(pos, [float(op(n) @ R) for n in lhs_negs_])
+            expected += float(weights[i]) * formula(
+                pos, [float(op(L) @ n) for n in rhs_in] + [float(op(L) @ n) + shift for n in rhs_negs_])
+            expected += float(weights[i]) * formula(
+                pos, [float(op(n) @ R) for n in lhs_in] + [float(op(n) @ R) + shift for n in lhs_negs_])
     assert abs(float(b.loss.detach()) - expected) < 1e-3 * max(1.0, abs(expected))
 
 
@@ -352,6 +361,11 @@ def test_n3_regularizer_adds_cubed_moduli_for_complex_operators():
     expected = 0.5 * float(lhs.emb[lhs_idx].pow(2).sum() + rhs.emb[rhs_idx].pow(2).sum()
                            + 2 * relations.param(0).pow(2).sum())
     assert abs(float(b.loss.detach()) - expected) < 1e-4
+    # each edge's penalty is weighted as its loss is: weight 0 penalises nothing
+    weights = torch.tensor([0.0, 3.0])
+    b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, weights, config.training, torch.Generator())
+    expected = 0.5 * 3 * float(lhs.emb[2].pow(2).sum() + rhs.emb[3].pow(2).sum() + relations.param(0).pow(2).sum())
+    assert abs(float(b.loss.detach()) - expected) < 1e-4
 
 
 def test_degree_negatives_come_from_the_pool():
@@ -364,7 +378,7 @@ def test_degree_negatives_come_from_the_pool():
 
 
 def test_per_relation_operators_have_their_own_parameter_slices():
-    config = load_config(overrides={"model.dim": 4, "model.operator": "diagonal",
+    config = load_config(overrides={"model.dim": 4, "model.operator": "diagonal", "model.reciprocal": False,
                                     "relations.b.operator": "linear", "relations.c.operator": "none"})
     model = Model.from_config(config, ["a", "b", "c"])
     assert [s.operator_name for s in model.specs] == ["diagonal", "linear", "none"]
@@ -480,16 +494,40 @@ def test_a_mixed_relation_batch_equals_its_per_relation_batches():
 def test_mixing_needs_one_elementwise_operator_and_rhs_only_negatives():
     from bigembed.trainer.batch import mixes_with_params
 
-    both = Model.from_config(load_config(overrides={"model.operator": "diagonal"}), ["a", "b"])
+    both = Model.from_config(load_config(overrides={"model.operator": "diagonal", "model.reciprocal": False}),
+                             ["a", "b"])
     assert not mixes_with_params(both)  # lhs corruption would need each query's own operator
     linear = Model.from_config(load_config(overrides={"model.operator": "linear", "model.reciprocal": True}), ["a"])
     assert not mixes_with_params(linear)
 
 
-def test_relation_init_random_draws_small_parameters_and_identity_is_the_default():
-    config = load_config(overrides={"model.dim": 4, "model.operator": "complex_diagonal"})
+def test_relation_init_random_draws_small_parameters_and_identity_starts_at_a_no_op():
+    config = load_config(overrides={"model.dim": 4, "model.operator": "complex_diagonal", "model.reciprocal": False})
     specs = Model.from_config(config, ["a", "b"]).specs
     identity = initial_params(specs, 4)
     assert torch.equal(identity, torch.tensor([1.0, 1, 0, 0] * 2))
     random = initial_params(specs, 4, 0.001, torch.Generator().manual_seed(0))
     assert random.shape == identity.shape and 0 < float(random.abs().max()) < 0.01
+
+
+def test_softmax_correction_shifts_the_sampled_negatives_and_can_be_turned_off():
+    """With ``model.softmax_correction`` the sampled softmax weights each of its U uniform
+    negatives as N / U of the N candidates; without it, the plain softmax over the sample. The
+    fused and the autograd step agree on both."""
+    lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 1]), torch.tensor([5, 4, 3, 1])
+    losses = {}
+    for correction in (True, False):
+        config, model, lhs, rhs, relations = _setup({
+            "model.loss": "softmax", "model.softmax_correction": correction, "model.comparator": "dot",
+            "training.chunk_size": 2, "training.negatives": 3},
+            lhs_rows=9, rhs_rows=9)
+        b = batch_loss(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                       torch.Generator().manual_seed(2))
+        assert softmax_shift(model, config.training, [n for _, n in b.sides]) == (
+            pytest.approx(math.log(9 / 3)) if correction else 0.0)
+        fused = fused_gradients(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training,
+                                torch.Generator().manual_seed(2))
+        assert fused is not None and float(fused[0].loss) == pytest.approx(float(b.loss.detach()), rel=1e-5)
+        losses[correction] = float(b.loss.detach())
+    # every sampled negative's weight triples (9 rows, 3 negatives), so each edge's loss grows
+    assert losses[True] > losses[False] + 0.1
