@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from measure import epoch_seconds  # noqa: E402
+from measure import PBG_STYLE_SETS, epoch_seconds  # noqa: E402
 from timed import du_bytes, run_timed  # noqa: E402
 
 PY = sys.executable
@@ -156,7 +156,7 @@ def run_size(edges: int, nodes: int, args: argparse.Namespace, log: Path) -> dic
         (graph / "valid.tsv").unlink(missing_ok=True)
         (graph / "train.tsv").unlink(missing_ok=True)  # only test.tsv is needed from here on
     train_cmd = [*BIGEMBED, "train", str(data), "-o", str(run), "--dim", dim, "--epochs", "1", "--memory", mem,
-                 "--no-progress"]
+                 *PBG_STYLE_SETS, "--no-progress"]
     step("train", train_cmd, run, (imported,))
     if (run / "stats.jsonl").exists():
         ep = epoch_seconds(run / "stats.jsonl")

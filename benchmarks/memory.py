@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from measure import BIGEMBED, epoch_seconds, io_wait_seconds, run_measured
+from measure import BIGEMBED, PBG_STYLE_SETS, epoch_seconds, io_wait_seconds, run_measured
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run_dir), "--dim", str(args.dim),
                                   "--epochs", "2", "--set", f"training.buffer_partitions={c}", *order,
                                   "--set", f"training.storage_dtype={dtype}",
-                                  *args.extra, "--no-progress"])
+                                  *PBG_STYLE_SETS, *args.extra, "--no-progress"])
         epochs = epoch_seconds(run_dir / "stats.jsonl")
         current = (run_dir / "CURRENT").read_text().strip()
         shards = sum(f.stat().st_size for f in (run_dir / "checkpoints" / current).glob("emb_*/**/*") if f.is_file())

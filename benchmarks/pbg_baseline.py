@@ -491,7 +491,7 @@ def bigembed_model(settings: PbgSettings, data: DataManifest,
     """bigembed's model with PBG's operator and comparator, holding PBG's relation parameters."""
     config = load_config(overrides={"model.dim": settings.dim, "model.operator": settings.operator,
                                     "model.comparator": settings.comparator, "model.loss": settings.loss,
-                                    "model.margin": settings.margin})
+                                    "model.margin": settings.margin, "model.reciprocal": False})
     model = Model.for_data(config, data)
     total = sum(0 if s.shape is None else int(np.prod(s.shape)) for s in model.specs)
     flat = torch.zeros(total)

@@ -5,6 +5,9 @@ config from benchmarks/configs/, and ranks the test split against every node
 with the filtered protocol (`bigembed eval`, realistic ties). Tasks:
 
 * ``wn18rr``      the WN18RR config (published ComplEx: MRR 0.475, Hits@10 0.547)
+* ``defaults``    ``bigembed train`` with no options on WN18RR, CoDEx-S, CoDEx-M and two
+                  generated graphs (a relation-free social-style one, a planted 3-relation one),
+                  each against a random embedding and the tuned recipe
 * ``codex-m``     the CoDEx-M config (published ComplEx: MRR 0.337)
 * ``partitions``  the CoDEx-S config trained with P=1 and with P=4 partitions (its
                   buffer holds all 4), and with P=4 and a buffer of 2 for comparison,
@@ -36,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import BIGEMBED, run_measured
 
+from bigembed.generator import GraphSpec, write_graph
+
 HERE = Path(__file__).resolve().parent
 DATASETS = HERE.parent.parent / "shared" / "datasets"
 CONFIGS = HERE / "configs"
@@ -51,16 +56,19 @@ def import_dataset(name: str, out: Path, partitions: int) -> Path:
     return data
 
 
-def train_and_eval(data: Path, run: Path, config: Path, extra: list[str]) -> dict[str, Any]:
-    """Train from scratch (``run`` is replaced), then rank test and valid; returns figures."""
+def train_and_eval(data: Path, run: Path, config: Path | None, extra: list[str]) -> dict[str, Any]:
+    """Train from scratch (``run`` is replaced), then rank test and valid; returns figures.
+    ``config`` None: bigembed's defaults."""
     if run.exists():
         import shutil
 
         shutil.rmtree(run)
-    wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run), "--config", str(config),
-                              "--no-progress", *extra])
-    out: dict[str, Any] = {"config": str(config.relative_to(HERE.parent)), "extra": extra,
-                           "train_wall_s": round(wall, 1), "train_peak_rss_mib": round(rss)}
+    with_config = [] if config is None else ["--config", str(config)]
+    wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(run), *with_config, "--no-progress", *extra])
+    shown = "defaults" if config is None else str(config.relative_to(HERE.parent) if config.is_relative_to(HERE.parent)
+                                                   else config)
+    out: dict[str, Any] = {"config": shown,
+                           "extra": extra, "train_wall_s": round(wall, 1), "train_peak_rss_mib": round(rss)}
     for split in ("valid", "test"):
         metrics_file = run / f"{split}.json"
         start = time.perf_counter()
@@ -81,6 +89,50 @@ def task_dataset(name: str, work: Path) -> dict[str, Any]:
     data = import_dataset(name, work, 1)
     return {"dataset": name, "partitions": 1,
             **train_and_eval(data, work / f"run-{name}", CONFIGS / f"{name}.toml", [])}
+
+
+# the tuned all-negatives recipes' filtered test MRR (benchmarks/configs, RESULTS.md)
+TUNED_MRR = {"wn18rr": 0.4629, "codex-s": 0.4465, "codex-m": 0.3268}
+
+
+def import_generated(name: str, out: Path, spec: GraphSpec, columns: str) -> Path:
+    """A graph from ``bigembed generate``'s generator, imported with P=1; valid and test cut to
+    their first 3,000 edges, so that ranking them against every node stays quick."""
+    data = out / name
+    if not (data / "manifest.json").exists():
+        raw = out / f"{name}-raw"
+        paths = write_graph(spec, raw)
+        for split in ("valid", "test"):
+            lines = paths[split].read_text().splitlines(keepends=True)[:3000]
+            paths[split].write_text("".join(lines))
+        run_measured([*BIGEMBED, "import", str(paths["train"]), "--split", f"valid={paths['valid']}",
+                      "--split", f"test={paths['test']}", "--columns", columns, "-o", str(data), "-p", "1",
+                      "--overwrite", "--no-progress"])
+    return data
+
+
+GENERATED = {  # name: (spec, columns)
+    "social": (GraphSpec(nodes=50_000, edges=500_000, relations=1, communities=200, seed=1), "lhs,_,rhs"),
+    "planted": (GraphSpec(nodes=20_000, edges=300_000, relations=3, communities=20, seed=2), "lhs,rel,rhs"),
+}
+
+
+def task_defaults(work: Path, names: tuple[str, ...] = ("wn18rr", "codex-s", "codex-m", "social", "planted")
+                  ) -> dict[str, Any]:
+    """``bigembed train DATA -o RUN`` with no option at all, on each dataset, against an untrained
+    (random) embedding of the same run and, for the real datasets, the tuned recipes."""
+    out: dict[str, Any] = {}
+    for name in names:
+        data = import_generated(name, work, *GENERATED[name]) if name in GENERATED else import_dataset(name, work, 1)
+        row = train_and_eval(data, work / f"run-defaults-{name}", None, [])
+        random = train_and_eval(data, work / f"run-random-{name}", None, ["--epochs", "0"])
+        row["random_test_mrr"] = random["test"]["mrr"]
+        if name in TUNED_MRR:
+            row["tuned_test_mrr"] = TUNED_MRR[name]
+            row["share_of_tuned"] = round(row["test"]["mrr"] / TUNED_MRR[name], 3)
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    return out
 
 
 def task_partitions(work: Path, dataset: str = "codex-s", config: str = "codex-s",
@@ -127,22 +179,29 @@ def task_half(work: Path, seeds: tuple[int, ...]) -> dict[str, Any]:
 
 
 def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str) -> dict[str, Any]:
-    """bigembed and PBG with the same dimension, epochs, operator, loss and negatives."""
+    """bigembed and PBG with the same dimension, epochs, operator, loss and negatives, and
+    everything else PBG does (both sides corrupted, in-batch negatives, relations started at
+    the identity, row Adagrad, no regulariser); bigembed once as PBG computes the softmax and
+    once with its sampled-softmax correction (``model.softmax_correction``, its default)."""
     from pbg_baseline import run_pbg
 
     config = work / f"same-as-pbg-{dataset}.toml"
     s = settings
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
-        f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\n'
+        f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\nreciprocal = false\nregularizer = "none"\n'
+        f'relation_init = "identity"\n'
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
-        f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\n'
+        f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nbatch_negatives = true\n'
         f'chunk_size = {s["batch_negs"]}\nall_negatives = {str(s["all_negs"]).lower()}\nworkers = 2\n'
+        f'optimizer = "row_adagrad"\n'
     )
     data = import_dataset(dataset, work, 1)
-    ours = train_and_eval(data, work / f"run-pbg-settings-{dataset}", config, [])
+    plain = train_and_eval(data, work / f"run-pbg-settings-{dataset}", config,
+                           ["--set", "model.softmax_correction=false"])
+    ours = train_and_eval(data, work / f"run-pbg-settings-corrected-{dataset}", config, [])
     pbg = run_pbg(dataset=dataset, workdir=work / f"pbg-{dataset}", pbg_python=pbg_python, **settings)
-    return {"dataset": dataset, "settings": settings, "bigembed": ours, "pbg": pbg}
+    return {"dataset": dataset, "settings": settings, "bigembed_plain_softmax": plain, "bigembed": ours, "pbg": pbg}
 
 
 PBG_SETTINGS = {
@@ -155,7 +214,8 @@ PBG_SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tasks", nargs="+",
-                        choices=["wn18rr", "codex-m", "codex-s", "partitions", "partitions-sampled", "half", "pbg"])
+                        choices=["wn18rr", "codex-m", "codex-s", "defaults", "partitions", "partitions-sampled", "half",
+                                 "pbg"])
     parser.add_argument("--work", type=Path, default=HERE / "work" / "quality")
     parser.add_argument("--out", type=Path, default=HERE / "work" / "quality.json")
     parser.add_argument("--pbg-python", default="/tmp/pbgvenv/bin/python")
@@ -172,6 +232,8 @@ def main() -> None:
             results[task] = task_partitions(args.work, config="codex-s-sampled", seeds=tuple(args.seeds))
         elif task == "half":
             results[task] = task_half(args.work, tuple(args.seeds))
+        elif task == "defaults":
+            results[task] = task_defaults(args.work)
         elif task == "pbg":
             results[task] = task_pbg(args.work, args.pbg_dataset, PBG_SETTINGS, args.pbg_python)
         else:

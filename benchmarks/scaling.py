@@ -17,6 +17,13 @@ graph grows. ``--ranking-kernel dense`` (``$BIGEMBED_RANKING_KERNEL``) holds it 
 that the rows differ in graph size alone.
 
     python benchmarks/scaling.py --nodes 1000000 --edges 1000000 10000000 100000000 --ranking-kernel dense
+
+With ``--recipe defaults`` training uses bigembed's defaults (at ``--dim``) instead; with
+several ``--nodes`` and one ``--edges`` the rows differ in node count alone, which shows
+whether the cost per edge depends on the number of nodes (with sampled negatives it
+should not)::
+
+    python benchmarks/scaling.py --recipe defaults --dim 64 --nodes 100000 10000000 --edges 2000000
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ operator = "none"
 comparator = "dot"
 loss = "ranking"
 margin = 0.1
+reciprocal = false
+regularizer = "none"
 [training]
 epochs = {epochs}
 lr = 0.1
@@ -49,10 +58,19 @@ batch_size = 1000
 negatives = 50
 chunk_size = 50
 workers = 2
+batch_negatives = true
+optimizer = "row_adagrad"
 """
 
 
-def one_size(work: Path, nodes: int, edges: int, P: int, epochs: int) -> dict[str, Any]:
+DEFAULTS_CONFIG = """[model]
+dim = {dim}
+[training]
+epochs = {epochs}
+"""
+
+
+def one_size(work: Path, nodes: int, edges: int, P: int, epochs: int, config_text: str) -> dict[str, Any]:
     folder = work / f"{nodes}-{edges}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -64,7 +82,7 @@ def one_size(work: Path, nodes: int, edges: int, P: int, epochs: int) -> dict[st
                                             "-p", str(P), "--ids", "int", "--no-progress"])
     shutil.rmtree(folder / "graph")  # the text is not needed any more
     config = folder / "config.toml"
-    config.write_text(CONFIG.format(epochs=epochs))
+    config.write_text(config_text)
     train_edges = read_data_manifest(data).num_edges("train")
     wall, rss = run_measured([*BIGEMBED, "train", str(data), "-o", str(folder / "run"), "--config", str(config),
                               "--no-progress"])
@@ -85,13 +103,16 @@ def one_size(work: Path, nodes: int, edges: int, P: int, epochs: int) -> dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=1_000_000)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--edges", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs per graph; edges/s is over epochs 2..N (1: the only epoch, start-up included)")
     ap.add_argument("--ranking-kernel", choices=["auto", "sparse", "dense"], default="auto",
                     help="$BIGEMBED_RANKING_KERNEL for training (dense: the same work per edge at every size)")
+    ap.add_argument("--recipe", choices=["throughput", "defaults"], default="throughput",
+                    help="throughput: the settings above; defaults: bigembed's defaults at --dim")
+    ap.add_argument("--dim", type=int, default=64, help="with --recipe defaults")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "scaling")
     ap.add_argument("--out", type=Path, default=HERE / "work" / "scaling.json")
     args = ap.parse_args()
@@ -99,15 +120,17 @@ def main() -> None:
         ap.error("--epochs must be at least 1")
     os.environ["BIGEMBED_RANKING_KERNEL"] = args.ranking_kernel  # inherited by the training process
     rows: list[dict[str, Any]] = []
-    for edges in args.edges:
-        row = {**one_size(args.work, args.nodes, edges, args.partitions, args.epochs),
-               "ranking_kernel": args.ranking_kernel}
+    config = (CONFIG.format(epochs=args.epochs) if args.recipe == "throughput"
+              else DEFAULTS_CONFIG.format(dim=args.dim, epochs=args.epochs))
+    for nodes, edges in [(n, e) for n in args.nodes for e in args.edges]:
+        row = {**one_size(args.work, nodes, edges, args.partitions, args.epochs, config),
+               "ranking_kernel": args.ranking_kernel, "recipe": args.recipe}
         first = rows[0] if rows else row
         row["edges_per_s_vs_first"] = round(row["edges_per_s"] / first["edges_per_s"], 3)
         row["train_edges_per_s_vs_first"] = round(row["train_edges_per_s"] / first["train_edges_per_s"], 3)
         row["rss_vs_first"] = round(row["train_peak_rss_mib"] / first["train_peak_rss_mib"], 3)
         rows.append(row)
-        print(f"{row['train_edges']:>12,} train edges: training {row['train_s']:.1f} s, "
+        print(f"{row['nodes']:>11,} nodes, {row['train_edges']:>12,} train edges: training {row['train_s']:.1f} s, "
               f"{row['train_edges_per_s']:>9,} edges/s ({row['train_edges_per_s_vs_first']:.2f}x the first); "
               f"with the commit {row['epoch_s']:.1f} s, {row['edges_per_s']:>9,} edges/s "
               f"({row['edges_per_s_vs_first']:.2f}x)  peak RSS {row['train_peak_rss_mib']} MiB "

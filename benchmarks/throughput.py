@@ -67,9 +67,11 @@ def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bo
     config = work / f"bigembed-{tag}.toml"
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
-        f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\n'
+        f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\nreciprocal = false\nregularizer = "none"\n'
+        f'relation_init = "identity"\n'
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
         f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nchunk_size = {s["batch_negs"]}\n'
+        f'batch_negatives = true\noptimizer = "row_adagrad"\n'
         f'workers = {s["workers"]}\nfused_step = {"true" if fused else "false"}\nstorage_dtype = "{dtype}"\n'
         f'device = "{device}"\n'
     )
