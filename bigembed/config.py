@@ -306,6 +306,22 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+# Settings added after RUNs were first written, each with the value a saved config that
+# lacks it was trained with: a run saved before model.softmax_correction existed trained
+# without the correction, and resuming it must neither change that nor call it a conflict.
+LEGACY_VALUES: dict[str, Any] = {"model.softmax_correction": False}
+
+
+def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved (nested) config with every :data:`LEGACY_VALUES` key it lacks filled in."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        section, key = dotted.split(".", 1)
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = value
+    return out
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out: dict[str, Any] = {}

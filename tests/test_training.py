@@ -181,6 +181,21 @@ def test_hogwild_kill_at_random_moments_resumes_to_completion(tmp_path, data4):
     assert [v for v in list_versions(run) if v > manifest.version] == []
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_with_the_value_it_was_trained_with(tmp_path, data4):
+    """A config.json written before model.softmax_correction existed lacks the key; that run
+    trained without the correction, so resuming keeps it off and is not a conflict."""
+    run = tmp_path / "run"
+    train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
+    raw = json.loads((run / "config.json").read_text())
+    assert raw["config"]["model"].pop("softmax_correction") is True
+    (run / "config.json").write_text(json.dumps(raw))
+    messages: list[str] = []
+    train(data4, run, None, {"training.epochs": 2}, log=messages.append)
+    assert any("resuming" in m for m in messages)
+    assert json.loads((run / "config.json").read_text())["config"]["model"]["softmax_correction"] is False
+    assert read_manifest(run, read_current(run)).position.epoch == 2
+
+
 def test_resume_refuses_conflicting_settings_unless_override(tmp_path, data4):
     run = tmp_path / "run"
     train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
