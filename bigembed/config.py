@@ -89,7 +89,11 @@ class ModelConfig:
         min=0.0,
     )
     max_norm: float = _opt(
-        0.0, "Rescale any updated embedding whose L2 norm exceeds this (0: no limit).", min=0.0
+        0.0,
+        "Rescale any updated embedding whose L2 norm exceeds this (0: no limit). With several "
+        "workers, two updating one row at the same moment can leave it slightly longer (Hogwild "
+        "writes are not atomic); one worker keeps the bound exactly.",
+        min=0.0,
     )
     softmax_correction: bool = _opt(
         True,

@@ -99,7 +99,9 @@ def test_degree_negatives_and_max_norm(tmp_path, data4):
     # (one CI run fell under the bound); with a quarter, 0.058-0.064 on the first generator's
     # graph and 0.043-0.052 over 6 runs on the closed-form sampler's (issue 17; 0.062 on average
     # over 11 other seeds, where the first generator averaged 0.058). Random: 0.02.
-    overrides = {"training.degree_fraction": 0.25, "model.max_norm": 1.0, "model.operator": "diagonal"}
+    # one worker: two Hogwild workers writing one row at once can leave it a little over max_norm
+    overrides = {"training.degree_fraction": 0.25, "model.max_norm": 1.0, "model.operator": "diagonal",
+                 "training.workers": 1}
     mrr = train_and_rank(tmp_path, data4, overrides)
     assert mrr > 1.8 * RANDOM_FILTERED_MRR
     manifest = read_manifest(tmp_path / "run", read_current(tmp_path / "run"))
