@@ -11,18 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bigembed.config import PBG_STYLE
+
 BIGEMBED = [sys.executable, "-m", "bigembed.cli.main"]
 
-# What bigembed's defaults were before issue 18 (PyTorch-BigGraph's style of step): the
-# throughput, scaling, memory and billion-edge figures recorded before then were measured with
-# these, and are rerun with them so that old and new rows compare.
-PBG_STYLE = {
-    "model.operator": "none", "model.loss": "ranking", "model.relation_init": "identity", "model.reciprocal": "false",
-    "model.regularizer": "none", "training.optimizer": "row_adagrad", "training.relation_lr": "0.01",
-    "training.batch_size": "1000", "training.chunk_size": "50", "training.negatives": "50",
-    "training.batch_negatives": "true",
-}
-PBG_STYLE_SETS = [arg for key, value in PBG_STYLE.items() for arg in ("--set", f"{key}={value}")]
+# bigembed's defaults before issue 18 (config.PBG_STYLE): the memory and billion-edge figures
+# recorded before then were measured with them, and are rerun with them so that rows compare.
+PBG_STYLE_SETS = [arg for key, value in PBG_STYLE.items()
+                  for arg in ("--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}")]
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:

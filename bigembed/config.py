@@ -310,6 +310,17 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+# PyTorch-BigGraph's training step, and bigembed's defaults before a knowledge-graph recipe
+# replaced them: both sides corrupted, in-batch plus 50 uniform negatives per chunk of 50, margin
+# ranking, row Adagrad, relations started at the identity, no regulariser, no inverse relations.
+PBG_STYLE: dict[str, Any] = {
+    "model.operator": "none", "model.loss": "ranking", "model.relation_init": "identity",
+    "model.reciprocal": False, "model.regularizer": "none", "model.regularization": 0.0,
+    "training.optimizer": "row_adagrad", "training.relation_lr": 0.01, "training.batch_size": 1000,
+    "training.chunk_size": 50, "training.negatives": 50, "training.batch_negatives": True,
+}
+
+
 # Settings added after RUNs were first written, each with the value a saved config that
 # lacks it was trained with: a run saved before model.softmax_correction existed trained
 # without the correction, and resuming it must neither change that nor call it a conflict.

@@ -49,7 +49,7 @@ from bigembed.checkpoint.run import (
     write_run_config,
 )
 from bigembed.checkpoint.versions import check_position, committed_versions, next_version, version_dir
-from bigembed.config import Config, config_to_dict, flatten, load_config, with_legacy_values
+from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
@@ -117,7 +117,6 @@ def _resolve_config(run_dir: Path, data: DataManifest, config_file: Path | None,
         return config, False
     saved = read_run_config(run_dir)
     check_same_data(run_dir, saved, data)
-    saved = {**saved, "config": with_legacy_values(saved["config"])}
     config = load_config(config_file, overrides, base=flatten(saved["config"]))
     needs, fixed = config_conflicts(saved["config"], config_to_dict(config))
     if fixed:
@@ -459,7 +458,7 @@ def _memory_model(config: Config) -> MemoryModel:
 def _memory_overrides(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
                       budget: int, log: Log) -> dict[str, Any]:
     """``training.buffer_partitions`` (and the beta order) for a memory budget, said aloud."""
-    base = flatten(with_legacy_values(read_run_config(run_dir)["config"])) if is_run(run_dir) else None
+    base = flatten(read_run_config(run_dir)["config"]) if is_run(run_dir) else None
     config = load_config(config_file, overrides, base=base)
     model = _memory_model(config)
     biggest = max(data.bucket_counts["train"].values(), default=0)

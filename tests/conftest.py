@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bigembed import config
 from bigembed.partitioner import ImportSpec, Source
 from bigembed.partitioner.engine import import_data
 
@@ -38,9 +39,4 @@ def tiny_graph(tmp_path: Path) -> tuple[Path, list[tuple[str, str, str]]]:
 # relations, softmax over 500 uniform negatives, N3, per-coordinate Adagrad): the
 # PyTorch-BigGraph-style step (both sides corrupted, in-batch plus sampled negatives, margin
 # ranking, row Adagrad). Unit tests of that path start from these and change what they test.
-PBG_STYLE = {
-    "model.dim": 100, "model.operator": "none", "model.loss": "ranking", "model.relation_init": "identity",
-    "model.reciprocal": False, "model.regularizer": "none", "model.regularization": 0.0,
-    "training.optimizer": "row_adagrad", "training.relation_lr": 0.01, "training.batch_size": 1000,
-    "training.chunk_size": 50, "training.negatives": 50, "training.batch_negatives": True,
-}
+PBG_STYLE = {**config.PBG_STYLE, "model.dim": 100}

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bigembed.config import flatten
+from bigembed.config import flatten, with_legacy_values
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError
 from bigembed.storage.atomic import atomic_write_json, read_json
 from bigembed.storage.data_manifest import DataManifest
@@ -83,6 +83,8 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
             f"{path}: run format_version {raw.get('format_version')} is not supported "
             f"(this bigembed reads {RUN_FORMAT_VERSION}); train a new RUN"
         )
+    if isinstance(raw.get("config"), dict):  # settings added since the run was written: its values
+        raw["config"] = with_legacy_values(raw["config"])
     return raw
 
 
