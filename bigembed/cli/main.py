@@ -148,7 +148,7 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
             return stack.enter_context(_counter("writing buckets", "edge", total, progress)).update
 
         _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
-                                       edge_progress=edge_progress)
+                                       edge_progress=edge_progress, log=_log)
     if budget is not None:
         _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
              f"{stats.num_partitions} partitions")

@@ -1,20 +1,26 @@
-"""One-pass import: Arrow reads the files once, DuckDB keeps the dictionary out of core.
+"""One-pass import: Arrow reads the files once; a dictionary in memory, or DuckDB out of core.
 
-Every block of edges (:mod:`bigembed.partitioner.blocks`) is checked and appended to a DuckDB
-table of its split, as names (string ids) or numbers (int ids); DuckDB holds that table and
-the dictionary within a memory limit and spills what does not fit to a folder inside the
-import's temporary output, so memory stays bounded whatever the number of distinct nodes.
-Then:
+Every block of edges (:mod:`bigembed.partitioner.blocks`) is checked, then:
 
-- nodes: the distinct (entity type, name) pairs, each type's nodes ranked by a seeded hash of
-  the name with the name itself as tie-break (``rank``). A node's partition is ``rank % P``
-  and its offset ``rank // P`` after the rows of earlier types, as a seeded permutation gave
-  before: partitions differ by at most one node per type. Edges find their nodes by joining
-  on the name, never on the hash, so two ids that hash alike stay two nodes.
-- int ids: node ``i`` is rank ``i``, without a dictionary.
-- edges: each split's edges, joined to their ranks, come back in input order and are
-  appended to their (lhs partition, rhs partition) bucket in the compact layout
-  (:func:`bigembed.storage.edges.compact_dtypes`).
+- string ids, in memory (the usual case): each name is looked up in the C dictionary of
+  :mod:`bigembed.partitioner.dictionary` (ids in first-seen order) and the block's edges go
+  to a spool file as those ids. Past :data:`DICTIONARY_SHARE` of the budget, or where no C
+  compiler is found, the dictionary and the edges move to (or start in) DuckDB instead: a
+  table of each split's edges by name, held within a memory limit and spilling what does not
+  fit to a folder inside the import's temporary output, so memory stays bounded whatever the
+  number of distinct nodes.
+- int ids: node ``i`` is rank ``i``, without a dictionary; edges are spooled, or written to
+  their buckets at once when the partition count is given.
+
+Then nodes: the distinct (entity type, name) pairs, each type's nodes ranked by a seeded hash
+of the name (:data:`NODE_ORDER`, computed by DuckDB on either path, so both give the same
+layout byte for byte) with the name itself as tie-break. A node's partition is ``rank % P``
+and its offset ``rank // P`` after the rows of earlier types: partitions differ by at most one
+node per type. Names are told apart by their bytes, never by their hash, so two ids that hash
+alike stay two nodes. Each split's edges, mapped to their ranks (through the spool's ids, or
+joined to the nodes by name in DuckDB), come back in input order and are appended to their
+(lhs partition, rhs partition) bucket in the compact layout
+(:func:`bigembed.storage.edges.compact_dtypes`).
 
 Everything is written under a temporary folder beside DATA and renamed into place only when
 complete, so a failed or interrupted import leaves nothing behind.
@@ -39,7 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bigembed.errors import BigembedError, InputFormatError
+from bigembed.partitioner import dictionary
 from bigembed.partitioner.blocks import describe, is_parquet, is_stdin, read_blocks
+from bigembed.partitioner.dictionary import NameDictionary
 from bigembed.partitioner.plan import (
     DEFAULT_RELATION,
     ImportSpec,
@@ -79,6 +87,10 @@ IN_MEMORY_BYTES_PER_TEXT_BYTE = 5
 DIRECT_WRITES = True
 MIN_WRITE_BUFFER = 16 << 20  # bytes of bucketed edges held between appends, at least
 MIN_WINDOW_ROWS = 1 << 20  # string ids: edges put back in input order at a time, at least
+# String ids go through the in-memory C dictionary when it can be built; tests turn it off to
+# compare with DuckDB's path, which it must equal byte for byte.
+NAME_DICTIONARY = True
+DICTIONARY_SHARE = 0.4  # of the budget: past it, the dictionary moves to DuckDB, which spills
 
 
 @dataclass
@@ -93,6 +105,7 @@ class ImportStats:
     skipped: SkippedLines = field(default_factory=SkippedLines)
     spilled_bytes: int = 0  # the most DuckDB had written to its spill folder at a check
     on_disk: bool = False  # the edges were kept in a database file, not in memory
+    dictionary: str = ""  # string ids: "memory" (the C dictionary), "duckdb", or "moved" (memory, then DuckDB)
     memory_limit: int = 0
 
     def summary(self, ids: str, type_names: list[str]) -> str:
@@ -262,8 +275,13 @@ class _Loader:
     """Pass over the input: checks each chunk and appends it to its split's table."""
 
     def __init__(self, spec: ImportSpec, con: Any, spool: Path,
-                 direct: Callable[[str], _DirectWriter] | None = None) -> None:
+                 direct: Callable[[str], _DirectWriter] | None = None, names: NameDictionary | None = None,
+                 connect: Callable[[], Any] | None = None, names_limit: int = 0,
+                 log: Callable[[str], None] | None = None) -> None:
         self.spec, self.con = spec, con
+        self.names = names  # string ids kept in memory: edges spooled as dictionary ids
+        self.connect, self.names_limit, self.log = connect, names_limit, log
+        self.moved = False  # the dictionary outgrew names_limit and moved to DuckDB
         self.direct = direct  # int ids, P given, one entity type: buckets written while reading
         self.writers: dict[str, _DirectWriter] = {}
         self.types = list(spec.type_names)
@@ -409,13 +427,56 @@ class _Loader:
             self.writers[split].add(spooled["l"], spooled["h"], spooled["c"], len(self.codes), spooled.get("w"))
             self.spooled[split] = self.spooled.get(split, 0) + len(codes)
             return
+        if self.names is not None:
+            sides = {}
+            for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
+                types = None
+                if len(self.types) > 1:
+                    types = np.asarray(self.code_types, np.int32).reshape(-1, 2)[codes, side]
+                sides[name] = self.names.intern(array, types)
+            top = len(self.names) - 1
+            spooled = {name: _narrowest(ids, top) for name, ids in sides.items()}
+            spooled["c"] = _narrowest(codes, len(self.codes) - 1)
+            if self.weighted:
+                spooled["w"] = self._weights(chunk, path).to_numpy()
+            self._spool_add(split, spooled)
+            if self.names.memory(adding=2 * len(codes)) > self.names_limit:  # room for a block like this one
+                self._move_to_duckdb()
+            return
         columns: dict[str, Any] = {"l": lhs, "h": rhs, "c": pa.array(codes, pa.int32())}
         if self.weighted:
             columns["w"] = self._weights(chunk, path)
+        self._insert(split, columns)
+        self.spooled[split] = self.spooled.get(split, 0) + len(codes)
+
+    def _insert(self, split: str, columns: dict[str, Any]) -> None:
         self.con.register("block", pa.table(columns))
         self.con.execute(f"INSERT INTO {self._table(split)} SELECT * FROM block").fetchall()
-        self.spooled[split] = self.spooled.get(split, 0) + len(codes)
         self.con.unregister("block")
+
+    def _move_to_duckdb(self) -> None:
+        """The dictionary would outgrow its share of the budget: put the edges spooled so far
+        into DuckDB's tables by name, in input order, and go on there (DuckDB spills to disk)."""
+        assert self.names is not None and self.connect is not None
+        if self.log:
+            self.log(f"the node dictionary reached {len(self.names)} nodes, more than its share of the memory "
+                     "budget holds: moving it to DuckDB, which spills to disk")
+        names, _types = self.names.export()
+        self.names.close()
+        self.names = None
+        self.moved = True
+        self.con = self.connect()
+        self.close_spools()
+        spools, folders = self.spools, self.tables
+        self.spools, self.tables = {}, {}
+        for split, spool in spools.items():
+            for batch in spool.chunks():
+                columns: dict[str, Any] = {"l": names.take(pa.array(batch["l"])), "h": names.take(pa.array(batch["h"])),
+                                           "c": pa.array(batch["c"].astype(np.int32))}
+                if "w" in batch:
+                    columns["w"] = pa.array(batch["w"])
+                self._insert(split, columns)
+            shutil.rmtree(folders[split], ignore_errors=True)
 
 
 def _counts(num: int, P: int) -> list[int]:
@@ -443,6 +504,56 @@ def _node_table(con: Any, loader: _Loader, seed: int) -> list[int]:
                 f"AS rank FROM (SELECT DISTINCT t, n FROM ({sides}))").fetchall()
     counts = dict(con.execute("SELECT t, count(*) FROM nodes GROUP BY t").fetchall())
     return [int(counts.get(t, 0)) for t in range(len(loader.types))]
+
+
+@dataclass
+class _Ranked:
+    """The in-memory dictionary's nodes ranked as :func:`_node_table` ranks them."""
+
+    names: pa.LargeStringArray  # by dictionary id
+    sizes: list[int]  # nodes of each type
+    rank_of: np.ndarray  # dictionary id -> rank within its type
+    orders: list[np.ndarray]  # per type: dictionary ids in rank order
+
+
+def _rank_names(names: NameDictionary, T: int, seed: int, limit: int, spill: Path) -> _Ranked:
+    """Rank each type's distinct names by the seeded hash :data:`NODE_ORDER` (computed by DuckDB,
+    so that the layout equals DuckDB's path), ties broken by the name's bytes; frees ``names``."""
+    import duckdb
+
+    array, types = names.export()
+    names.close()
+    count = len(array)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"SET memory_limit='{max(limit, 16 << 20) >> 20}MB'").fetchall()
+        con.execute(f"SET temp_directory='{spill}'").fetchall()
+        con.register("d", pa.table({"i": pa.array(np.arange(count, dtype=np.int64)), "n": array}))
+        order = NODE_ORDER.format(seed=int(seed) % 2**64)
+        keys = np.empty(count, np.uint64)
+        for batch in con.sql(f"SELECT i, CAST({order} AS UBIGINT) FROM d").to_arrow_reader(1 << 20):
+            keys[batch.column(0).to_numpy()] = batch.column(1).to_numpy()
+    finally:
+        con.close()
+    rank_of = np.empty(count, np.uint32 if count < 2**32 else np.int64)  # uint32: half the cache misses
+    orders, sizes = [], []
+    for t in range(T):
+        ids = np.flatnonzero(types == t) if T > 1 else np.arange(count)
+        k = keys[ids]
+        o = np.argsort(k, kind="stable")
+        ordered = ids[o]
+        tied = np.flatnonzero(k[o][1:] == k[o][:-1])
+        if tied.size:  # names whose keys are equal: put each run in byte order of the names
+            starts = tied[np.r_[True, np.diff(tied) > 1]]
+            ends = tied[np.r_[np.diff(tied) > 1, True]] + 2
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                run = ordered[a:b]
+                text = array.take(pa.array(run)).to_pylist()
+                ordered[a:b] = run[sorted(range(len(run)), key=lambda j: text[j].encode())]
+        rank_of[ordered] = np.arange(len(ordered), dtype=rank_of.dtype)
+        orders.append(ordered)
+        sizes.append(len(ordered))
+    return _Ranked(array, sizes, rank_of, orders)
 
 
 def _narrow(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
@@ -652,8 +763,9 @@ def _ranked_batches(con: Any, query: str, rows: int, window: int, weighted: bool
 def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type_counts: list[list[int]],
                  dtypes: dict[str, np.dtype], relation_of_code: np.ndarray, buffer_bytes: int,
                  digest: _EdgeDigest, progress: Callable[[int], object] | None,
-                 writeback: _Writeback | None = None) -> dict[str, int]:
-    """Stream one split's edges in input order into its buckets; returns edges per bucket."""
+                 writeback: _Writeback | None = None, rank_of: np.ndarray | None = None) -> dict[str, int]:
+    """Stream one split's edges in input order into its buckets; returns edges per bucket.
+    ``rank_of``: the rank of each id in the split's spool (the in-memory dictionary's ids)."""
     table = loader.tables[split]
     T = len(loader.types)
     base = np.zeros((T, P), np.int64)  # rows of earlier types in each partition
@@ -667,7 +779,7 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
               "JOIN nodes b ON b.t = y.rt AND b.n = e.h")
     query = f"SELECT e.rowid, a.rank, b.rank, e.c{weight} FROM {table} e {on}"
     writer = _BucketWriter(root, split, P, dtypes, loader.weighted, buffer_bytes, writeback)
-    if loader.spec.ids == "int":
+    if split in loader.spools:  # int ids, or string ids through the in-memory dictionary
         batches = loader.spool_batches(split)
     else:
         rows = loader.spooled[split]
@@ -676,6 +788,8 @@ def _write_edges(con: Any, loader: _Loader, root: Path, split: str, P: int, type
 
     def bucketed() -> Iterator[tuple[Any, ...]]:  # on the worker thread
         for lr, rr, code, w in batches:
+            if rank_of is not None:
+                lr, rr = rank_of[lr], rank_of[rr]
             rel = relation_of_code[code]
             lo, lp = np.divmod(lr, P)
             ro, rp = np.divmod(rr, P)
@@ -697,14 +811,17 @@ def _digest_names(digest: Any, array: pa.Array) -> None:
     """Add each name followed by a newline to ``digest``."""
     if len(array) == 0:
         return
-    lines = pc.binary_join_element_wise(array, "", "\n").cast(pa.large_string())
+    lines = pc.binary_join_element_wise(array, pa.scalar("", array.type), pa.scalar("\n", array.type)
+                                        ).cast(pa.large_string())
     offsets = np.frombuffer(lines.buffers()[1], np.int64)[lines.offset : lines.offset + len(lines) + 1]
     digest.update(memoryview(lines.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
 
 
-def _write_names(con: Any, loader: _Loader, root: Path, P: int, sizes: list[int], spec: ImportSpec) -> str:
+def _write_names(con: Any, loader: _Loader, root: Path, P: int, sizes: list[int], spec: ImportSpec,
+                 ranked: _Ranked | None = None) -> str:
     """Names per (type, partition) in row order, and the node fingerprint (the same formula as
-    :func:`bigembed.partitioner.writer._write_names`)."""
+    :func:`bigembed.partitioner.writer._write_names`); from ``ranked`` when the in-memory
+    dictionary held them, else from DuckDB's ``nodes``."""
     digest = hashlib.sha256(f"{spec.ids}\0{P}\0".encode())
     for t, entity in enumerate(loader.types):
         counts = _counts(sizes[t], P)
@@ -716,12 +833,16 @@ def _write_names(con: Any, loader: _Loader, root: Path, P: int, sizes: list[int]
                 folder.mkdir(exist_ok=True)
                 continue
             digest.update(f"partition\0{p}\0{counts[p]}\0".encode())
-            reader = con.sql(f"SELECT n FROM nodes WHERE t = {t} AND rank % {P} = {p} ORDER BY rank"
-                             ).to_arrow_reader(1 << 18)
+            reader: Any
+            if ranked is not None:
+                rows = ranked.orders[t][p::P]
+                reader = (ranked.names.take(pa.array(rows[at : at + (1 << 18)])) for at in range(0, len(rows), 1 << 18))
+            else:
+                reader = (batch.column(0) for batch in con.sql(
+                    f"SELECT n FROM nodes WHERE t = {t} AND rank % {P} = {p} ORDER BY rank").to_arrow_reader(1 << 18))
 
-            def hashed(batches: Any) -> Any:
-                for batch in batches:
-                    array = batch.column(0)
+            def hashed(arrays: Any) -> Any:
+                for array in arrays:
                     _digest_names(digest, array)
                     yield array
 
@@ -747,8 +868,14 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
         spill = tmp / ".spill"
         spill.mkdir()
         limit = int(budget * 0.6)
-        stats.on_disk = keep_on_disk(spec, limit)
-        con = _connect(spill, limit, stats.on_disk) if spec.ids == "string" else None  # int ids: no dictionary
+
+        def connect() -> Any:
+            stats.on_disk = keep_on_disk(spec, limit)
+            return _connect(spill, limit, stats.on_disk)
+
+        lib = dictionary.library() if spec.ids == "string" and NAME_DICTIONARY else None
+        names = NameDictionary(lib) if lib is not None and len(spec.type_names) < dictionary.MAX_TYPES else None
+        con = connect() if spec.ids == "string" and names is None else None  # int ids: no dictionary
         buffer_bytes = max(MIN_WRITE_BUFFER, int(budget * 0.1))
         auto_partitions = spec.memory is not None and bool(spec.memory_dim)
         writeback = _Writeback()
@@ -757,7 +884,8 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
             def direct(split: str) -> _DirectWriter:
                 return _DirectWriter(tmp, split, spec.num_partitions, spec.columns.weight is not None, buffer_bytes,
                                      writeback)
-        loader = _Loader(spec, con, tmp / ".spool", direct)
+        loader = _Loader(spec, con, tmp / ".spool", direct, names, connect, int(budget * DICTIONARY_SHARE), log)
+        ranked = None
         try:
             for source in spec.sources:
                 count = 0
@@ -774,9 +902,17 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                     raise InputFormatError(f"{describe(source.path)}: no edges (the file is empty or only comments)")
                 stats.edges_per_split[source.split] = stats.edges_per_split.get(source.split, 0) + count
             loader.close_spools()
+            con = loader.con  # DuckDB's, when the dictionary moved there
+            if spec.ids == "string":
+                stats.dictionary = "moved" if loader.moved else "memory" if loader.names is not None else "duckdb"
             stats.spilled_bytes = _spilled(con, spill)
             if spec.ids == "int":
                 sizes = [m + 1 for m in loader.max_id]
+            elif loader.names is not None:
+                if log:
+                    log(f"ranking {len(loader.names):,} distinct nodes")
+                ranked = _rank_names(loader.names, len(loader.types), spec.seed, limit, spill)
+                sizes = ranked.sizes
             else:
                 if log:
                     log("building the node dictionary")
@@ -813,10 +949,11 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
                 else:
                     digest = _EdgeDigest()
                     bucket_counts[split] = _write_edges(con, loader, tmp, split, P, stats.type_counts, dtypes,
-                                                        relation_of_code, buffer_bytes, digest, edges_cb, writeback)
+                                                        relation_of_code, buffer_bytes, digest, edges_cb, writeback,
+                                                        None if ranked is None else ranked.rank_of)
                 edge_digests[split] = digest.hexdigest(code_names)
                 stats.spilled_bytes = max(stats.spilled_bytes, _spilled(con, spill))
-            nodes = _write_names(con, loader, tmp, P, sizes, spec)
+            nodes = _write_names(con, loader, tmp, P, sizes, spec, ranked)
             writeback.wait()
         except Exception as exc:
             if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
@@ -828,8 +965,10 @@ def import_data(spec: ImportSpec, out: Path, overwrite: bool = False, progress: 
             raise BigembedError(f"{out}: import failed ({first})") from None
         finally:
             writeback.close()
-            if con is not None:
-                con.close()
+            if loader.con is not None:
+                loader.con.close()
+            if loader.names is not None:
+                loader.names.close()
             loader.close_spools()
             shutil.rmtree(spill, ignore_errors=True)
             shutil.rmtree(tmp / ".spool", ignore_errors=True)

@@ -288,6 +288,8 @@ def test_many_nodes_under_a_small_budget_spill_and_import_right(tmp_path, monkey
     spec = ImportSpec(sources=[Source("train", path)], num_partitions=2)
     _manifest, stats = import_data(spec, tmp_path / "d")
     assert stats.spilled_bytes > 0  # DuckDB wrote to its spill folder
+    # the C dictionary (where a compiler is found) outgrew its 40% of the budget and moved there
+    assert stats.dictionary in ("moved", "duckdb")
     dm = read_data_manifest(tmp_path / "d")
     assert dm.num_entities == n and dm.num_edges("train") == n // 2
     assert not list((tmp_path).glob(".d*"))  # the spill folder went with the temp output
@@ -342,9 +344,140 @@ def test_big_piped_or_compressed_string_edges_are_kept_in_a_database_file(tmp_pa
     assert keep_on_disk(spec(plain), 1000)  # its table would not fit
     assert keep_on_disk(spec(Path("-")), 1 << 30) and keep_on_disk(spec(packed), 1 << 30)
     assert not keep_on_disk(spec(packed, ids="int"), 1000)  # int ids never use DuckDB's tables
+    monkeypatch.setattr(engine, "NAME_DICTIONARY", False)  # DuckDB's path, as without a C compiler
     _manifest, stats = import_data(spec(packed), tmp_path / "d")
     assert stats.on_disk and stats.spilled_bytes > 0
     assert sum(buckets(tmp_path / "d")[0].values(), Counter()) == Counter(triples)
     in_memory = new_import(tmp_path / "m", {"train": plain}, 2)
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "d", in_memory))
     assert a["fingerprint"] == b["fingerprint"]
+
+
+@pytest.fixture
+def c_dictionary():
+    """The C node dictionary; its tests skip only where no C compiler is found (the import then
+    uses DuckDB, tested on its own above)."""
+    from bigembed.partitioner import dictionary
+
+    lib = dictionary.library()
+    if lib is None:
+        pytest.skip("no C compiler: string ids go through DuckDB")
+    return lib
+
+
+def duckdb_import(monkeypatch, out: Path, files: dict[str, Path], partitions: int, **kw) -> Path:
+    """The import with its dictionary in DuckDB, as where no C compiler is found."""
+    with monkeypatch.context() as m:
+        m.setattr(engine, "NAME_DICTIONARY", False)
+        return new_import(out, files, partitions, **kw)
+
+
+@pytest.mark.parametrize("partitions, columns", [(1, "lhs,rel,rhs"), (3, "lhs,rel,rhs"), (4, "lhs,rel,rhs,weight"),
+                                                 (2, "lhs,rhs")])
+def test_the_memory_dictionary_writes_what_duckdb_writes(tmp_path, monkeypatch, partitions, columns, c_dictionary):
+    """The C dictionary and DuckDB must give the same DATA byte for byte: same ranks, names,
+    buckets and fingerprints, over several splits, weights and many small blocks."""
+    rng = np.random.default_rng(11)
+    files = {}
+    for split, n, nodes in (("train", 3000, 400), ("test", 200, 450)):  # some nodes only in test
+        files[split] = tmp_path / f"{split}.tsv"
+        lines = []
+        for a, b, c, w in zip(*rng.integers(0, nodes, (2, n)), rng.integers(0, 5, n), rng.random(n)):
+            # short names, names of exactly 16 and 17 bytes, and long ones sharing their first 16 bytes
+            name = ["n{}", "x{:015d}", "y{:016d}", "a-long-shared-prefix-{}"][int(a) % 4]
+            lines.append(f"{name.format(a)}\t{'r' + str(c)}\t{name.format(b)}\t{w:.4f}\n" if "rel" in columns
+                         else f"{name.format(a)}\t{name.format(b)}\t{w:.4f}\n")
+        files[split].write_text("".join(lines))
+    spec = {"columns": ColumnSpec.parse(columns if "weight" in columns else columns + ",_")}
+    monkeypatch.setattr(engine, "read_blocks", functools.partial(engine.read_blocks, block_bytes=4096))
+    _manifest, stats = import_data(ImportSpec(sources=[Source(k, v) for k, v in files.items()],
+                                              num_partitions=partitions, **spec), tmp_path / "memory")
+    assert stats.dictionary == "memory"
+    memory = tmp_path / "memory"
+    duck = duckdb_import(monkeypatch, tmp_path / "duck", files, partitions, **spec)
+    assert tree_bytes(memory) == tree_bytes(duck)
+    assert read_data_manifest(memory).num_entities > 400
+
+
+def test_the_memory_dictionary_keeps_entity_types_apart_as_duckdb_does(tmp_path, monkeypatch, c_dictionary):
+    from tests.test_entity_types import schema_of, write_bipartite
+
+    files = write_bipartite(tmp_path / "g")
+    spec = {"schema": schema_of(), "columns": ColumnSpec.parse("lhs,rel,rhs")}
+    a = new_import(tmp_path / "a", files, 3, **spec)
+    b = duckdb_import(monkeypatch, tmp_path / "b", files, 3, **spec)
+    assert tree_bytes(a) == tree_bytes(b)
+    assert {t.name: t.total for t in read_data_manifest(a).entity_types} == {"user": 120, "item": 80}
+
+
+def test_names_that_hash_alike_stay_apart_in_the_memory_dictionary(tmp_path, monkeypatch, c_dictionary):
+    """With every hash bit masked off, every lookup probes one long chain: names must still be
+    told apart by their bytes (and order keys that all collide broken by name, as in DuckDB)."""
+    from bigembed.partitioner import dictionary
+
+    path = tmp_path / "e.tsv"
+    triples = write_tiny_graph(path, edges=300, nodes=80)
+    plain = new_import(tmp_path / "plain", {"train": path}, 3)
+    monkeypatch.setattr(dictionary, "HASH_MASK", 0)
+    collided = new_import(tmp_path / "collided", {"train": path}, 3)
+    assert tree_bytes(plain) == tree_bytes(collided)
+    assert sum(buckets(collided)[0].values(), Counter()) == Counter(triples)
+    monkeypatch.setattr(engine, "NODE_ORDER", "0")
+    a = new_import(tmp_path / "a", {"train": path}, 3)
+    b = duckdb_import(monkeypatch, tmp_path / "b", {"train": path}, 3)
+    assert tree_bytes(a) == tree_bytes(b)
+
+
+def test_a_dictionary_past_its_share_of_the_budget_moves_to_duckdb_midway(tmp_path, monkeypatch, c_dictionary):
+    """The dictionary outgrows its share after a few blocks: the edges spooled so far go to
+    DuckDB by name, the rest follow there, and the DATA is the same as all in memory."""
+    from bigembed.partitioner.dictionary import NameDictionary
+
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    write_tiny_graph(train, seed=1, edges=2000, nodes=300)
+    write_tiny_graph(test, seed=2, edges=100, nodes=320)
+    files = {"train": train, "test": test}
+    monkeypatch.setattr(engine, "read_blocks", functools.partial(engine.read_blocks, block_bytes=2000))
+    whole = new_import(tmp_path / "whole", files, 2)
+    monkeypatch.setattr(NameDictionary, "memory", lambda self, adding=0: len(self) * 1000)  # 1000 bytes a node
+    monkeypatch.setattr(engine, "import_budget", lambda spec: int(150_000 / engine.DICTIONARY_SHARE))
+    logged: list[str] = []
+    _manifest, stats = import_data(ImportSpec(sources=[Source(s, p) for s, p in files.items()], num_partitions=2),
+                                   tmp_path / "moved", log=logged.append)
+    assert stats.dictionary == "moved" and any("moving it to DuckDB" in line for line in logged)
+    assert tree_bytes(whole) == tree_bytes(tmp_path / "moved")
+    assert not (tmp_path / "moved" / ".spool").exists()
+
+
+def test_without_a_c_compiler_string_ids_use_duckdb(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("BIGEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "e.tsv"
+    triples = write_tiny_graph(path, edges=200)
+    _manifest, stats = import_data(ImportSpec(sources=[Source("train", path)], num_partitions=2), tmp_path / "d")
+    assert stats.dictionary == "duckdb"
+    assert sum(buckets(tmp_path / "d")[0].values(), Counter()) == Counter(triples)
+
+
+@pytest.mark.parametrize("mask", [2**64 - 1, 0])
+def test_the_name_dictionary_gives_first_seen_ids_by_type_and_bytes(monkeypatch, mask, c_dictionary):
+    from bigembed.partitioner import dictionary
+
+    monkeypatch.setattr(dictionary, "HASH_MASK", mask)
+    names = dictionary.NameDictionary(c_dictionary)
+    long = "p" * 16
+    first = pa.array(["a", "", long + "1", long + "2", "a", "é", long + "1"])
+    assert names.intern(first).tolist() == [0, 1, 2, 3, 0, 4, 2]
+    # a slice of a large_string array, and the same names under another entity type
+    second = pa.array(["zz", "a", "", long + "2"], pa.large_string()).slice(1)
+    assert names.intern(second, np.array([0, 1, 1], np.int32)).tolist() == [0, 5, 6]
+    assert names.intern(pa.array([], pa.string())).tolist() == []
+    assert len(names) == 7
+    exported, types = names.export()
+    assert exported.to_pylist() == ["a", "", long + "1", long + "2", "é", "", long + "2"]
+    assert types.tolist() == [0, 0, 0, 0, 0, 1, 1]
+    grown = names.intern(pa.array([f"n{i}" for i in range(5000)] + ["a"]))
+    assert grown[:-1].tolist() == list(range(7, 5007)) and grown[-1] == 0  # after the table grew
+    # a million more names would make the slot table double (at least 32 MiB more)
+    assert names.memory(adding=10**6) - names.memory() >= 32 << 20
+    names.close()
