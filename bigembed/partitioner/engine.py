@@ -429,20 +429,24 @@ class _Loader:
             return
         if self.names is not None:
             sides = {}
-            for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
-                types = None
-                if len(self.types) > 1:
-                    types = np.asarray(self.code_types, np.int32).reshape(-1, 2)[codes, side]
-                sides[name] = self.names.intern(array, types)
-            top = len(self.names) - 1
-            spooled = {name: _narrowest(ids, top) for name, ids in sides.items()}
-            spooled["c"] = _narrowest(codes, len(self.codes) - 1)
-            if self.weighted:
-                spooled["w"] = self._weights(chunk, path).to_numpy()
-            self._spool_add(split, spooled)
-            if self.names.memory(adding=2 * len(codes)) > self.names_limit:  # room for a block like this one
+            try:
+                for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
+                    types = None
+                    if len(self.types) > 1:
+                        types = np.asarray(self.code_types, np.int32).reshape(-1, 2)[codes, side]
+                    sides[name] = self.names.intern(array, types)
+            except MemoryError:  # the machine had less memory than the budget promised
                 self._move_to_duckdb()
-            return
+            else:
+                top = len(self.names) - 1
+                spooled = {name: _narrowest(ids, top) for name, ids in sides.items()}
+                spooled["c"] = _narrowest(codes, len(self.codes) - 1)
+                if self.weighted:
+                    spooled["w"] = self._weights(chunk, path).to_numpy()
+                self._spool_add(split, spooled)
+                if self.names.memory(adding=2 * len(codes)) > self.names_limit:  # room for a block like this
+                    self._move_to_duckdb()
+                return
         columns: dict[str, Any] = {"l": lhs, "h": rhs, "c": pa.array(codes, pa.int32())}
         if self.weighted:
             columns["w"] = self._weights(chunk, path)

@@ -478,6 +478,35 @@ def test_the_name_dictionary_gives_first_seen_ids_by_type_and_bytes(monkeypatch,
     assert types.tolist() == [0, 0, 0, 0, 0, 1, 1]
     grown = names.intern(pa.array([f"n{i}" for i in range(5000)] + ["a"]))
     assert grown[:-1].tolist() == list(range(7, 5007)) and grown[-1] == 0  # after the table grew
+    # names longer than the slot's 16-bit length, alike but for their last byte
+    huge = ["h" * 70_000 + "1", "h" * 70_000 + "2", "h" * 70_001]
+    assert names.intern(pa.array(huge + huge)).tolist() == [5007, 5008, 5009, 5007, 5008, 5009]
     # a million more names would make the slot table double (at least 32 MiB more)
     assert names.memory(adding=10**6) - names.memory() >= 32 << 20
     names.close()
+
+
+def test_a_dictionary_that_cannot_grow_moves_to_duckdb_with_the_block_it_was_given(tmp_path, monkeypatch,
+                                                                                  c_dictionary):
+    """malloc failing inside the C dictionary (less memory than the budget promised) is not an
+    error: the spooled edges and the block at hand go to DuckDB and the import goes on."""
+    from bigembed.partitioner.dictionary import NameDictionary
+
+    path = tmp_path / "e.tsv"
+    triples = write_tiny_graph(path, edges=1500, nodes=200)
+    monkeypatch.setattr(engine, "read_blocks", functools.partial(engine.read_blocks, block_bytes=1500))
+    whole = new_import(tmp_path / "whole", {"train": path}, 2)
+    calls = []
+    real = NameDictionary.intern
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 7:  # the lhs of the fourth block is in; its rhs fails
+            raise MemoryError("the node dictionary could not grow")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(NameDictionary, "intern", failing)
+    _manifest, stats = import_data(ImportSpec(sources=[Source("train", path)], num_partitions=2), tmp_path / "d")
+    assert stats.dictionary == "moved" and len(calls) == 7
+    assert tree_bytes(whole) == tree_bytes(tmp_path / "d")
+    assert sum(buckets(tmp_path / "d")[0].values(), Counter()) == Counter(triples)
