@@ -47,7 +47,7 @@ def merge_adjacent(pieces: Sequence[Tensor]) -> list[Tensor]:
 
 
 def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor], grad: Tensor | Sequence[Tensor],
-                 lr: float, max_norm: float = 0.0, consume: bool = False) -> None:
+                 lr: float, max_norm: float = 0.0, consume: bool = False, lib: native.Lib = native.RESOLVE) -> None:
     """Update ``table[index]`` in place from ``grad``, touching only those rows.
 
     ``table``: (n, dim) float32; ``state``: (n,) float32 sum of mean squared
@@ -56,14 +56,15 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
     are summed first); ``grad``: (k, dim); or both as lists of pieces, read as
     their concatenation (saves copying the gradients into one tensor).
     ``max_norm`` > 0 rescales updated rows longer than it. ``consume``: the gradients
-    are not needed after this call, so they may be overwritten (saves a copy).
+    are not needed after this call, so they may be overwritten (saves a copy). ``lib``: the C
+    kernels, None for the TorchScript ones, or RESOLVE to look them up (:mod:`bigembed.trainer.native`).
     """
     indices = [index] if isinstance(index, Tensor) else list(index)
     grads = [grad] if isinstance(grad, Tensor) else merge_adjacent(grad)
     if not indices:
         return
     slots = row_slots(table.shape[0], table.device)
-    lib = native.library() if table.is_cpu else None
+    lib = native.resolved(lib) if table.is_cpu else None
     if (lib is not None and table.dtype == state.dtype == torch.float32 and state.dim() == 1
             and table.is_contiguous() and state.is_contiguous() and all(g.dtype == torch.float32 for g in grads)):
         flat = indices[0] if len(indices) == 1 else torch.cat(indices)

@@ -102,13 +102,14 @@ class SideGrads:
         old = self.dense.get(start)
         self.dense[start] = grad if old is None else old + grad
 
-    def apply(self, state: PartitionState, lr: float, max_norm: float) -> None:
+    def apply(self, state: PartitionState, lr: float, max_norm: float, lib: native.Lib = native.RESOLVE) -> None:
         """One Adagrad step: a dense piece's rows (and the sparse rows inside it) are updated
-        together; sparse rows outside every dense piece are updated row by row."""
+        together; sparse rows outside every dense piece are updated row by row. ``lib``: the C
+        kernels or None (:data:`~bigembed.trainer.native.Lib`)."""
         n = state.emb.shape[0]
         if not self.dense:  # the common case: sparse rows only, passed as pieces (no copy)
             if self.rows:
-                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, consume=True)
+                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, consume=True, lib=lib)
             return
         rows = torch.cat(self.rows) if self.rows else None
         grads = torch.cat(self.grads) if self.grads else None
@@ -124,7 +125,7 @@ class SideGrads:
                     rows, grads = rows[~inside], grads[~inside]
             dense_row_adagrad_(state.emb[start:stop], state.adagrad[start:stop], dense, lr, max_norm)
         if rows is not None and grads is not None and rows.numel():
-            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm, consume=True)
+            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm, consume=True, lib=lib)
 
 
 @dataclass
@@ -233,10 +234,10 @@ def gather(table: Tensor, idx: Tensor) -> Tensor:
     return table.index_select(0, idx.reshape(-1)).float().view(*idx.shape, table.shape[-1])
 
 
-def gather_into(out: Tensor, table: Tensor, idx: Tensor) -> None:
+def gather_into(out: Tensor, table: Tensor, idx: Tensor, lib: native.Lib = native.RESOLVE) -> None:
     """``out[:] = table[idx]`` for a 1-d ``idx``; widens a half-precision ``table``. Float32 rows
     go through the C gather where it is built (:mod:`bigembed.trainer.native`), which prefetches."""
-    lib = native.library() if table.is_cpu else None
+    lib = native.resolved(lib) if table.is_cpu else None
     if (lib is not None and table.dtype == out.dtype == torch.float32 and idx.dtype == torch.int64
             and table.is_contiguous() and out.is_contiguous() and idx.is_contiguous()):
         native.gather(lib, out, table, idx)

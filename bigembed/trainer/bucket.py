@@ -14,6 +14,7 @@ from torch import Tensor
 
 from bigembed.config import TrainingConfig
 from bigembed.storage.edges import EdgeArrays
+from bigembed.trainer import native
 from bigembed.trainer.batch import Model, mixes_with_params
 from bigembed.trainer.device import resolve_device
 from bigembed.trainer.fused import ranking_kernel, reset_kernel_choice
@@ -146,6 +147,8 @@ class BucketTrainer:
         single = any(spec.all_negatives for spec in model.specs) or self.device.type != "cpu"
         self.workers = 1 if single else resolve_workers(config)
         ranking_kernel()  # a wrong $BIGEMBED_RANKING_KERNEL stops the run here, not in a worker
+        # the C kernels (or None: TorchScript), looked up once here rather than on every batch
+        self.lib = native.library() if self.device.type == "cpu" else None
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
 
@@ -170,12 +173,12 @@ class BucketTrainer:
             pools = (slab.pool("lhs", spec.lhs_type, None if types is None else types["lhs"]),
                      slab.pool("rhs", spec.rhs_type, None if types is None else types["rhs"])) if degree else None
             total += train_batch(self.model, lhs, rhs, relations, relation, li, ri, w, self.config,
-                                 generator, pools, rels, extras)
+                                 generator, pools, rels, extras, self.lib)
             if self.reciprocal:
                 back = None if rels is None else rels + self.num_relations
                 reverse_pools = None if pools is None else (pools[1], pools[0])
                 total += train_batch(self.model, rhs, lhs, relations, relation + self.num_relations, ri, li,
-                                     w, self.config, generator, reverse_pools, back, extras)
+                                     w, self.config, generator, reverse_pools, back, extras, self.lib)
         return total
 
     def train_bucket(self, edges: EdgeArrays, lhs: PartitionState, rhs: PartitionState,

@@ -101,11 +101,13 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
                     relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                     config: TrainingConfig, generator: torch.Generator,
                     pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None,
-                    extras: Sequence[PartitionState] | None = None
+                    extras: Sequence[PartitionState] | None = None, lib: native.Lib = native.RESOLVE
                     ) -> tuple[BatchLoss, dict[int, Tensor]] | None:
     """The batch's loss and the gradient of every leaf (keyed by ``id``), as ``batch_loss``
     followed by autograd would give them, for a batch :func:`fused_supported` accepts. Draws
-    the same negatives from ``generator``. None when the batch has nothing to learn from."""
+    the same negatives from ``generator``. None when the batch has nothing to learn from.
+    ``lib``: the C kernels, None (TorchScript), or RESOLVE (:mod:`bigembed.trainer.native`)."""
+    lib = native.resolved(lib)
     spec = model.specs[relation]
     params = relations.param(relation) if rels is None else relations.stacked()
     if params is not None:
@@ -125,11 +127,11 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     if (not track and len(corrupted) == 2 and config.batch_negatives and chunk > 1 and config.negatives > 0
             and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
         return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs,
-                               softmax_shift(model, config, list(negs.values())))
+                               softmax_shift(model, config, list(negs.values())), lib)
     # the batch's rows gathered side by side, so both sides' products run as one
     X = torch.empty(2, B, d, device=dev)
-    gather_into(X[0], lhs.emb, lhs_idx)
-    gather_into(X[1], rhs.emb, rhs_idx)
+    gather_into(X[0], lhs.emb, lhs_idx, lib)
+    gather_into(X[1], rhs.emb, rhs_idx, lib)
     L, R = X[0].requires_grad_(), X[1].requires_grad_()
     Y = torch.empty(len(corrupted), n_chunks, config.negatives, d, device=dev)
     for k, side in enumerate(corrupted):
@@ -137,7 +139,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
         if len(sources) == 1:
             src = sources[0]
             assert src.idx is not None
-            gather_into(Y[k].view(-1, d), src.state.emb, src.idx.reshape(-1))
+            gather_into(Y[k].view(-1, d), src.state.emb, src.idx.reshape(-1), lib)
             src.rows = Y[k].requires_grad_()
         else:
             for src in sources:
@@ -191,7 +193,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
 
 def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_idx: Tensor, rhs_idx: Tensor,
                     w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives],
-                    shift: float = 0.0) -> tuple[BatchLoss, dict[int, Tensor]]:
+                    shift: float = 0.0, lib: native.Lib = native.RESOLVE) -> tuple[BatchLoss, dict[int, Tensor]]:
     """The fused step through :func:`~bigembed.trainer.kernels.wide_score_gradients`: the rows
     gathered as it lays them out (each chunk's rhs rows beside the rhs side's sampled rows), and
     the gradients handed back as pieces of one buffer with the rows they belong to. The ranking
@@ -204,11 +206,12 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
     ml_idx = ml.idx.reshape(-1)
     nz = z_idx.shape[0]
     W = torch.empty(nz + B + ml_idx.shape[0], d, device=lhs.emb.device)
-    gather_into(W[:nz], rhs.emb, z_idx)
-    gather_into(W[nz : nz + B], lhs.emb, lhs_idx)
-    gather_into(W[nz + B :], ml.state.emb, ml_idx)
+    lib = native.resolved(lib)
+    gather_into(W[:nz], rhs.emb, z_idx, lib)
+    gather_into(W[nz : nz + B], lhs.emb, lhs_idx, lib)
+    gather_into(W[nz + B :], ml.state.emb, ml_idx, lib)
     mode = getattr(_choice, "mode", "auto")
-    lib = native.library() if model.loss.kind == LOSS_RANKING and mode != "dense" and W.is_cpu else None
+    lib = lib if model.loss.kind == LOSS_RANKING and mode != "dense" and W.is_cpu else None
     dense_left = getattr(_choice, "dense_left", 0)
     with torch.no_grad():
         if lib is not None and dense_left == 0:

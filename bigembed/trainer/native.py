@@ -33,6 +33,22 @@ SOURCE = Path(__file__).with_name("native.c")
 ABI = 3
 _SOURCE = cbuild.CSource(SOURCE, "native", ABI, log)
 
+class _Resolve:
+    """The default of the kernels' ``lib`` parameters: look the library up now (one-off
+    callers and tests); the trainer resolves it once and passes it down instead."""
+
+    def __repr__(self) -> str:
+        return "RESOLVE"
+
+
+RESOLVE = _Resolve()
+Lib = ctypes.CDLL | None | _Resolve  # a library, None (the TorchScript kernels), or RESOLVE
+
+
+def resolved(lib: Lib) -> ctypes.CDLL | None:
+    return library() if isinstance(lib, _Resolve) else lib
+
+
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 

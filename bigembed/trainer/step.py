@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
+from bigembed.trainer import native
 from bigembed.trainer.adagrad import dense_adagrad_
 from bigembed.trainer.batch import BatchLoss, Model, SideGrads, batch_loss
 from bigembed.trainer.fused import fused_gradients, fused_supported
@@ -19,17 +20,17 @@ def batch_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
                     relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                     config: TrainingConfig, generator: torch.Generator,
                     pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None,
-                    extras: Sequence[PartitionState] | None = None
+                    extras: Sequence[PartitionState] | None = None, lib: native.Lib = native.RESOLVE
                     ) -> tuple[BatchLoss, dict[int, Tensor]] | None:
     """A batch's loss and the gradient of each of its leaves (keyed by ``id``; a leaf that
     got none is absent): by the fused step where it applies and ``training.fused_step`` is
     on, else by autograd through :func:`batch_loss`. The fused step's wide layout hands its
     row gradients over in ``BatchLoss.pieces`` instead (the dict then holds none). None:
-    nothing to learn from."""
+    nothing to learn from. ``lib``: the C kernels, None, or RESOLVE (:mod:`bigembed.trainer.native`)."""
     args = (model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator, pools, rels,
             extras)
     if config.fused_step and fused_supported(model, model.specs[relation]):
-        return fused_gradients(*args)
+        return fused_gradients(*args, lib=lib)
     b = batch_loss(*args)
     if not b.loss.requires_grad:
         return None
@@ -44,7 +45,7 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
                 relation: int, lhs_idx: Tensor, rhs_idx: Tensor, weights: Tensor | None,
                 config: TrainingConfig, generator: torch.Generator,
                 pools: tuple[Tensor, Tensor] | None = None, rels: Tensor | None = None,
-                extras: Sequence[PartitionState] | None = None) -> float:
+                extras: Sequence[PartitionState] | None = None, lib: native.Lib = native.RESOLVE) -> float:
     """One Adagrad step on a batch of edges of ``relation``; returns the batch's summed loss.
 
     ``lhs_idx``/``rhs_idx``: (B,) int64 local offsets into ``lhs``/``rhs``;
@@ -52,10 +53,11 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
     indices of the slab's edges whose side has the relation's entity type, for
     degree-proportional negatives. Negatives of a side are rows of that side's
     entity type only. Updates
-    ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks).
+    ``lhs``, ``rhs`` and ``relations`` in place (Hogwild-safe: no locks). ``lib``: the C
+    kernels as the trainer resolved them once (None: TorchScript), or RESOLVE to look them up.
     """
     step = batch_gradients(model, lhs, rhs, relations, relation, lhs_idx, rhs_idx, weights, config, generator,
-                           pools, rels, extras)
+                           pools, rels, extras, lib)
     if step is None:  # no negatives at all: nothing to learn from
         return 0.0
     b, grads = step
@@ -82,7 +84,7 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
                 elif src.rows is not None and src.idx is not None:
                     grads_for(src.state).add_rows(src.idx, grad_of(src.rows))
     for state, side_grads in per_state.values():
-        side_grads.apply(state, config.lr, model.max_norm)
+        side_grads.apply(state, config.lr, model.max_norm, lib)
     if b.params is not None:
         if rels is None:
             view, acc = relations.param(relation), relations.adagrad_of(relation)

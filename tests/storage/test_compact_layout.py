@@ -279,10 +279,10 @@ def test_training_batches_get_int64_views_of_a_slab_widened_once(layouts, tmp_pa
     seen = []
     real = bucket_module.train_batch
 
-    def watch(model, lhs, rhs, relations, relation, li, ri, w, config, generator, pools, rels, extras):
+    def watch(model, lhs, rhs, relations, relation, li, ri, w, config, generator, pools, rels, extras, lib):
         seen.append((li.dtype, ri.dtype, li._is_view(), ri._is_view(),
                      None if pools is None else (pools[0].dtype, pools[1].dtype)))
-        return real(model, lhs, rhs, relations, relation, li, ri, w, config, generator, pools, rels, extras)
+        return real(model, lhs, rhs, relations, relation, li, ri, w, config, generator, pools, rels, extras, lib)
 
     monkeypatch.setattr(bucket_module, "train_batch", watch)
     r = run("train", layouts["compact"], "-o", tmp_path / "run", *TRAIN)

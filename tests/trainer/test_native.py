@@ -279,3 +279,31 @@ def test_native_gather_and_adagrad_refuse_ids_outside_the_table():
         native.gather(lib, out, table.double(), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="shapes"):
         native.row_adagrad(lib, table, state, row_slots(10), torch.tensor([1, 2]), torch.randn(3, 4), 0.1, 0.0)
+
+
+def test_the_kernels_are_looked_up_once_per_training_not_per_batch(tmp_path, monkeypatch):
+    """The trainer resolves the C kernels when it starts and passes them down: the batches of
+    a run (here about 80) must not each look the library up (reading the environment)."""
+    from click.testing import CliRunner
+
+    from bigembed.cli.main import cli
+    from tests.conftest import write_tiny_graph
+
+    _lib()
+    write_tiny_graph(tmp_path / "e.tsv", edges=400, nodes=40)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["import", str(tmp_path / "e.tsv"), "-o", str(tmp_path / "d"), "-p", "1",
+                               "--no-progress"]).exit_code == 0
+    lookups, batches = [], []
+    real_library, real_gather = native.library, native.gather
+    monkeypatch.setattr(native, "library", lambda: lookups.append(1) or real_library())
+    monkeypatch.setattr(native, "gather", lambda *a: batches.append(1) or real_gather(*a))  # 3 a batch
+    r = runner.invoke(cli, ["train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--no-progress",
+                            "--epochs", "2", "--dim", "8", "--workers", "1",
+                            "--set", "model.loss=ranking", "--set", "model.operator=none",
+                            "--set", "model.reciprocal=false", "--set", "model.regularizer=none",
+                            "--set", "training.batch_size=10",
+                            "--set", "training.chunk_size=5", "--set", "training.negatives=5",
+                            "--set", "training.batch_negatives=true"])
+    assert r.exit_code == 0, r.output
+    assert len(batches) >= 3 * 70 and len(lookups) == 1
