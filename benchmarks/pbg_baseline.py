@@ -397,13 +397,24 @@ def pbg_config(settings: PbgSettings, relations: list[str], paths: PbgPaths) -> 
     }
 
 
-def write_run_files(paths: PbgPaths, config: dict[str, Any]) -> None:
-    """A fresh work folder with the config module (PBG's CLI format) and the driver."""
+IMPORTED = ".imported"  # in PBG's data folder once its import has finished
+
+
+def write_run_files(paths: PbgPaths, config: dict[str, Any], keep_data: bool = False) -> bool:
+    """A fresh work folder with the config module (PBG's CLI format) and the driver. With
+    ``keep_data``, PBG's converted data is kept when the config is the same as the last run's
+    (its importer takes minutes); returns whether it was kept."""
+    text = f"def get_torchbiggraph_config():\n    return {config!r}\n"
+    kept = (keep_data and (paths.entities / IMPORTED).is_file() and paths.config.is_file()
+            and paths.config.read_text() == text)
     if paths.work.exists():
-        shutil.rmtree(paths.work)
-    paths.work.mkdir(parents=True)
-    paths.config.write_text(f"def get_torchbiggraph_config():\n    return {config!r}\n")
+        for item in paths.work.iterdir():
+            if not (kept and item == paths.entities):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    paths.work.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(text)
     paths.driver.write_text(DRIVER)
+    return kept
 
 
 def train_measured(pbg_python: str, paths: PbgPaths) -> tuple[float, float, dict[str, Any]]:
@@ -557,7 +568,8 @@ def run_pbg(dataset: str, workdir: Path, pbg_python: str = DEFAULT_PBG_PYTHON, *
             operator: str = "complex_diagonal", comparator: str = "dot", loss: str = "softmax",
             margin: float = 0.1, lr: float = 0.1, relation_lr: float = 0.1, batch_size: int = 1000,
             uniform_negs: int = 50, batch_negs: int = 50, all_negs: bool = False, num_partitions: int = 1,
-            workers: int = 2, eval_fraction: float = 0.0, check_triples: int = 40) -> dict[str, Any]:
+            workers: int = 2, eval_fraction: float = 0.0, check_triples: int = 40,
+            keep_data: bool = False) -> dict[str, Any]:
     """Train PBG 1.0.0 on ``datasets/dataset`` and rank valid and test with bigembed's evaluator.
 
     ``workdir`` is replaced by this run's files (PBG config, driver, PBG data,
@@ -565,7 +577,8 @@ def run_pbg(dataset: str, workdir: Path, pbg_python: str = DEFAULT_PBG_PYTHON, *
     ``workdir``'s sibling ``<dataset>-bigembed-p1``, reused when present).
     Returns settings, times (``train_wall_s`` of the whole training process,
     ``epoch_wall_s`` per epoch), ``peak_rss_mib``, the score check and the
-    ``valid``/``test`` metrics dicts of ``rank_split``.
+    ``valid``/``test`` metrics dicts of ``rank_split``. ``keep_data``: reuse PBG's converted
+    data from the last run in ``workdir`` when its config is the same (repeated rounds).
     """
     settings = PbgSettings(dim, epochs, operator, comparator, loss, margin, lr, relation_lr, batch_size,
                            uniform_negs, batch_negs, all_negs, num_partitions, workers, eval_fraction)
@@ -576,9 +589,11 @@ def run_pbg(dataset: str, workdir: Path, pbg_python: str = DEFAULT_PBG_PYTHON, *
     workdir = Path(workdir)
     data = import_bigembed_data(dataset_dir, Path(data_dir or workdir.parent / f"{dataset}-bigembed-p1"))
     paths = PbgPaths(workdir)
-    write_run_files(paths, pbg_config(settings, data.relations, paths))
+    kept = write_run_files(paths, pbg_config(settings, data.relations, paths), keep_data)
     pairs = [str(p) for split in SPLITS for p in (dataset_dir / f"{split}.txt", paths.edges(split))]
-    run_pbg_script(pbg_python, paths, "import", str(paths.config), *pairs)
+    if not kept:
+        run_pbg_script(pbg_python, paths, "import", str(paths.config), *pairs)
+        (paths.entities / IMPORTED).write_text("")  # whole: an interrupted import leaves no marker
 
     wall, rss, timings = train_measured(pbg_python, paths)
     ckpt = checkpoint_version(paths)

@@ -101,10 +101,10 @@ def run_bigembed(dataset: Path, work: Path, P: int, s: dict[str, Any], fused: bo
             "test_mrr": round(m["mrr"], 4), "test_hits@10": round(m["hits@10"], 4)}
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], fmt: str = ",.2f") -> str:
     """The median with min-max, as RESULTS.md gives them."""
     med = statistics.median(values)
-    return f"{med:,.2f}" if len(values) == 1 else f"{med:,.2f} ({min(values):,.2f}-{max(values):,.2f})"
+    return f"{med:{fmt}}" if len(values) == 1 else f"{med:{fmt}} ({min(values):{fmt}} to {max(values):{fmt}})"
 
 
 def main() -> None:
@@ -155,7 +155,7 @@ def main() -> None:
                 elif not args.skip_pbg:
                     pbg = run_pbg(dataset.name, args.work / f"p{P}" / "pbg", args.pbg_python,
                                   datasets=dataset.parent, data_dir=args.work / f"p{P}" / "bigembed-data-p1-for-pbg",
-                                  num_partitions=P, check_triples=10, **settings)
+                                  num_partitions=P, check_triples=10, keep_data=True, **settings)
                     row["pbg"] = {"train_wall_s": pbg["train_wall_s"], "epoch_wall_s": pbg["epoch_wall_s"],
                                   "peak_rss_mib": pbg["peak_rss_mib"], "test_mrr": round(pbg["test"]["mrr"], 4),
                                   "test_hits@10": round(pbg["test"]["hits@10"], 4)}
@@ -184,13 +184,13 @@ def main() -> None:
             print("| system | whole command s | edges/s, epochs 2-N | test MRR | Hits@10 |")
             print("|---|---|---|---|---|")
             for system in ("bigembed", "pbg"):
-                print(f"| {system} | {_spread([r[system]['train_wall_s'] for r in rounds])} | "
-                      f"{_spread([r[system]['edges_per_s'] for r in rounds])} | "
-                      f"{_spread([r[system]['test_mrr'] for r in rounds])} | "
-                      f"{_spread([r[system]['test_hits@10'] for r in rounds])} |")
+                print(f"| {system} | {_spread([r[system]['train_wall_s'] for r in rounds], ',.1f')} | "
+                      f"{_spread([r[system]['edges_per_s'] for r in rounds], ',.0f')} | "
+                      f"{_spread([r[system]['test_mrr'] for r in rounds], '.4f')} | "
+                      f"{_spread([r[system]['test_hits@10'] for r in rounds], '.4f')} |")
             print(f"| bigembed / PBG | {_spread([r['whole_command_speedup'] for r in rounds])}x | "
                   f"{_spread([r['speedup'] for r in rounds])}x | "
-                  f"{_spread([r['mrr_diff'] for r in rounds])} (difference) | |")
+                  f"{_spread([r['mrr_diff'] for r in rounds], '+.4f')} (difference) | |")
 
 
 if __name__ == "__main__":
