@@ -161,8 +161,15 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
             reading.close()
             return stack.enter_context(_counter("writing buckets", "edge", total, progress)).update
 
+        def log(message: str) -> None:  # above the progress bar, which is then drawn again below
+            import sys
+
+            from tqdm import tqdm as bars
+
+            bars.write(message, file=sys.stderr)
+
         _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
-                                       edge_progress=edge_progress, log=_log)
+                                       edge_progress=edge_progress, log=log)
     if budget is not None:
         _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
              f"{stats.num_partitions} partitions")

@@ -510,3 +510,12 @@ def test_a_dictionary_that_cannot_grow_moves_to_duckdb_with_the_block_it_was_giv
     assert stats.dictionary == "moved" and len(calls) == 7
     assert tree_bytes(whole) == tree_bytes(tmp_path / "d")
     assert sum(buckets(tmp_path / "d")[0].values(), Counter()) == Counter(triples)
+
+
+def test_the_import_command_says_how_many_nodes_it_ranks(tmp_path, c_dictionary):
+    path = tmp_path / "e.tsv"
+    triples = write_tiny_graph(path, edges=100)
+    r = CliRunner().invoke(main, ["import", str(path), "-o", str(tmp_path / "d"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    nodes = len({t[0] for t in triples} | {t[2] for t in triples})
+    assert f"ranking {nodes:,} distinct nodes" in r.output
