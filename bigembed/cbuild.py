@@ -25,6 +25,8 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +36,51 @@ FLAGS = ["-O3", "-fPIC", "-shared"]
 @dataclass(frozen=True)
 class CSource:
     """One C file built into its own library: ``stem`` names the cached files, ``abi`` is what
-    the record says and the library's own ABI function must answer, ``log`` gets the warnings."""
+    the record says and the library's own ABI function (``bigembed_<stem>_abi``) must answer,
+    ``log`` gets the warnings, ``fallback`` says what runs instead when it cannot be loaded."""
 
     path: Path
     stem: str
     abi: int
     log: logging.Logger
+    fallback: str
+
+
+# What a load depends on: a change to any of these (tests set them) loads afresh.
+ENV_KEYS = ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PATH")
+_lock = threading.Lock()
+
+
+def load(source: CSource, loaded: dict[str, ctypes.CDLL | None],
+         declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """``source``'s library, built on first use and remembered in ``loaded`` (by the
+    environment it depends on), with its functions' types set by ``declare``; None where
+    ``BIGEMBED_NATIVE=0``, no compiler is found or the build fails (said once, on its log)."""
+    env = os.environ
+    key = "|".join(env.get(k, "") for k in ENV_KEYS)
+    if key in loaded:
+        return loaded[key]
+    with _lock:
+        if key in loaded:
+            return loaded[key]
+        lib = None
+        if env.get("BIGEMBED_NATIVE", "1") != "0":
+            cc = compiler()
+            if cc is None:
+                source.log.info("no C compiler found: %s", source.fallback)
+            else:
+                try:
+                    lib = cached_library(source, cc)
+                    abi = getattr(lib, f"bigembed_{source.stem}_abi")
+                    abi.restype = ctypes.c_int64
+                    if abi() != source.abi:
+                        raise OSError(f"{lib._name}: ABI {abi()}, expected {source.abi}")
+                    declare(lib)
+                except (OSError, subprocess.SubprocessError, AttributeError) as e:
+                    source.log.warning("%s is unavailable, %s: %s", source.path.name, source.fallback, e)
+                    lib = None
+        loaded[key] = lib
+        return lib
 
 
 def cpu_key() -> str:

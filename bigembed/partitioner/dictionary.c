@@ -19,7 +19,7 @@
 #define BATCH 64
 #endif
 
-int64_t bigembed_dict_abi(void) { return 2; }
+int64_t bigembed_dictionary_abi(void) { return 2; }
 
 /* A slot: the name's hash (never 0 once used), its id, its length and type, and its first
    INLINE bytes, so that most lookups touch one cache line: names up to INLINE bytes are

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,52 +24,35 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("dictionary.c")
 ABI = 2
-_SOURCE = cbuild.CSource(SOURCE, "dictionary", ABI, log)
+_SOURCE = cbuild.CSource(SOURCE, "dictionary", ABI, log, "the import keeps its node dictionary in DuckDB")
 # Bits of each name's hash kept; tests set 0 so that every name hashes alike.
 HASH_MASK = 2**64 - 1
 MAX_TYPES = 1 << 16  # the slot keeps a node's entity type in 16 bits
 
-_lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.bigembed_dict_new.argtypes = [i64, ctypes.c_uint64]
+    lib.bigembed_dict_new.restype = ptr
+    lib.bigembed_dict_free.argtypes = [ptr]
+    lib.bigembed_dict_free.restype = None
+    for name in ("count", "bytes"):
+        getattr(lib, f"bigembed_dict_{name}").argtypes = [ptr]
+        getattr(lib, f"bigembed_dict_{name}").restype = i64
+    lib.bigembed_dict_memory_after.argtypes = [ptr, i64]
+    lib.bigembed_dict_memory_after.restype = i64
+    lib.bigembed_dict_intern.argtypes = [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int32, ptr]
+    lib.bigembed_dict_intern.restype = ctypes.c_int
+    lib.bigembed_dict_export.argtypes = [ptr, ptr, ptr, ptr]
+    lib.bigembed_dict_export.restype = None
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled dictionary, built on first use; None without a working C compiler or with
     ``BIGEMBED_NATIVE=0`` (the import then keeps its dictionary in DuckDB)."""
-    env = os.environ
-    key = "|".join(env.get(k, "") for k in ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PATH"))
-    if key in _loaded:
-        return _loaded[key]
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        lib = None
-        cc = None if env.get("BIGEMBED_NATIVE", "1") == "0" else cbuild.compiler()
-        if cc is not None:
-            try:
-                lib = cbuild.cached_library(_SOURCE, cc)
-                lib.bigembed_dict_abi.restype = ctypes.c_int64
-                if lib.bigembed_dict_abi() != ABI:
-                    raise OSError(f"{lib._name}: ABI {lib.bigembed_dict_abi()}, expected {ABI}")
-                i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                lib.bigembed_dict_new.argtypes = [i64, ctypes.c_uint64]
-                lib.bigembed_dict_new.restype = ptr
-                lib.bigembed_dict_free.argtypes = [ptr]
-                lib.bigembed_dict_free.restype = None
-                for name in ("count", "bytes"):
-                    getattr(lib, f"bigembed_dict_{name}").argtypes = [ptr]
-                    getattr(lib, f"bigembed_dict_{name}").restype = i64
-                lib.bigembed_dict_memory_after.argtypes = [ptr, i64]
-                lib.bigembed_dict_memory_after.restype = i64
-                lib.bigembed_dict_intern.argtypes = [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int32, ptr]
-                lib.bigembed_dict_intern.restype = ctypes.c_int
-                lib.bigembed_dict_export.argtypes = [ptr, ptr, ptr, ptr]
-                lib.bigembed_dict_export.restype = None
-            except (OSError, AttributeError) as e:
-                log.warning("the C node dictionary is unavailable, the import keeps it in DuckDB: %s", e)
-                lib = None
-        _loaded[key] = lib
-        return lib
+    return cbuild.load(_SOURCE, _loaded, _declare)
 
 
 class NameDictionary:

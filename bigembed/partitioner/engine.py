@@ -429,12 +429,10 @@ class _Loader:
             return
         if self.names is not None:
             sides = {}
+            typed = np.asarray(self.code_types, np.int32).reshape(-1, 2) if len(self.types) > 1 else None
             try:
                 for side, name, array in ((0, "l", lhs), (1, "h", rhs)):
-                    types = None
-                    if len(self.types) > 1:
-                        types = np.asarray(self.code_types, np.int32).reshape(-1, 2)[codes, side]
-                    sides[name] = self.names.intern(array, types)
+                    sides[name] = self.names.intern(array, None if typed is None else typed[codes, side])
             except MemoryError:  # the machine had less memory than the budget promised
                 self._move_to_duckdb()
             else:
@@ -523,15 +521,11 @@ class _Ranked:
 def _rank_names(names: NameDictionary, T: int, seed: int, limit: int, spill: Path) -> _Ranked:
     """Rank each type's distinct names by the seeded hash :data:`NODE_ORDER` (computed by DuckDB,
     so that the layout equals DuckDB's path), ties broken by the name's bytes; frees ``names``."""
-    import duckdb
-
     array, types = names.export()
     names.close()
     count = len(array)
-    con = duckdb.connect(":memory:")
+    con = _connect(spill, limit, on_disk=False)
     try:
-        con.execute(f"SET memory_limit='{max(limit, 16 << 20) >> 20}MB'").fetchall()
-        con.execute(f"SET temp_directory='{spill}'").fetchall()
         con.register("d", pa.table({"i": pa.array(np.arange(count, dtype=np.int64)), "n": array}))
         order = NODE_ORDER.format(seed=int(seed) % 2**64)
         keys = np.empty(count, np.uint64)

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
@@ -31,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
 ABI = 3
-_SOURCE = cbuild.CSource(SOURCE, "native", ABI, log)
+_SOURCE = cbuild.CSource(SOURCE, "native", ABI, log, "training uses the TorchScript kernels")
 
 class _Resolve:
     """The default of the kernels' ``lib`` parameters: look the library up now (one-off
@@ -49,7 +46,6 @@ def resolved(lib: Lib) -> ctypes.CDLL | None:
     return library() if isinstance(lib, _Resolve) else lib
 
 
-_lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
@@ -65,43 +61,22 @@ def _build(cc: str, out: Path) -> str:
     return cbuild.build(_SOURCE, cc, out)
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn = lib.bigembed_wide_ranking
+    fn.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, ptr, ctypes.POINTER(i64)]
+    fn.restype = ctypes.c_double
+    ada = lib.bigembed_row_adagrad
+    ada.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float]
+    ada.restype = None
+    lib.bigembed_gather.argtypes = [i64, i64, ptr, ptr, ptr]
+    lib.bigembed_gather.restype = None
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them on first use; None where that is turned off or not
     possible (the reason is logged once)."""
-    env = os.environ
-    key = "|".join(env.get(k, "") for k in ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PATH"))
-    if key in _loaded:  # every batch asks: answer without the lock or the file system
-        return _loaded[key]
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        if env.get("BIGEMBED_NATIVE", "1") == "0":
-            _loaded[key] = None
-            return None
-        cc = _compiler()
-        lib = None
-        if cc is None:
-            log.info("no C compiler found: training uses the TorchScript kernels")
-        else:
-            try:
-                lib = cbuild.cached_library(_SOURCE, cc)
-                lib.bigembed_native_abi.restype = ctypes.c_int64
-                if lib.bigembed_native_abi() != ABI:
-                    raise OSError(f"{lib._name}: ABI {lib.bigembed_native_abi()}, expected {ABI}")
-                fn = lib.bigembed_wide_ranking
-                i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                fn.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, ptr, ctypes.POINTER(i64)]
-                fn.restype = ctypes.c_double
-                ada = lib.bigembed_row_adagrad
-                ada.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float]
-                ada.restype = None
-                lib.bigembed_gather.argtypes = [i64, i64, ptr, ptr, ptr]
-                lib.bigembed_gather.restype = None
-            except (OSError, subprocess.SubprocessError, AttributeError) as e:
-                log.warning("the C kernels are unavailable, training uses the TorchScript kernels: %s", e)
-                lib = None
-        _loaded[key] = lib
-        return lib
+    return cbuild.load(_SOURCE, _loaded, _declare)
 
 
 def wide_ranking(lib: ctypes.CDLL, margin: float, W: Tensor, S1: Tensor, Sl: Tensor, weight: Tensor, chunk: int,
