@@ -143,6 +143,7 @@ class PbgSettings:
     num_partitions: int = 1
     workers: int = 2
     eval_fraction: float = 0.0  # PBG's default is 0.05 (edges withheld from training)
+    global_emb: bool = True  # PBG's default: a learnt vector added to every row before the operator
 
     def check(self) -> None:
         if self.operator not in OPERATOR_PARAMS:
@@ -394,6 +395,7 @@ def pbg_config(settings: PbgSettings, relations: list[str], paths: PbgPaths) -> 
         "num_batch_negs": s.batch_negs,
         "workers": s.workers,
         "eval_fraction": s.eval_fraction,
+        "global_emb": s.global_emb,
     }
 
 
@@ -568,7 +570,7 @@ def run_pbg(dataset: str, workdir: Path, pbg_python: str = DEFAULT_PBG_PYTHON, *
             operator: str = "complex_diagonal", comparator: str = "dot", loss: str = "softmax",
             margin: float = 0.1, lr: float = 0.1, relation_lr: float = 0.1, batch_size: int = 1000,
             uniform_negs: int = 50, batch_negs: int = 50, all_negs: bool = False, num_partitions: int = 1,
-            workers: int = 2, eval_fraction: float = 0.0, check_triples: int = 40,
+            workers: int = 2, eval_fraction: float = 0.0, global_emb: bool = True, check_triples: int = 40,
             keep_data: bool = False) -> dict[str, Any]:
     """Train PBG 1.0.0 on ``datasets/dataset`` and rank valid and test with bigembed's evaluator.
 
@@ -581,7 +583,7 @@ def run_pbg(dataset: str, workdir: Path, pbg_python: str = DEFAULT_PBG_PYTHON, *
     data from the last run in ``workdir`` when its config is the same (repeated rounds).
     """
     settings = PbgSettings(dim, epochs, operator, comparator, loss, margin, lr, relation_lr, batch_size,
-                           uniform_negs, batch_negs, all_negs, num_partitions, workers, eval_fraction)
+                           uniform_negs, batch_negs, all_negs, num_partitions, workers, eval_fraction, global_emb)
     settings.check()
     version = pbg_version(pbg_python)
     dataset_dir = Path(datasets) / dataset
@@ -657,6 +659,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-fraction", type=float, default=0.0, help="PBG's held-out fraction (its default: 0.05)")
+    ap.add_argument("--no-global-emb", action="store_true", help="turn off PBG's global embedding (on by default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = ap.parse_args()
     work = args.work or HERE / "work" / f"pbg-{args.dataset}"
@@ -665,7 +668,8 @@ def main() -> None:
                          epochs=args.epochs, operator=args.operator, comparator=args.comparator, loss=args.loss,
                          margin=args.margin, lr=args.lr, relation_lr=args.relation_lr, batch_size=args.batch_size,
                          uniform_negs=args.uniform_negs, batch_negs=args.batch_negs, all_negs=args.all_negs,
-                         num_partitions=args.partitions, workers=args.workers, eval_fraction=args.eval_fraction)
+                         num_partitions=args.partitions, workers=args.workers, eval_fraction=args.eval_fraction,
+                         global_emb=not args.no_global_emb)
     except PbgUnavailable as exc:
         raise SystemExit(str(exc)) from None
     print(_summary(result))

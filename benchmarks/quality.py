@@ -181,7 +181,8 @@ def task_half(work: Path, seeds: tuple[int, ...]) -> dict[str, Any]:
 def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str) -> dict[str, Any]:
     """bigembed and PBG with the same dimension, epochs, operator, loss and negatives, and
     everything else PBG does (both sides corrupted, in-batch negatives, relations started at
-    the identity, row Adagrad, no regulariser); bigembed once as PBG computes the softmax and
+    the identity, row Adagrad, no regulariser, a global vector added to every row as PBG's
+    ``global_emb``); bigembed once as PBG computes the softmax and
     once with its sampled-softmax correction (``model.softmax_correction``, its default)."""
     from pbg_baseline import run_pbg
 
@@ -190,7 +191,7 @@ def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str
     config.write_text(
         f'[model]\ndim = {s["dim"]}\noperator = "{s["operator"]}"\ncomparator = "{s["comparator"]}"\n'
         f'loss = "{s["loss"]}"\nmargin = {s["margin"]}\nreciprocal = false\nregularizer = "none"\n'
-        f'relation_init = "identity"\n'
+        f'relation_init = "identity"\nglobal_emb = {str(s.get("global_emb", True)).lower()}\n'
         f'[training]\nepochs = {s["epochs"]}\nlr = {s["lr"]}\nrelation_lr = {s["relation_lr"]}\n'
         f'batch_size = {s["batch_size"]}\nnegatives = {s["uniform_negs"]}\nbatch_negatives = true\n'
         f'chunk_size = {s["batch_negs"]}\nall_negatives = {str(s["all_negs"]).lower()}\nworkers = 2\n'
@@ -207,7 +208,7 @@ def task_pbg(work: Path, dataset: str, settings: dict[str, Any], pbg_python: str
 PBG_SETTINGS = {
     "dim": 200, "epochs": 10, "operator": "complex_diagonal", "comparator": "dot", "loss": "softmax",
     "margin": 0.1, "lr": 0.1, "relation_lr": 0.1, "batch_size": 1000, "uniform_negs": 1000,
-    "batch_negs": 50, "all_negs": False,
+    "batch_negs": 50, "all_negs": False, "global_emb": True,
 }
 
 

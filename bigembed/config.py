@@ -103,6 +103,14 @@ class ModelConfig:
         "drawn by degree, are left as they are). On WN18RR: filtered MRR 0.42 after 3 epochs "
         "instead of 0.30, at no cost. false: the plain softmax over the sample, as PyTorch-BigGraph.",
     )
+    global_emb: bool = _opt(
+        False,
+        "Learn one vector per entity type that is added to every embedding of that type before "
+        "the operator and the comparator (PyTorch-BigGraph's global_emb, on by default there): with "
+        "a dot product it gives every node a learnt, relation-dependent popularity term. Trained "
+        "with relation_lr; evaluation and every export add it to the rows, so exported vectors "
+        "score as the model does.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,7 +332,7 @@ PBG_STYLE: dict[str, Any] = {
 # Settings added after RUNs were first written, each with the value a saved config that
 # lacks it was trained with: a run saved before model.softmax_correction existed trained
 # without the correction, and resuming it must neither change that nor call it a conflict.
-LEGACY_VALUES: dict[str, Any] = {"model.softmax_correction": False}
+LEGACY_VALUES: dict[str, Any] = {"model.softmax_correction": False, "model.global_emb": False}
 
 
 def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from bigembed.checkpoint import (
+    GLOBAL_ADAGRAD_KEY,
+    GLOBAL_EMB_KEY,
     RELATION_ADAGRAD_KEY,
     RELATION_PARAMS_KEY,
     Position,
@@ -101,6 +103,9 @@ def _create_run(run_dir: Path, config: Config, data: DataManifest) -> VersionMan
     if params.numel():
         writer.write(RELATION_PARAMS_KEY, params.numpy())
         writer.write(RELATION_ADAGRAD_KEY, np.zeros(params.shape, np.float32))
+    if m.global_emb:  # zeros: the model starts as if there were none (as PyTorch-BigGraph's)
+        writer.write(GLOBAL_EMB_KEY, np.zeros((len(data.entity_types), m.dim), np.float32))
+        writer.write(GLOBAL_ADAGRAD_KEY, np.zeros((len(data.entity_types), m.dim), np.float32))
     return writer.commit(Position(0, 0), {"epochs_done": 0})
 
 
@@ -199,13 +204,18 @@ class _Session:
 
     def _load_relations(self) -> RelationState:
         specs = self.model.specs
-        if RELATION_PARAMS_KEY not in self.base.shards:
-            return RelationState(specs, torch.zeros(0), torch.zeros(0))
-        return RelationState(
-            specs,
-            torch.from_numpy(self.writer.read(RELATION_PARAMS_KEY)).to(self.device),
-            torch.from_numpy(self.writer.read(RELATION_ADAGRAD_KEY)).to(self.device),
-        )
+
+        def read(key: str) -> torch.Tensor | None:
+            return torch.from_numpy(self.writer.read(key)).to(self.device) if key in self.base.shards else None
+
+        params, adagrad = read(RELATION_PARAMS_KEY), read(RELATION_ADAGRAD_KEY)
+        globals_ = read(GLOBAL_EMB_KEY) if self.config.model.global_emb else None
+        if self.config.model.global_emb and globals_ is None:
+            raise CheckpointError(f"{self.run_dir}: v{self.base.version} has no {GLOBAL_EMB_KEY!r} shard, but "
+                                  "model.global_emb is on (the RUN was created without it)")
+        return RelationState(specs, torch.zeros(0) if params is None else params,
+                             torch.zeros(0) if adagrad is None else adagrad,
+                             globals_, None if globals_ is None else read(GLOBAL_ADAGRAD_KEY))
 
     def commit(self, position: Position, extra: dict[str, Any] | None = None,
                in_use: tuple[int, ...] = ()) -> VersionManifest:
@@ -225,6 +235,13 @@ class _Session:
                     f"committed, v{self.base.version} stays CURRENT: lower training.relation_lr")
             self.writer.write(RELATION_PARAMS_KEY, self.relations.params.cpu().numpy())
             self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.cpu().numpy())
+        if self.relations.globals is not None and self.relations.globals_adagrad is not None:
+            if not bool(torch.isfinite(self.relations.globals).all()):
+                raise TrainingDivergedError(
+                    f"the global vectors (model.global_emb) became NaN or infinite since v{self.base.version}; "
+                    f"nothing was committed, v{self.base.version} stays CURRENT: lower training.relation_lr")
+            self.writer.write(GLOBAL_EMB_KEY, self.relations.globals.cpu().numpy())
+            self.writer.write(GLOBAL_ADAGRAD_KEY, self.relations.globals_adagrad.cpu().numpy())
         manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
         collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
         self.base = manifest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.checkpoint.versions import VersionManifest, emb_key, read_shard_of
+from bigembed.checkpoint.versions import GLOBAL_EMB_KEY, VersionManifest, emb_key, read_shard_of
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.dtypes import to_float32
 
@@ -35,7 +35,33 @@ def write_partition(write: Callable[[str, np.ndarray], None], data: DataManifest
         write(key_of(t.name, partition), array[start:stop])
 
 
+def read_globals(run_dir: Path, manifest: VersionManifest) -> np.ndarray | None:
+    """The (entity types, dim) global vectors of ``model.global_emb`` in ``manifest``, or None."""
+    if GLOBAL_EMB_KEY not in manifest.shards:
+        return None
+    return read_shard_of(run_dir, manifest, GLOBAL_EMB_KEY)
+
+
+def add_global(rows: np.ndarray, globals_: np.ndarray | None, data: DataManifest, partition: int,
+               entity_type: int | None = None) -> np.ndarray:
+    """``rows`` (float32) with each entity type's global vector added: the embeddings the model
+    scores with. ``entity_type``: ``rows`` are that type's rows of ``partition`` only, else the
+    whole partition's. Adds in place where ``rows`` is writable."""
+    if globals_ is None:
+        return rows
+    if not rows.flags.writeable:
+        rows = rows.copy()
+    if entity_type is not None:
+        rows += globals_[entity_type]
+        return rows
+    for t, (start, stop) in enumerate(data.type_ranges(partition)):
+        rows[start:stop] += globals_[t]
+    return rows
+
+
 def read_embeddings(run_dir: Path, manifest: VersionManifest, data: DataManifest, partition: int) -> np.ndarray:
     """Partition ``partition``'s embeddings in ``manifest``, verified and widened to float32
-    (whatever ``training.storage_dtype`` stored them as): what evaluation ranks with."""
-    return to_float32(read_partition(lambda key: read_shard_of(run_dir, manifest, key), data, partition))
+    (whatever ``training.storage_dtype`` stored them as), with ``model.global_emb``'s vectors
+    added: what evaluation ranks with."""
+    rows = to_float32(read_partition(lambda key: read_shard_of(run_dir, manifest, key), data, partition))
+    return add_global(rows, read_globals(run_dir, manifest), data, partition)

@@ -36,7 +36,7 @@ FREE_TO_CHANGE = {
     "checkpoint.max_commit_share",
 }
 # Keys no run may change, because the stored shards depend on them.
-NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "training.optimizer",
+NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "model.global_emb", "training.optimizer",
                 "training.storage_dtype"}
 
 

@@ -422,3 +422,6 @@ def adagrad_key(entity: str, partition: int) -> str:
 
 RELATION_PARAMS_KEY = "relations/params"
 RELATION_ADAGRAD_KEY = "relations/adagrad"
+# ``model.global_emb``: one vector per entity type, (types, dim) float32, and its Adagrad state
+GLOBAL_EMB_KEY = "relations/global_emb"
+GLOBAL_ADAGRAD_KEY = "relations/global_adagrad"

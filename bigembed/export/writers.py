@@ -11,6 +11,10 @@ With several entity types, tsv and npy write one set of files per type
 - ``h5``: PBG layout: ``embeddings_<entity>_<part>.v<N>.h5`` (dataset ``embeddings``,
   attr ``format_version``), ``entity_names_<entity>_<part>.json``,
   ``entity_count_<entity>_<part>.txt``, ``model.v<N>.h5`` and ``checkpoint_version.txt``.
+
+With ``model.global_emb`` every format writes the rows with their type's global vector
+added, so the exported vectors score exactly as the model does (PyTorch-BigGraph keeps
+the vector apart, in ``model.v<N>.h5``; folded in, its readers need nothing extra).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, emb_key, read_shard_of
+from bigembed.checkpoint import RELATION_PARAMS_KEY, VersionManifest, add_global, emb_key, read_globals, read_shard_of
 from bigembed.errors import BigembedError
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DataManifest
@@ -50,8 +54,10 @@ def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[
 
 def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
                partition: int) -> np.ndarray:
-    """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened)."""
-    return to_float32(read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition)))
+    """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened), with the
+    type's global vector added (``model.global_emb``): vectors that score as the model does."""
+    rows = to_float32(read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition)))
+    return add_global(rows, read_globals(run, manifest), data, partition, t)
 
 
 def _suffix(data: DataManifest, t: int) -> str:

@@ -279,9 +279,10 @@ def _regularizer(model: Model, spec: RelationSpec, xs: list[Tensor], params: Ten
 
 def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tensor, idx: Tensor,
                negs: Negatives, corrupt_lhs: bool, params: Tensor | None, chunk: int,
-               batch_negatives: bool, own: Tensor, shift: float = 0.0) -> Tensor:
+               batch_negatives: bool, own: Tensor, shift: float = 0.0, offset: Tensor | None = None) -> Tensor:
     """Per-positive loss of corrupting one side (``shift``: added to the sampled negatives'
-    scores, see :func:`softmax_shift`).
+    scores, see :func:`softmax_shift`; ``offset``: the side's global vector, added to every
+    candidate row, ``model.global_emb``).
 
     ``pos_query``: (B, dim) the (operated) lhs; ``fixed``: (B, dim) the side that
     stays; ``own``: (B, dim) leaf rows of the corrupted side (its in-batch
@@ -294,7 +295,7 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
         return op.apply(x, params) if corrupt_lhs else x
 
     if negs.table is not None:  # all negatives, in row slices of at most SCORE_ELEMENTS scores
-        cands = candidates(negs.all_table())
+        cands = candidates(_plus(negs.all_table(), offset))
         idx = idx - negs.start if negs.start else idx
         query = fixed if corrupt_lhs else pos_query
         step = max(1, SCORE_ELEMENTS // max(1, cands.shape[0]))
@@ -313,7 +314,7 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
     B, d = pos_query.shape
     full, rem = divmod(B, chunk)
     out: list[Tensor] = []
-    all_rows = negs.all_rows()
+    all_rows = _plus(negs.all_rows(), offset)
     for start, count, n_chunks, first in ((0, chunk, full, 0), (full * chunk, rem, 1 if rem else 0, full)):
         if not n_chunks:
             continue
@@ -332,6 +333,10 @@ def _side_loss(model: Model, spec: RelationSpec, pos_query: Tensor, fixed: Tenso
     return torch.cat(out)
 
 
+def _plus(rows: Tensor, offset: Tensor | None) -> Tensor:
+    return rows if offset is None else rows + offset
+
+
 @dataclass
 class BatchLoss:
     """A batch's loss and the leaves it was computed from."""
@@ -344,6 +349,7 @@ class BatchLoss:
     # the fused step's sparse gradients as (partition, row ids, gradient rows), in memory order;
     # None: take them from the leaves above
     pieces: list[tuple[PartitionState, Tensor, Tensor]] | None = None
+    globals: Tensor | None = None  # the (types, dim) global vectors' leaf (``model.global_emb``)
 
 
 def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations: RelationState,
@@ -370,18 +376,21 @@ def batch_loss(model: Model, lhs: PartitionState, rhs: PartitionState, relations
     n_chunks = -(-B // chunk)
     L = gather(lhs.emb, lhs_idx).requires_grad_()
     R = gather(rhs.emb, rhs_idx).requires_grad_()
-    query = spec.operator.apply(L, edge_params)
+    G = relations.global_leaf()  # the rows the model scores are the stored ones plus their type's vector
+    offsets = (None, None) if G is None else (G[spec.lhs_type], G[spec.rhs_type])
+    Lg, Rg = _plus(L, offsets[0]), _plus(R, offsets[1])
+    query = spec.operator.apply(Lg, edge_params)
     w = torch.full((B,), spec.weight, device=L.device) if weights is None else weights * spec.weight
     loss = L.new_zeros(())
     sides = [(corrupt_lhs, sample_sources(spec, lhs, rhs, extras, corrupt_lhs, pools, config, n_chunks, generator))
              for corrupt_lhs in (False, True) if spec.sides != ("rhs" if corrupt_lhs else "lhs")]
     shift = softmax_shift(model, config, [negs for _, negs in sides])
     for corrupt_lhs, negs in sides:
-        idx, own = (lhs_idx, L) if corrupt_lhs else (rhs_idx, R)
+        idx, own = (lhs_idx, Lg) if corrupt_lhs else (rhs_idx, Rg)
         if spec.all_negatives or config.negatives or (config.batch_negatives and chunk > 1):
-            per_edge = _side_loss(model, spec, query, R if corrupt_lhs else L, idx, negs, corrupt_lhs, params,
-                                  chunk, config.batch_negatives, own, shift)
+            per_edge = _side_loss(model, spec, query, Rg if corrupt_lhs else Lg, idx, negs, corrupt_lhs, params,
+                                  chunk, config.batch_negatives, own, shift, offsets[0 if corrupt_lhs else 1])
             loss = loss + (per_edge * w).sum()
     if model.regularizer != "none" and model.regularization > 0:
         loss = loss + _regularizer(model, spec, [L, R], edge_params, w, mixed=rels is not None)
-    return BatchLoss(loss, L, R, params, sides)
+    return BatchLoss(loss, L, R, params, sides, globals=G)

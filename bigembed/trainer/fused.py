@@ -123,7 +123,8 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
             for side in corrupted}
     regularize = model.regularizer != "none" and model.regularization > 0
     cos = isinstance(model.comparator, CosComparator)
-    track = params is not None or cos or regularize  # else the scored rows are the leaves themselves
+    G = relations.global_leaf()  # model.global_emb: each type's vector is added to its rows
+    track = params is not None or cos or regularize or G is not None  # else the scored rows are the leaves
     if (not track and len(corrupted) == 2 and config.batch_negatives and chunk > 1 and config.negatives > 0
             and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
         return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs,
@@ -152,13 +153,15 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     Xp, Yp, reg = X, Y, None
     if track:
         with torch.enable_grad():
-            Q = spec.operator.apply(L, edge_params)
+            Lg, Rp = (L, R) if G is None else (L + G[spec.lhs_type], R + G[spec.rhs_type])
+            Q = spec.operator.apply(Lg, edge_params)
             sampled = {side: n.all_rows() for side, n in negs.items()}
+            if G is not None:
+                sampled = {side: t + G[spec.lhs_type if side else spec.rhs_type] for side, t in sampled.items()}
             if True in sampled:
                 sampled[True] = spec.operator.apply(sampled[True], params)
-            Rp = R
             if cos:
-                Q, Rp = _unit(Q), _unit(R)
+                Q, Rp = _unit(Q), _unit(Rp)
                 sampled = {side: _unit(t) for side, t in sampled.items()}
             Xp = torch.stack([Q, Rp])
             Yp = torch.stack([sampled[side] for side in corrupted])
@@ -172,7 +175,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
         else:
             total, dX, dY = X.new_zeros(()), torch.zeros_like(X), torch.zeros_like(Y)
     rows = [src.rows for _, n in negs.items() for src in n.sources if src.rows is not None]
-    leaves = [L, R, *rows] + ([params] if params is not None else [])
+    leaves = [L, R, *rows] + [t for t in (params, G) if t is not None]
     if track:
         outputs, out_grads = [Xp, Yp], [dX, dY]
         if reg is not None:
@@ -188,7 +191,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
             pieces = dY[k].split([t.shape[1] for t in rows], 1) if len(rows) > 1 else (dY[k],)
             for t, piece in zip(rows, pieces, strict=True):
                 by_id[id(t)] = piece
-    return BatchLoss(total, L, R, params, list(negs.items())), by_id
+    return BatchLoss(total, L, R, params, list(negs.items()), globals=G), by_id
 
 
 def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_idx: Tensor, rhs_idx: Tensor,

@@ -95,11 +95,18 @@ def initial_params(specs: list[RelationSpec], dim: int, random_scale: float = 0.
 
 @dataclass
 class RelationState:
-    """Flat parameters and their element-wise Adagrad accumulator (both (total,) float32)."""
+    """Flat parameters and their element-wise Adagrad accumulator (both (total,) float32), and
+    with ``model.global_emb`` the (entity types, dim) global vectors and their accumulator."""
 
     specs: list[RelationSpec]
     params: Tensor
     adagrad: Tensor
+    globals: Tensor | None = None
+    globals_adagrad: Tensor | None = None
+
+    def global_leaf(self) -> Tensor | None:
+        """A copy of the global vectors to differentiate a batch's loss by, or None."""
+        return None if self.globals is None else self.globals.clone().requires_grad_()
 
     def param(self, relation: int) -> Tensor | None:
         return self._view(self.params, relation)

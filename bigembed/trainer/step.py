@@ -37,6 +37,8 @@ def batch_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     leaves = [b.L, b.R] + [t for _, n in b.sides for t in n.leaves()]
     if b.params is not None:
         leaves.append(b.params)
+    if b.globals is not None:
+        leaves.append(b.globals)
     grads = torch.autograd.grad(b.loss, leaves, allow_unused=True)
     return b, {id(t): g for t, g in zip(leaves, grads, strict=True) if g is not None}
 
@@ -92,4 +94,7 @@ def train_batch(model: Model, lhs: PartitionState, rhs: PartitionState, relation
             view, acc = relations.stacked(), relations.stacked(relations.adagrad)
         assert view is not None and acc is not None
         dense_adagrad_(view, acc, grad_of(b.params), config.relation_lr)
+    if b.globals is not None:
+        assert relations.globals is not None and relations.globals_adagrad is not None
+        dense_adagrad_(relations.globals, relations.globals_adagrad, grad_of(b.globals), config.relation_lr)
     return float(b.loss.detach())
