@@ -13,7 +13,7 @@ after its row (100M edges take about 5 GB of text and edge arrays).
 
 With a fixed node count, a bigger graph trains each node more per epoch, and with the
 ranking loss the C kernel then skips more inactive hinges: the per-edge work falls as the
-graph grows. ``--ranking-kernel dense`` (``$BIGEMBED_RANKING_KERNEL``) holds it fixed, so
+graph grows. ``--ranking-kernel dense`` (``training.ranking_gradients``) holds it fixed, so
 that the rows differ in graph size alone.
 
     python benchmarks/scaling.py --nodes 1000000 --edges 1000000 10000000 100000000 --ranking-kernel dense
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ reciprocal = false
 regularizer = "none"
 [training]
 epochs = {epochs}
+ranking_gradients = "{ranking}"
 lr = 0.1
 batch_size = 1000
 negatives = 50
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs per graph; edges/s is over epochs 2..N (1: the only epoch, start-up included)")
     ap.add_argument("--ranking-kernel", choices=["auto", "sparse", "dense"], default="auto",
-                    help="$BIGEMBED_RANKING_KERNEL for training (dense: the same work per edge at every size)")
+                    help="training.ranking_gradients (dense: the same work per edge at every size)")
     ap.add_argument("--recipe", choices=["throughput", "defaults"], default="throughput",
                     help="throughput: the settings above; defaults: bigembed's defaults at --dim")
     ap.add_argument("--dim", type=int, default=64, help="with --recipe defaults")
@@ -118,9 +118,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error("--epochs must be at least 1")
-    os.environ["BIGEMBED_RANKING_KERNEL"] = args.ranking_kernel  # inherited by the training process
     rows: list[dict[str, Any]] = []
-    config = (CONFIG.format(epochs=args.epochs) if args.recipe == "throughput"
+    config = (CONFIG.format(epochs=args.epochs, ranking=args.ranking_kernel) if args.recipe == "throughput"
               else DEFAULTS_CONFIG.format(dim=args.dim, epochs=args.epochs))
     for nodes, edges in [(n, e) for n in args.nodes for e in args.edges]:
         row = {**one_size(args.work, nodes, edges, args.partitions, args.epochs, config),

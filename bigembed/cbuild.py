@@ -51,11 +51,21 @@ ENV_KEYS = ("BIGEMBED_NATIVE", "CC", "BIGEMBED_CACHE_DIR", "XDG_CACHE_HOME", "PA
 _lock = threading.Lock()
 
 
-def load(source: CSource, loaded: dict[str, ctypes.CDLL | None],
-         declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+Loaded = dict[str, tuple[ctypes.CDLL | None, str]]  # by the environment: (library or None, why)
+
+
+def load(source: CSource, loaded: Loaded, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """``source``'s library (:func:`load_explained`), or None."""
+    return load_explained(source, loaded, declare)[0]
+
+
+def load_explained(source: CSource, loaded: Loaded,
+                   declare: Callable[[ctypes.CDLL], None]) -> tuple[ctypes.CDLL | None, str]:
     """``source``'s library, built on first use and remembered in ``loaded`` (by the
-    environment it depends on), with its functions' types set by ``declare``; None where
-    ``BIGEMBED_NATIVE=0``, no compiler is found or the build fails (said once, on its log)."""
+    environment it depends on), with its functions' types set by ``declare``, and how it was
+    had ("built and cached in DIR", "loaded from the cache DIR"); None where
+    ``BIGEMBED_NATIVE=0``, no compiler is found or the build fails, with the reason (said
+    once on its log too)."""
     env = os.environ
     key = "|".join(env.get(k, "") for k in ENV_KEYS)
     if key in loaded:
@@ -63,14 +73,15 @@ def load(source: CSource, loaded: dict[str, ctypes.CDLL | None],
     with _lock:
         if key in loaded:
             return loaded[key]
-        lib = None
+        lib, why = None, "BIGEMBED_NATIVE=0 is set"
         if env.get("BIGEMBED_NATIVE", "1") != "0":
             cc = compiler()
             if cc is None:
-                source.log.info("no C compiler found: %s", source.fallback)
+                why = "no C compiler found (cc, gcc or clang on the PATH, or $CC)"
+                source.log.info("%s: %s", why, source.fallback)
             else:
                 try:
-                    lib = cached_library(source, cc)
+                    lib, why = cached_library(source, cc)
                     abi = getattr(lib, f"bigembed_{source.stem}_abi")
                     abi.restype = ctypes.c_int64
                     if abi() != source.abi:
@@ -78,9 +89,9 @@ def load(source: CSource, loaded: dict[str, ctypes.CDLL | None],
                     declare(lib)
                 except (OSError, subprocess.SubprocessError, AttributeError) as e:
                     source.log.warning("%s is unavailable, %s: %s", source.path.name, source.fallback, e)
-                    lib = None
-        loaded[key] = lib
-        return lib
+                    lib, why = None, f"{source.path.name} could not be built or loaded ({e})"
+        loaded[key] = (lib, why)
+        return lib, why
 
 
 def cpu_key() -> str:
@@ -214,9 +225,9 @@ def _untrusted(path: Path, built: str | None = None) -> str | None:
     return None
 
 
-def cached_library(source: CSource, cc: str) -> ctypes.CDLL:
+def cached_library(source: CSource, cc: str) -> tuple[ctypes.CDLL, str]:
     """Load the cached build of ``key``, (re)building it first unless it can be trusted; in a
-    private temporary folder when the cache folder is not private."""
+    private temporary folder when the cache folder is not private. Returns it and how it was had."""
     key = build_key(source, cc)
     directory = cache_dir()
     problem = _private_dir(directory)
@@ -226,13 +237,16 @@ def cached_library(source: CSource, cc: str) -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(prefix=f"bigembed-{source.stem}-") as tmp:
             path = Path(tmp) / f"{source.stem}-{key}.so"
             build(source, cc, path)
-            return ctypes.CDLL(str(path))  # the loaded library stays mapped once its file is gone
+            # the loaded library stays mapped once its file is gone
+            return ctypes.CDLL(str(path)), f"built with {cc} for this process ({problem})"
     path = directory / f"{source.stem}-{key}.so"
     problem = _untrusted(path)
+    how = f"loaded from the cache {directory}"
     if problem:
         if path.exists() or _record_path(path).exists():
             source.log.warning("not loading the cached %s (%s): rebuilding it", path.name, problem)
         problem = _untrusted(path, build(source, cc, path))
         if problem:
             raise OSError(f"just rebuilt, and still: {problem}")
-    return ctypes.CDLL(str(path))
+        how = f"built with {cc} and cached in {directory}"
+    return ctypes.CDLL(str(path)), how

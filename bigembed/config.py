@@ -32,6 +32,8 @@ LOSSES = ("ranking", "logistic", "softmax")
 REGULARIZERS = ("none", "n3", "l2")
 NEGATIVE_SIDES = ("both", "lhs", "rhs")
 BUCKET_ORDERS = ("inside_out", "outside_in", "beta", "random", "sequential")
+KERNELS = ("auto", "native", "torchscript")
+RANKING_GRADIENTS = ("auto", "sparse", "dense")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # training.storage_dtype (bigembed.storage.dtypes)
 
 
@@ -179,6 +181,23 @@ class TrainingConfig:
         "Score sampled negatives with hand-written gradients (dot and cos comparators) instead "
         "of autograd: the same step, 1.5-1.7x the edges/s end to end (benchmarks/throughput.py); "
         "false runs the autograd reference.",
+    )
+    kernels: str = _opt(
+        "auto",
+        "The training step's CPU kernels: native (C, compiled on first use with the system's "
+        "compiler and cached; an error where that fails), torchscript (no compiler needed; the "
+        "same results up to rounding, about 1.7x slower with the ranking loss) or auto "
+        "(native where it builds, else torchscript, saying why). Resolved once at the start and "
+        "recorded in stats.jsonl and `bigembed info RUN`.",
+        choices=KERNELS,
+    )
+    ranking_gradients: str = _opt(
+        "auto",
+        "With the ranking loss and native kernels, how the gradients are computed: sparse (only "
+        "the active hinges, fast once most hinges are inactive), dense (the full products: the "
+        "work per edge never changes, for timing comparisons) or auto (sparse, switching to dense "
+        "for 32 batches whenever over 20% of a batch's hinges are active).",
+        choices=RANKING_GRADIENTS,
     )
     workers: int = _opt(
         0, "Hogwild worker threads (0: one per CPU core, at most 8).", min=0

@@ -77,6 +77,25 @@ def last_epoch_stats(stats_file: Path) -> dict[str, Any] | None:
             "edges/s": round(edges / max(seconds, 1e-9)), "mean loss": round(loss, 4)}
 
 
+def last_start(stats_file: Path) -> dict[str, Any] | None:
+    """The last training start's record in ``stats.jsonl``: device, workers and kernels."""
+    found = None
+    try:
+        with open(stats_file) as handle:
+            for line in handle:
+                if '"start"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("start"), dict):
+                    found = record["start"]
+    except FileNotFoundError:
+        return None
+    return found
+
+
 def describe_run(path: Path) -> dict[str, Any]:
     from bigembed.checkpoint import read_current, read_manifest
     from bigembed.checkpoint.run import read_evals, read_run_config
@@ -110,6 +129,10 @@ def describe_run(path: Path) -> dict[str, Any]:
             facts["next bucket"] = (f"{manifest.position.bucket + 1} of {visits} in epoch "
                                     f"{manifest.position.epoch + 1}{slab}")
     facts["last epoch trained"] = last_epoch_stats(path / "stats.jsonl")
+    start = last_start(path / "stats.jsonl")
+    if start is not None and "kernels" in start:
+        facts["kernels"] = (f"{start['kernels']}, ranking gradients {start.get('ranking_gradients', 'auto')} "
+                            f"({start.get('kernels_why', '')})")
     evals = read_evals(path)
     if evals["best"]:
         best = evals["best"]

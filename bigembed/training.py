@@ -60,7 +60,7 @@ from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.dtypes import all_finite, dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
 from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
-from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params
+from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params, native
 from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.bucket import resolve_workers
 from bigembed.trainer.device import training_device
@@ -598,6 +598,8 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
     config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
     _check_startable(config, data)  # before anything is written
     device = training_device(config.training)
+    # which kernels run, decided once (the C ones built now), before anything is written
+    kernels = native.choose(config.training.kernels, config.training.ranking_gradients, device.type)
     resumed: Position | None = None
     if exists:
         base = _resume_version(run_dir, data, config, log)
@@ -626,13 +628,16 @@ def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, o
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
             f"{data.num_edges('train')} training edges, dim {config.model.dim}")
     session = _Session(run_dir, data, config, base, device)
-    trainer = BucketTrainer(session.model, config.training, config.model.reciprocal)
+    trainer = BucketTrainer(session.model, config.training, config.model.reciprocal, kernels)
     if device.type == "cuda":
         log(f"training on {device} ({torch.cuda.get_device_name(device)}): partitions in GPU memory, one worker")
     else:
         log(f"{trainer.workers} worker thread(s)"
             + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
                and resolve_workers(config.training) > 1 else ""))
+    log(trainer.kernels.why)
+    append_stats(run_dir, {"start": {"version": base.version, "device": str(device), "workers": trainer.workers,
+                                     **trainer.kernels.record()}})
     try:
         with _stop_on_signals(session, log):
             for epoch in range(base.position.epoch, config.training.epochs):

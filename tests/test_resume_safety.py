@@ -129,11 +129,25 @@ def test_a_shard_linked_outside_the_run_is_refused(tmp_path, data):
         read_shard_of(run, manifest, key)
 
 
-def test_divergence_stops_naming_the_bucket_and_commits_nothing(tmp_path, data):
-    run = trained_run(tmp_path, data, epochs=1)
+RANKING_STEP = {"model.loss": "ranking", "model.operator": "none", "model.reciprocal": False,
+                "model.regularizer": "none", "training.batch_negatives": True, "training.chunk_size": 10}
+
+
+@pytest.mark.parametrize("step", ["defaults", "ranking"])  # ranking: the C ranking kernel's own path
+@pytest.mark.parametrize("kernels", ["native", "torchscript"])
+def test_divergence_stops_naming_the_bucket_and_commits_nothing(tmp_path, data, kernels, step):
+    """With either kernels (they agree on it): a loss gone infinite or NaN stops training."""
+    if kernels == "native":
+        from bigembed.trainer import native
+
+        if native.library() is None:
+            pytest.skip("no C compiler on this machine")
+    settings = {**BASE, **(RANKING_STEP if step == "ranking" else {})}
+    run = trained_run(tmp_path, data, epochs=1, **(RANKING_STEP if step == "ranking" else {}))
     good = read_current(run)
     with pytest.raises(TrainingDivergedError) as info:
-        train(data, run, None, {**BASE, "training.epochs": 3, "training.lr": 1e30}, override=True, log=quiet)
+        train(data, run, None, {**settings, "training.epochs": 3, "training.lr": 1e30,
+                                "training.kernels": kernels}, override=True, log=quiet)
     message = str(info.value)
     assert "bucket" in message and "partitions" in message and f"v{good} stays CURRENT" in message
     assert "\n" not in message

@@ -28,6 +28,8 @@ RUN_FORMAT_VERSION = 2  # 2: relation parameters stored flat, per relation
 FREE_TO_CHANGE = {
     "training.epochs",
     "training.workers",
+    "training.kernels",
+    "training.ranking_gradients",
     "training.device",
     "training.eval_every",
     "training.early_stopping",

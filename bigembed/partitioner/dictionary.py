@@ -29,7 +29,7 @@ _SOURCE = cbuild.CSource(SOURCE, "dictionary", ABI, log, "the import keeps its n
 HASH_MASK = 2**64 - 1
 MAX_TYPES = 1 << 16  # the slot keeps a node's entity type in 16 bits
 
-_loaded: dict[str, ctypes.CDLL | None] = {}
+_loaded: cbuild.Loaded = {}
 
 
 def _declare(lib: ctypes.CDLL) -> None:

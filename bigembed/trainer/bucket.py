@@ -17,7 +17,7 @@ from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer import native
 from bigembed.trainer.batch import Model, mixes_with_params
 from bigembed.trainer.device import resolve_device
-from bigembed.trainer.fused import ranking_kernel, reset_kernel_choice
+from bigembed.trainer.fused import reset_kernel_choice
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 from bigembed.trainer.step import train_batch
@@ -129,7 +129,8 @@ class BucketTrainer:
     given, then reversed (rhs as lhs) under the inverse relation ``r + R``.
     """
 
-    def __init__(self, model: Model, config: TrainingConfig, reciprocal: bool = False) -> None:
+    def __init__(self, model: Model, config: TrainingConfig, reciprocal: bool = False,
+                 kernels: native.Kernels | None = None) -> None:
         self.model = model
         self.config = config
         self.reciprocal = reciprocal
@@ -146,9 +147,9 @@ class BucketTrainer:
         # runs each kernel in parallel already: one worker drives it.
         single = any(spec.all_negatives for spec in model.specs) or self.device.type != "cpu"
         self.workers = 1 if single else resolve_workers(config)
-        ranking_kernel()  # a wrong $BIGEMBED_RANKING_KERNEL stops the run here, not in a worker
-        # the C kernels (or None: TorchScript), looked up once here rather than on every batch
-        self.lib = native.library() if self.device.type == "cpu" else None
+        # which kernels run, decided (and the C ones built) once, before the first bucket
+        self.kernels = kernels or native.choose(config.kernels, config.ranking_gradients, self.device.type)
+        self.lib = self.kernels.lib
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
 

@@ -38,7 +38,6 @@ operator parameters, ``dot`` and no regulariser, no graph is built at all.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 
@@ -46,7 +45,6 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
-from bigembed.errors import ConfigError
 from bigembed.trainer import native
 from bigembed.trainer.batch import (
     BatchLoss,
@@ -66,29 +64,16 @@ from bigembed.trainer.state import PartitionState
 SPARSE_SHARE = 0.2  # above this share of active hinges the dense products are faster (benchmarks/RESULTS.md)
 DENSE_SPELL = 32  # batches on the dense products before the sparse kernel is tried again
 
-RANKING_KERNELS = ("auto", "sparse", "dense")
-
+# With ``training.ranking_gradients = auto``: batches left on the dense products, per worker
+# thread (each worker decides from its own batches only)
 _choice = threading.local()
 
 
-def ranking_kernel() -> str:
-    """How the ranking loss's gradients are computed, from ``$BIGEMBED_RANKING_KERNEL``: ``auto``
-    (the default: the C kernel, switching to the dense products while too many hinges are
-    active), ``sparse`` (always the C kernel) or ``dense`` (always the products, so the work per
-    edge does not change as training goes on; used to compare graph sizes in
-    benchmarks/scaling.py). Without the C kernels every setting means the products."""
-    value = os.environ.get("BIGEMBED_RANKING_KERNEL", "auto")
-    if value not in RANKING_KERNELS:
-        raise ConfigError(f"BIGEMBED_RANKING_KERNEL={value!r}: expected one of {', '.join(RANKING_KERNELS)}")
-    return value
-
-
 def reset_kernel_choice() -> None:
-    """Start this thread's choice between the sparse and the dense ranking gradients afresh: each
-    worker's run over a slab decides from its own batches only, so that a run resumed from a
-    checkpoint makes the same choices as one that was not stopped."""
+    """Start this thread's choice between the sparse and the dense ranking gradients afresh (at
+    each slab), so that a run resumed from a checkpoint makes the same choices as one that was
+    not stopped."""
     _choice.dense_left = 0
-    _choice.mode = ranking_kernel()
 
 
 def fused_supported(model: Model, spec: RelationSpec) -> bool:
@@ -128,7 +113,7 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
     if (not track and len(corrupted) == 2 and config.batch_negatives and chunk > 1 and config.negatives > 0
             and B % chunk == 0 and all(len(n.sources) == 1 for n in negs.values())):
         return _wide_gradients(model, lhs, rhs, lhs_idx, rhs_idx, w, chunk, config.negatives, negs,
-                               softmax_shift(model, config, list(negs.values())), lib)
+                               softmax_shift(model, config, list(negs.values())), lib, config.ranking_gradients)
     # the batch's rows gathered side by side, so both sides' products run as one
     X = torch.empty(2, B, d, device=dev)
     gather_into(X[0], lhs.emb, lhs_idx, lib)
@@ -196,12 +181,14 @@ def fused_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, rela
 
 def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_idx: Tensor, rhs_idx: Tensor,
                     w: Tensor, chunk: int, U: int, negs: dict[bool, Negatives],
-                    shift: float = 0.0, lib: native.Lib = native.RESOLVE) -> tuple[BatchLoss, dict[int, Tensor]]:
+                    shift: float = 0.0, lib: native.Lib = native.RESOLVE,
+                    mode: str = "auto") -> tuple[BatchLoss, dict[int, Tensor]]:
     """The fused step through :func:`~bigembed.trainer.kernels.wide_score_gradients`: the rows
     gathered as it lays them out (each chunk's rhs rows beside the rhs side's sampled rows), and
     the gradients handed back as pieces of one buffer with the rows they belong to. The ranking
     loss goes through the C kernel (:mod:`bigembed.trainer.native`) where it is built, which
-    skips the inactive hinges, unless this worker's last try found too many of them active."""
+    skips the inactive hinges (``mode``: ``training.ranking_gradients``), unless this worker's
+    last try found too many of them active."""
     B, d = lhs_idx.shape[0], lhs.emb.shape[1]
     nr, ml = negs[False].own, negs[True].own  # the rhs side's sampled rows, the lhs side's
     assert nr.idx is not None and ml.idx is not None
@@ -213,7 +200,6 @@ def _wide_gradients(model: Model, lhs: PartitionState, rhs: PartitionState, lhs_
     gather_into(W[:nz], rhs.emb, z_idx, lib)
     gather_into(W[nz : nz + B], lhs.emb, lhs_idx, lib)
     gather_into(W[nz + B :], ml.state.emb, ml_idx, lib)
-    mode = getattr(_choice, "mode", "auto")
     lib = lib if model.loss.kind == LOSS_RANKING and mode != "dense" and W.is_cpu else None
     dense_left = getattr(_choice, "dense_left", 0)
     with torch.no_grad():

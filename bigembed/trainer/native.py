@@ -9,14 +9,19 @@ row-wise Adagrad does in one pass what takes a dozen tensor operations (each a p
 batch's gradients); it and the gather prefetch the table rows they are about to touch.
 
 It is compiled with the system's C compiler on first use, cached and loaded only when trusted
-(:mod:`bigembed.cbuild`). Without a compiler, or with ``BIGEMBED_NATIVE=0``, training takes the
-TorchScript kernels, which give the same results up to float rounding.
+(:mod:`bigembed.cbuild`). Which kernels a training run uses is decided once, when it starts
+(:func:`choose`, from ``training.kernels``): without a compiler, or with ``BIGEMBED_NATIVE=0``,
+``auto`` takes the TorchScript kernels, which give the same results up to float rounding.
+Loading a Python extension through ``torch.utils.cpp_extension`` was considered: it needs a C++
+compiler, the Python and torch headers and ninja, and builds for tens of seconds, where this
+plain C file needs only ``cc`` and 0.2 s; the kernels take raw pointers, so nothing is gained.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +51,7 @@ def resolved(lib: Lib) -> ctypes.CDLL | None:
     return library() if isinstance(lib, _Resolve) else lib
 
 
-_loaded: dict[str, ctypes.CDLL | None] = {}
+_loaded: cbuild.Loaded = {}
 
 
 def _compiler() -> str | None:
@@ -77,6 +82,47 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them on first use; None where that is turned off or not
     possible (the reason is logged once)."""
     return cbuild.load(_SOURCE, _loaded, _declare)
+
+
+TORCHSCRIPT_COST = "about 1.7x slower with the ranking loss"  # README, benchmarks/RESULTS.md
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The kernels a training run uses, decided once when it starts and passed down: ``lib``
+    the C library (None: TorchScript), ``ranking`` how the ranking loss's gradients are
+    computed (``training.ranking_gradients``), ``why`` one line on what runs and why."""
+
+    lib: ctypes.CDLL | None
+    ranking: str
+    why: str
+
+    @property
+    def name(self) -> str:
+        return "torchscript" if self.lib is None else "native"
+
+    def record(self) -> dict[str, str]:
+        """What stats.jsonl and ``bigembed info`` show."""
+        return {"kernels": self.name, "ranking_gradients": self.ranking, "kernels_why": self.why}
+
+
+def choose(kernels: str, ranking: str, device_type: str = "cpu") -> Kernels:
+    """Resolve ``training.kernels`` (``auto``, ``native``, ``torchscript``) and
+    ``training.ranking_gradients`` into the kernels of a run, building the C library now if
+    it is needed (before the first bucket). ``native`` where it cannot be had is an error."""
+    from bigembed.errors import ConfigError
+
+    if device_type != "cpu":
+        return Kernels(None, ranking, f"on {device_type}: torch's own kernels (the C kernels are CPU code)")
+    if kernels == "torchscript":
+        return Kernels(None, ranking, f"TorchScript kernels (training.kernels = torchscript; {TORCHSCRIPT_COST})")
+    lib, how = cbuild.load_explained(_SOURCE, _loaded, _declare)
+    if lib is None:
+        if kernels == "native":
+            raise ConfigError(f"training.kernels = native: {how}; set training.kernels = auto to fall back to "
+                              "the TorchScript kernels")
+        return Kernels(None, ranking, f"TorchScript kernels: {how} ({TORCHSCRIPT_COST})")
+    return Kernels(lib, ranking, f"native kernels: {how}")
 
 
 def wide_ranking(lib: ctypes.CDLL, margin: float, W: Tensor, S1: Tensor, Sl: Tensor, weight: Tensor, chunk: int,

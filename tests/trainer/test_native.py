@@ -62,6 +62,30 @@ def test_the_native_kernel_counts_active_hinges_and_reports_nan():
     assert torch.isnan(total)
 
 
+@pytest.mark.parametrize("poison", ["nan score", "inf score", "nan row", "inf row"])
+def test_both_kernels_give_a_non_finite_loss_for_a_non_finite_input(poison):
+    """The contract the trainer relies on: whatever the kernel, a NaN or infinite score or row
+    makes the batch's loss non-finite, so training stops at the end of the slab, names the
+    bucket and commits nothing (the gradients of such a batch are never committed, and the two
+    kernels need not agree on them)."""
+    lib = _lib()
+    n, c, U, d, margin = 3, 4, 5, 8, 0.5
+    W, w = _wide_inputs(n, c, U, d, 0.4, seed=3)
+    if poison.endswith("row"):
+        W[n * (c + U) + 2, 1] = float("nan") if poison.startswith("nan") else float("inf")  # a query's row
+    S1, Sl = kernels.fused_wide_scores(W, c, U, n * c)
+    if poison == "nan score":
+        S1[1, 2, 3] = float("nan")
+    elif poison == "inf score":
+        Sl[0, 1, 2] = float("inf")
+    dense_total, _ = kernels.wide_score_gradients(kernels.LOSS_RANKING, margin, W.clone(), w, c, U) \
+        if poison.endswith("row") else (None, None)
+    native_total, _, _ = native.wide_ranking(lib, margin, W, S1, Sl, w, c, U)
+    assert not torch.isfinite(native_total)
+    if dense_total is not None:
+        assert not torch.isfinite(dense_total)
+
+
 def test_the_native_kernel_refuses_shapes_and_dtypes_it_was_not_built_for():
     lib = _lib()
     n, c, U, d = 2, 3, 2, 4
@@ -177,11 +201,11 @@ def _count_kernels(monkeypatch) -> tuple[list, list]:
     return calls, dense
 
 
-def _fresh_ranking_step():
+def _fresh_ranking_step(mode="auto"):
     """A function training one ranking-loss batch on fresh embeddings (most hinges active)."""
     config, model, lhs, rhs, relations = _setup({
         "model.operator": "none", "model.loss": "ranking", "model.margin": 0.5, "training.chunk_size": 3,
-        "training.negatives": 4})
+        "training.negatives": 4, "training.ranking_gradients": mode})
     lhs_idx, rhs_idx = torch.tensor([0, 2, 4, 6, 1, 2]), torch.tensor([5, 4, 3, 2, 1, 5])
     gen = torch.Generator().manual_seed(1)
     return lambda: train_batch(model, lhs, rhs, relations, 0, lhs_idx, rhs_idx, None, config.training, gen)
@@ -205,28 +229,24 @@ def test_a_batch_with_many_active_hinges_sends_the_next_ones_to_the_dense_produc
 
 @pytest.mark.parametrize("mode, sparse_calls, dense_calls", [("sparse", 6, 0), ("dense", 0, 6)])
 def test_the_ranking_kernel_can_be_pinned(mode, sparse_calls, dense_calls, monkeypatch):
-    """``BIGEMBED_RANKING_KERNEL=sparse`` keeps the C kernel however many hinges are active;
-    ``dense`` never calls it."""
+    """``training.ranking_gradients = sparse`` keeps the C kernel however many hinges are
+    active; ``dense`` never calls it."""
     _lib()
     calls, dense = _count_kernels(monkeypatch)
-    step = _fresh_ranking_step()
-    monkeypatch.setenv("BIGEMBED_RANKING_KERNEL", mode)
+    step = _fresh_ranking_step(mode)
     fused.reset_kernel_choice()
     for _ in range(6):  # auto would leave the C kernel after the first of these
         step()
-    monkeypatch.delenv("BIGEMBED_RANKING_KERNEL")
     fused.reset_kernel_choice()  # the next test on this thread chooses as usual
     assert (len(calls), len(dense)) == (sparse_calls, dense_calls)
 
 
-def test_an_unknown_ranking_kernel_is_refused_before_training(monkeypatch):
+def test_an_unknown_ranking_gradients_setting_is_refused_with_the_choices():
+    from bigembed.config import load_config
     from bigembed.errors import ConfigError
-    from bigembed.trainer import BucketTrainer
 
-    config, model, *_ = _setup({"model.loss": "ranking"})
-    monkeypatch.setenv("BIGEMBED_RANKING_KERNEL", "fast")
-    with pytest.raises(ConfigError, match="BIGEMBED_RANKING_KERNEL='fast': expected one of auto, sparse, dense"):
-        BucketTrainer(model, config.training)
+    with pytest.raises(ConfigError, match="auto, sparse, dense"):
+        load_config(overrides={"training.ranking_gradients": "fast"})
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 1.5])
@@ -295,7 +315,8 @@ def test_the_kernels_are_looked_up_once_per_training_not_per_batch(tmp_path, mon
     assert runner.invoke(cli, ["import", str(tmp_path / "e.tsv"), "-o", str(tmp_path / "d"), "-p", "1",
                                "--no-progress"]).exit_code == 0
     lookups, batches = [], []
-    real_library, real_gather = native.library, native.gather
+    real_load, real_library, real_gather = native.cbuild.load_explained, native.library, native.gather
+    monkeypatch.setattr(native.cbuild, "load_explained", lambda *a: lookups.append(1) or real_load(*a))
     monkeypatch.setattr(native, "library", lambda: lookups.append(1) or real_library())
     monkeypatch.setattr(native, "gather", lambda *a: batches.append(1) or real_gather(*a))  # 3 a batch
     r = runner.invoke(cli, ["train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--no-progress",
@@ -307,3 +328,73 @@ def test_the_kernels_are_looked_up_once_per_training_not_per_batch(tmp_path, mon
                             "--set", "training.batch_negatives=true"])
     assert r.exit_code == 0, r.output
     assert len(batches) >= 3 * 70 and len(lookups) == 1
+
+
+def _train_tiny(tmp_path, *settings, env=None):
+    """Import a tiny graph and train it 1 epoch from the CLI (``env``: extra environment)."""
+    from click.testing import CliRunner
+
+    from bigembed.cli.main import cli
+    from tests.conftest import write_tiny_graph
+
+    write_tiny_graph(tmp_path / "e.tsv", edges=300, nodes=40)
+    runner = CliRunner()
+    if not (tmp_path / "d").exists():
+        assert runner.invoke(cli, ["import", str(tmp_path / "e.tsv"), "-o", str(tmp_path / "d"), "-p", "1",
+                                   "--no-progress"]).exit_code == 0
+    args = ["train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--no-progress", "--epochs", "1",
+            "--dim", "8", "--set", "model.loss=ranking", "--set", "model.operator=none",
+            "--set", "model.reciprocal=false", "--set", "model.regularizer=none",
+            "--set", "training.batch_negatives=true", "--set", "training.chunk_size=10"]
+    for s in settings:
+        args += ["--set", s]
+    return runner.invoke(cli, args, env=env)
+
+
+def _start_record(run):
+    records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    starts = [r["start"] for r in records if "start" in r]
+    assert len(starts) == 1
+    return starts[0]
+
+
+def test_the_kernel_choice_is_said_recorded_and_shown_by_info(tmp_path):
+    from click.testing import CliRunner
+
+    from bigembed.cli.main import cli
+
+    _lib()
+    r = _train_tiny(tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "native kernels: " in r.output
+    start = _start_record(tmp_path / "run")
+    assert start["kernels"] == "native" and start["ranking_gradients"] == "auto"
+    assert start["kernels_why"].startswith("native kernels: ")
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "run")])
+    assert info.exit_code == 0 and "native, ranking gradients auto" in info.output
+
+
+def test_torchscript_kernels_never_call_the_c_library(tmp_path, monkeypatch):
+    _lib()
+    calls = []
+    for name in ("gather", "row_adagrad", "wide_ranking"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, real=real: calls.append(1) or real(*a))
+    r = _train_tiny(tmp_path, "training.kernels=torchscript")
+    assert r.exit_code == 0, r.output
+    assert not calls
+    assert "TorchScript kernels (training.kernels = torchscript" in r.output
+    assert _start_record(tmp_path / "run")["kernels"] == "torchscript"
+
+
+def test_without_a_compiler_auto_says_why_and_native_is_a_one_line_error(tmp_path, monkeypatch):
+    env = {"CC": "no-such-compiler-here", "BIGEMBED_CACHE_DIR": str(tmp_path / "cache")}
+    r = _train_tiny(tmp_path, "training.kernels=native", env=env)
+    assert r.exit_code != 0
+    line = r.output.strip()
+    assert "\n" not in line and "training.kernels = native: no C compiler found" in line
+    assert not (tmp_path / "run" / "CURRENT").exists()  # refused before anything was committed
+    r = _train_tiny(tmp_path, env=env)
+    assert r.exit_code == 0, r.output
+    assert "TorchScript kernels: no C compiler found" in r.output
+    assert _start_record(tmp_path / "run")["kernels"] == "torchscript"
