@@ -22,11 +22,9 @@ def _disk_bytes(path: Path) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)  # pragma: no cover
+    from bigembed.scheduler.memory import human
+
+    return human(n)
 
 
 def describe_data(path: Path) -> dict[str, Any]:

@@ -63,16 +63,20 @@ def test_random_baseline(tmp_path, data1):
     assert 0.5 * RANDOM_FILTERED_MRR < mrr < 1.25 * RANDOM_FILTERED_MRR, mrr
 
 
-@pytest.mark.parametrize("operator", ["none", "translation", "diagonal", "linear", "affine", "complex_diagonal",
-                                      "rotation"])
+# the shared cases; tests/test_registries.py checks that they cover every registered name
+ZOO_OPERATORS = ["none", "translation", "diagonal", "linear", "affine", "complex_diagonal", "rotation"]
+ZOO_COMPARATOR_LOSS = [("cos", "ranking"), ("squared_l2", "ranking"), ("dot", "logistic"), ("dot", "softmax")]
+ROTATION_COMPARATOR = "l2"
+
+
+@pytest.mark.parametrize("operator", ZOO_OPERATORS)
 def test_every_operator_learns(tmp_path, data1, operator):
-    extra = {"model.comparator": "l2"} if operator == "rotation" else {}
+    extra = {"model.comparator": ROTATION_COMPARATOR} if operator == "rotation" else {}
     mrr = train_and_rank(tmp_path, data1, {"model.operator": operator, **extra})
     assert mrr > 2.5 * RANDOM_FILTERED_MRR, mrr
 
 
-@pytest.mark.parametrize("comparator, loss", [("cos", "ranking"), ("squared_l2", "ranking"), ("dot", "logistic"),
-                                              ("dot", "softmax")])
+@pytest.mark.parametrize("comparator, loss", ZOO_COMPARATOR_LOSS)
 def test_every_comparator_and_loss_learns(tmp_path, data1, comparator, loss):
     overrides = {"model.comparator": comparator, "model.loss": loss}
     if comparator == "cos":  # scale-free scores: tiny initial rows make every step a jump

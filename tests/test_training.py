@@ -240,16 +240,16 @@ def test_full_disk_during_commit_keeps_the_last_version_whole(tmp_path, data4, m
     run = tmp_path / "run"
     train(data4, run, None, {"model.dim": 8, "training.epochs": 1}, log=quiet)
     good = read_manifest(run, read_current(run))
-    real_create = shards.zarr.create_array
+    real_write = shards._write_raw  # writes a shard's chunk files
     calls = {"n": 0}
 
-    def flaky_create(*args, **kwargs):
+    def flaky_write(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_create(*args, **kwargs)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(shards.zarr, "create_array", flaky_create)
+    monkeypatch.setattr(shards, "_write_raw", flaky_write)
     with pytest.raises(CheckpointError) as info:
         train(data4, run, None, {"training.epochs": 2}, log=quiet)
     assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
@@ -257,7 +257,7 @@ def test_full_disk_during_commit_keeps_the_last_version_whole(tmp_path, data4, m
     assert read_current(run) == good.version
     for key in good.shards:
         read_shard_of(run, good, key)
-    monkeypatch.setattr(shards.zarr, "create_array", real_create)
+    monkeypatch.setattr(shards, "_write_raw", real_write)
     train(data4, run, None, {"training.epochs": 2}, log=quiet)
     assert read_manifest(run, read_current(run)).position.epoch == 2
 

@@ -427,10 +427,28 @@ def demo(out: Path, progress: bool) -> None:
                f"{metrics['random_mrr']:.3f}); files in {out}")
 
 
+# Commands after which the process may end at once: everything they write is closed and synced
+# before they return (the checkpoint commit, the export's rename, stats.jsonl), and no library
+# they use cleans up at exit. Tearing down torch's modules took about 0.3 s of every such command.
+FAST_EXIT = ("train", "eval", "export")
+
+
 def main() -> None:  # console-script entry point
     global _FREEZE_IMPORTS
     _FREEZE_IMPORTS = True
-    cli(prog_name="bigembed")
+    import sys
+
+    try:
+        cli(prog_name="bigembed")
+    except SystemExit as done:
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        if command in FAST_EXIT and isinstance(done.code, int | None):
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(done.code or 0)
+        raise
 
 
 if __name__ == "__main__":

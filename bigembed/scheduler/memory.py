@@ -24,7 +24,9 @@ from bigembed.errors import BigembedError
 
 FIXED_OVERHEAD = 480 << 20  # measured: ~255 MiB for Python + torch + zarr, plus up to ~220 MiB
 # that the allocator keeps after frees (trim threshold 256 MB, see trainer/allocator.py) and IO buffers
-SLAB_EDGES = 1_000_000  # as bigembed.trainer.bucket.SLAB_EDGES
+# Edges shuffled and trained together (bigembed.trainer.bucket): bounds a bucket's resident copy
+# (about 60 MB with the shuffle's index arrays), so peak memory does not grow with the bucket.
+SLAB_EDGES = 1_000_000
 EDGE_BYTES = 2 * (8 + 8 + 4 + 4)  # lhs, rhs, rel, weight; read, then shuffled
 SLOT_BYTES = 4  # a worker's int32 scratch per row (bigembed.trainer.adagrad.row_slots)
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

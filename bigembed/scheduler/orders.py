@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from bigembed.errors import ConfigError
@@ -90,20 +92,30 @@ def _beta(P: int, c: int, rng: np.random.Generator) -> list[Bucket]:
     return out
 
 
+def _all(P: int) -> list[Bucket]:
+    return [Bucket(i, j) for i in range(P) for j in range(P)]
+
+
+def _random(P: int, rng: np.random.Generator) -> list[Bucket]:
+    buckets = _all(P)
+    return [buckets[i] for i in rng.permutation(len(buckets))]
+
+
+# The bucket orders by name: each gives all P x P buckets once, from (P, rng, buffer capacity).
+ORDERS: dict[str, Callable[[int, np.random.Generator, int], list[Bucket]]] = {
+    "inside_out": lambda P, rng, c: _inside_out(P, rng),
+    "outside_in": lambda P, rng, c: _inside_out(P, rng)[::-1],
+    "beta": lambda P, rng, c: _beta(P, c, rng),
+    "random": lambda P, rng, c: _random(P, rng),
+    "sequential": lambda P, rng, c: _all(P),
+}
+
+
 def order_buckets(P: int, order: str, rng: np.random.Generator, capacity: int = 2) -> list[Bucket]:
     """All P x P buckets, each exactly once, in the named ``order`` (``beta`` plans for a
     buffer of ``capacity`` partitions)."""
-    if order == "beta":
-        return _beta(P, capacity, rng)
-    if order == "inside_out":
-        return _inside_out(P, rng)
-    if order == "outside_in":
-        return _inside_out(P, rng)[::-1]
-    buckets = [Bucket(i, j) for i in range(P) for j in range(P)]
-    if order == "sequential":
-        return buckets
-    if order == "random":
-        return [buckets[i] for i in rng.permutation(len(buckets))]
-    raise ConfigError(
-        f"training.bucket_order: must be one of beta, inside_out, outside_in, random, sequential, got {order!r}"
-    )
+    try:
+        make = ORDERS[order]
+    except KeyError:
+        raise ConfigError(f"training.bucket_order: must be one of {', '.join(ORDERS)}, got {order!r}") from None
+    return make(P, rng, capacity)

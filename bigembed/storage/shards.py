@@ -3,28 +3,99 @@
 A shard is written to a temp folder, fsynced, renamed into place, and its sha256
 (of the array's raw bytes) is returned so the checkpoint manifest can record it.
 Reading verifies that checksum, so a damaged shard is caught, never trained on.
+
+Shards are zarr v3 arrays that any zarr reader opens, in one plain layout: no compression,
+little-endian bytes, chunks of whole rows. That layout is written and read here directly,
+its ``zarr.json`` included (:class:`RawLayout`), without importing zarr, whose import alone
+took 0.5 s of every command's start-up (a fifth of a short training command's fixed cost);
+zarr itself is imported only to read a shard in any other layout (written by another tool).
+This is the only module that knows zarr.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BytesCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.metadata import ArrayV3Metadata
 
 from bigembed.errors import CheckpointError
 from bigembed.storage.atomic import atomic_replace_dir, fsync_tree
 from bigembed.storage.dtypes import BFLOAT16_BITS
 
 CHUNK_BYTES = 8 << 20  # zarr chunk size; bounds the transient IO buffers
+METADATA = "zarr.json"
+# the dtypes a raw layout may hold (bfloat16 rows are stored as their uint16 bits)
+RAW_DTYPES = ("float32", "float16", "float64", "uint16", "int8", "uint8", "int16", "int32", "int64", "uint32",
+              "uint64")
+_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
+
+
+@dataclass(frozen=True)
+class RawLayout:
+    """A shard in :func:`write_shard`'s layout: ``step`` whole rows a chunk, each chunk file the
+    rows' plain little-endian bytes (the last padded to a whole chunk), at zarr's default chunk
+    keys (``c/<i>/0...``)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    step: int
+    every_chunk: bool = True  # every chunk file was written (a missing one is damage)
+    fill_value: float | int = 0
+
+    def chunk_file(self, path: Path, i: int) -> Path:
+        return path.joinpath("c", str(i), *("0",) * (len(self.shape) - 1))
+
+    def metadata(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        """The ``zarr.json`` zarr itself writes for this layout (a test checks they agree)."""
+        return {
+            "shape": list(self.shape),
+            "data_type": self.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [self.step, *self.shape[1:]]}},
+            "chunk_key_encoding": _KEY_ENCODING,
+            "fill_value": float(self.fill_value) if self.dtype.kind == "f" else int(self.fill_value),
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "attributes": attributes,
+            "zarr_format": 3,
+            "node_type": "array",
+            "storage_transformers": [],
+        }
+
+    @classmethod
+    def of(cls, path: Path) -> RawLayout | None:
+        """The layout of the shard at ``path`` from its ``zarr.json``; None when it is another
+        layout (zarr then reads it). A missing or unreadable ``zarr.json`` raises."""
+        meta = json.loads((Path(path) / METADATA).read_text())
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            return None
+        shape, grid, codecs = meta.get("shape"), meta.get("chunk_grid"), meta.get("codecs")
+        name = meta.get("data_type")
+        if (sys.byteorder != "little" or not isinstance(shape, list) or not shape
+                or not all(isinstance(n, int) and n >= 0 for n in shape) or name not in RAW_DTYPES
+                or meta.get("storage_transformers") not in (None, []) or meta.get("chunk_key_encoding") != _KEY_ENCODING
+                or not isinstance(grid, dict) or grid.get("name") != "regular"):
+            return None
+        chunk_shape = (grid.get("configuration") or {}).get("chunk_shape")
+        if (not isinstance(chunk_shape, list) or len(chunk_shape) != len(shape) or chunk_shape[1:] != shape[1:]
+                or not isinstance(chunk_shape[0], int) or chunk_shape[0] < 1):
+            return None
+        dtype = np.dtype(name)
+        little = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        if codecs != little and not (dtype.itemsize == 1 and codecs in ([{"name": "bytes"}],
+                                                                         [{"name": "bytes", "configuration": {}}])):
+            return None
+        fill = meta.get("fill_value", 0)
+        if isinstance(fill, bool) or not isinstance(fill, int | float):
+            return None  # "NaN" and the like: zarr knows what they mean
+        attributes = meta.get("attributes") or {}
+        return cls(tuple(shape), dtype, chunk_shape[0], bool(attributes.get("bigembed_all_chunks", False)), fill)
 
 
 def array_checksum(array: np.ndarray) -> str:
@@ -75,22 +146,15 @@ def write_shard(path: Path, array: np.ndarray, durable: bool = True, checksum: b
     shutil.rmtree(tmp, ignore_errors=True)
     row_bytes = max(1, array.itemsize * (array.size // max(1, array.shape[0])))
     chunks = (min(max(1024, CHUNK_BYTES // row_bytes), max(1, array.shape[0])),) + array.shape[1:]
+    if array.dtype.name not in RAW_DTYPES or array.ndim < 1 or sys.byteorder != "little":
+        raise ValueError(f"{path}: cannot store a {array.dtype} array of shape {array.shape} as a shard")
+    layout = RawLayout(tuple(array.shape), array.dtype, chunks[0])
+    attributes = {"bigembed_all_chunks": True, **({"bigembed_dtype": "bfloat16"} if array.dtype == BFLOAT16_BITS
+                                                  else {})}
     try:
-        z = zarr.create_array(
-            store=str(tmp),
-            shape=array.shape,
-            chunks=chunks,
-            dtype=array.dtype,
-            compressors=None,
-            overwrite=True,
-            attributes={"bigembed_all_chunks": True,
-                        **({"bigembed_dtype": "bfloat16"} if array.dtype == BFLOAT16_BITS else {})},
-        )
-        if _raw_chunks(z):
-            _write_raw(tmp, z, array)
-        else:  # chunk by chunk: a whole-array assignment encodes many chunks at once
-            for start in range(0, array.shape[0], chunks[0]):
-                z[start : start + chunks[0]] = array[start : start + chunks[0]]
+        tmp.mkdir(parents=True)
+        (tmp / METADATA).write_text(json.dumps(layout.metadata(attributes), indent=2))
+        _write_raw(tmp, layout, array)
         if durable:
             fsync_tree(tmp)
         atomic_replace_dir(tmp, path)
@@ -105,17 +169,17 @@ def shard_checksum(path: Path, shape: tuple[int, ...]) -> str:
     computed from its files a chunk at a time (no whole copy of the array in memory)."""
     path = Path(path)
     try:
-        z = zarr.open_array(str(path), mode="r")
+        z = RawLayout.of(path)
+        if z is None:
+            return array_checksum(read_shard(path, None, shape))
         if tuple(z.shape) != tuple(shape):
             raise CheckpointError(f"{path}: shard has shape {z.shape}, expected {shape}")
-        if not _raw_chunks(z):
-            return array_checksum(read_shard(path, None, shape))
         digest = hashlib.sha256()
-        step = z.chunks[0]
+        step = z.step
         row_bytes = z.dtype.itemsize * int(np.prod(z.shape[1:], dtype=np.int64))
         for i, start in enumerate(range(0, z.shape[0], step)):
             want = (min(start + step, z.shape[0]) - start) * row_bytes
-            with open(path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)), "rb") as f:
+            with open(z.chunk_file(path, i), "rb") as f:
                 data = f.read(want)
             if len(data) != want:
                 raise ValueError(f"chunk {i} is short")
@@ -123,7 +187,7 @@ def shard_checksum(path: Path, shape: tuple[int, ...]) -> str:
         return digest.hexdigest()
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged store
+    except Exception as exc:  # noqa: BLE001 - a damaged store raises many types
         raise CheckpointError(f"{path}: shard is missing or damaged ({type(exc).__name__}: {exc})") from None
 
 
@@ -140,17 +204,17 @@ def overwrite_shard(path: Path, array: np.ndarray, checksum: bool = True) -> tup
     path = Path(path)
     array = np.ascontiguousarray(array)
     try:
-        z = zarr.open_array(str(path), mode="r")
+        z = RawLayout.of(path)
     except Exception:  # noqa: BLE001 - no readable shard there: the caller writes a fresh one
         return False, None
-    if not _raw_chunks(z) or tuple(z.shape) != tuple(array.shape) or z.dtype != array.dtype:
+    if z is None or not z.every_chunk or tuple(z.shape) != tuple(array.shape) or z.dtype != array.dtype:
         return False, None
-    step = z.chunks[0]
+    step = z.step
     digest = _Checksum(array if checksum else None)
     try:
         for i, start in enumerate(range(0, array.shape[0], step)):
             data = array[start : start + step].reshape(-1).view(np.uint8).data
-            with open(path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)), "r+b") as f:
+            with open(z.chunk_file(path, i), "r+b") as f:
                 f.write(data)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write shard ({exc.strerror or exc})") from None
@@ -165,37 +229,21 @@ def sync_shard(path: Path) -> None:
         raise CheckpointError(f"{path}: cannot sync shard ({exc.strerror or exc})") from None
 
 
-def _raw_chunks(z: zarr.Array) -> bool:
-    """Whether ``z``'s chunks are stored as the plain little-endian bytes of whole rows
-    (what :func:`write_shard` writes), so they can be read straight from their files."""
-    m = z.metadata
-    return (
-        isinstance(m, ArrayV3Metadata)
-        and len(m.codecs) == 1
-        and isinstance(m.codecs[0], BytesCodec)
-        and (z.dtype.itemsize == 1 or m.codecs[0].endian == Endian.little)
-        and sys.byteorder == "little"
-        and z.ndim >= 1
-        and tuple(z.chunks[1:]) == tuple(z.shape[1:])
-    )
-
-
-def _read_raw(path: Path, z: zarr.Array, out: np.ndarray | None = None) -> np.ndarray:
+def _read_raw(path: Path, z: RawLayout, out: np.ndarray | None = None) -> np.ndarray:
     """Read every chunk file into one array (``out`` where it has the shard's shape and dtype
     and is contiguous): no intermediate copies and no per-chunk overhead (zarr's own
     chunk-by-chunk read is about 5x slower for a 256 MB shard)."""
     fits = (out is not None and tuple(out.shape) == tuple(z.shape) and out.dtype == z.dtype
             and out.flags.c_contiguous and out.flags.writeable)
     array = out if fits and out is not None else np.empty(z.shape, dtype=z.dtype)
-    step = z.chunks[0]
-    every_chunk = bool(z.attrs.get("bigembed_all_chunks", False))
+    step = z.step
     for i, start in enumerate(range(0, z.shape[0], step)):
         rows = array[start : start + step]
         target = rows.reshape(-1).view(np.uint8).data  # a writable memoryview of the rows
         try:
-            f = open(path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)), "rb")
+            f = open(z.chunk_file(path, i), "rb")
         except FileNotFoundError:
-            if every_chunk:  # :func:`_write_raw` wrote it: its absence is damage (or a deleted
+            if z.every_chunk:  # :func:`_write_raw` wrote it: its absence is damage (or a deleted
                 raise  # version), never rows of the fill value
             rows.fill(z.fill_value)  # zarr itself leaves out a chunk that is all fill value
             continue
@@ -205,15 +253,15 @@ def _read_raw(path: Path, z: zarr.Array, out: np.ndarray | None = None) -> np.nd
     return array
 
 
-def _write_raw(path: Path, z: zarr.Array, array: np.ndarray) -> None:
+def _write_raw(path: Path, z: RawLayout, array: np.ndarray) -> None:
     """Write each chunk's rows as its file, as zarr would with no compression (the last
     chunk padded to the full chunk shape), without zarr's per-chunk encoding (about 10x
     the time of the write itself for a 256 MB shard)."""
-    step = z.chunks[0]
+    step = z.step
     chunk_bytes = step * array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
     for i, start in enumerate(range(0, array.shape[0], step)):
         data = array[start : start + step].reshape(-1).view(np.uint8).data
-        file = path / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1))
+        file = z.chunk_file(path, i)
         file.parent.mkdir(parents=True, exist_ok=True)
         with open(file, "wb") as f:
             f.write(data)
@@ -227,18 +275,25 @@ def read_shard(path: Path, checksum: str | None, shape: tuple[int, ...], out: np
     faulting in a fresh one (an array that does not fit is left as it is)."""
     path = Path(path)
     try:
-        z = zarr.open_array(str(path), mode="r")
-        if _raw_chunks(z):
-            array = _read_raw(path, z, out)
-        else:  # another layout (e.g. written by another tool): zarr decodes it, chunk by chunk
-            array = np.empty(z.shape, dtype=z.dtype)
-            step = z.chunks[0] if z.ndim else 1
-            for start in range(0, z.shape[0] if z.ndim else 0, step):
-                array[start : start + step] = z[start : start + step]
-    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged store
+        raw = RawLayout.of(path)
+        array = _read_raw(path, raw, out) if raw is not None else _read_with_zarr(path)
+    except Exception as exc:  # noqa: BLE001 - zarr (or a damaged file) raises many types
         raise CheckpointError(f"{path}: shard is missing or damaged ({type(exc).__name__}: {exc})") from None
     if tuple(array.shape) != tuple(shape):
         raise CheckpointError(f"{path}: shard has shape {array.shape}, expected {shape}")
     if checksum is not None and array_checksum(array) != checksum:
         raise CheckpointError(f"{path}: shard checksum mismatch (the file is damaged)")
+    return array
+
+
+def _read_with_zarr(path: Path) -> np.ndarray:
+    """A shard in another layout (written by another tool, or compressed): zarr decodes it,
+    chunk by chunk."""
+    import zarr  # only here: its import costs every command 0.5 s of start-up
+
+    z = zarr.open_array(str(path), mode="r")
+    array = np.empty(z.shape, dtype=z.dtype)
+    step = z.chunks[0] if z.ndim else 1
+    for start in range(0, z.shape[0] if z.ndim else 0, step):
+        array[start : start + step] = z[start : start + step]
     return array

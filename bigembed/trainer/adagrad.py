@@ -11,7 +11,7 @@ from torch import Tensor
 from bigembed.trainer import native
 from bigembed.trainer.kernels import fused_clip_rows_, fused_row_adagrad
 
-EPS = 1e-10
+EPS = 1e-10  # Adagrad's epsilon, for every kernel (the TorchScript and C ones take it as an argument)
 
 _scratch = threading.local()
 
@@ -75,9 +75,9 @@ def row_adagrad_(table: Tensor, state: Tensor, index: Tensor | Sequence[Tensor],
         else:
             g = grads[0].clone(memory_format=torch.contiguous_format)
         native.row_adagrad(lib, table, state, slots, flat.long().contiguous(), g.reshape(flat.shape[0], -1), lr,
-                           max_norm)
+                           max_norm, EPS)
         return
-    fused_row_adagrad(table, state, slots, indices, grads, lr, max_norm, consume)
+    fused_row_adagrad(table, state, slots, indices, grads, lr, max_norm, consume, EPS)
 
 
 def dense_row_adagrad_(table: Tensor, state: Tensor, grad: Tensor, lr: float, max_norm: float = 0.0) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
+from bigembed.scheduler.memory import SLAB_EDGES  # edges shuffled and trained together
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer import native
 from bigembed.trainer.batch import Model, mixes_with_params
@@ -21,9 +22,6 @@ from bigembed.trainer.fused import reset_kernel_choice
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 from bigembed.trainer.step import train_batch
-
-SLAB_EDGES = 1_000_000  # edges shuffled together; bounds the bucket's resident copy (about 60 MB with
-# the shuffle's index arrays), so peak memory does not grow with the bucket beyond this
 
 
 @dataclass(frozen=True)

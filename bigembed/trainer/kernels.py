@@ -268,7 +268,7 @@ def wide_score_gradients(kind: int, margin: float, W: Tensor, weight: Tensor, ch
 
 
 def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor], grads: list[Tensor], lr: float,
-                max_norm: float, overwrite: bool = False) -> None:
+                max_norm: float, overwrite: bool = False, eps: float = 1e-10) -> None:
     """Row-wise (``state``: (n,)) or per-coordinate (``state``: (n, dim)) Adagrad on the rows
     ``indices`` of ``table``, from ``grads``; both lists of pieces read as their concatenation.
     A half-precision ``table`` is updated in float32 and rounded to nearest.
@@ -315,7 +315,7 @@ def row_adagrad(table: Tensor, state: Tensor, slot: Tensor, indices: list[Tensor
     square = g.square() if state.dim() == 2 else torch.linalg.vector_norm(g, dim=1).square_().div_(g.shape[1])
     own = state.index_select(0, flat).add_(square)
     state.index_add_(0, flat, square)
-    step = own.sqrt_().add_(1e-10).reciprocal_().mul_(-lr)
+    step = own.sqrt_().add_(eps).reciprocal_().mul_(-lr)
     update = g.mul_(step if state.dim() == 2 else step.unsqueeze(1))
     if table.dtype == update.dtype:
         table.index_add_(0, flat, update)

@@ -290,7 +290,11 @@ COMPARATORS: dict[str, Callable[[], Comparator]] = {
     "l2": L2Comparator,
     "squared_l2": SquaredL2Comparator,
 }
-LOSSES = ("ranking", "logistic", "softmax")
+LOSSES: dict[str, Callable[[float], Loss]] = {  # each made from the margin (only ranking uses it)
+    "ranking": RankingLoss,
+    "logistic": lambda margin: LogisticLoss(),
+    "softmax": lambda margin: SoftmaxLoss(),
+}
 
 
 def make_operator(name: str, key: str = "model.operator") -> Operator:
@@ -308,13 +312,10 @@ def make_comparator(name: str) -> Comparator:
 
 
 def make_loss(name: str, margin: float) -> Loss:
-    if name == "ranking":
-        return RankingLoss(margin)
-    if name == "logistic":
-        return LogisticLoss()
-    if name == "softmax":
-        return SoftmaxLoss()
-    raise ConfigError(f"model.loss: must be one of {', '.join(LOSSES)}, got {name!r}")
+    try:
+        return LOSSES[name](margin)
+    except KeyError:
+        raise ConfigError(f"model.loss: must be one of {', '.join(LOSSES)}, got {name!r}") from None
 
 
 def param_size(shape: tuple[int, ...] | None) -> int:

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t bigembed_native_abi(void) { return 3; }
+int64_t bigembed_native_abi(void) { return 4; }
 
 static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t d) {
     for (int64_t t = 0; t < d; t++) y[t] += a * x[t];
@@ -133,7 +133,7 @@ static inline void prefetch_row(const float *row, int64_t d) {
 }
 
 void bigembed_row_adagrad(int64_t m, int64_t d, const int64_t *idx, float *g, float *table, float *state,
-                          int32_t *slot, float lr, float max_norm) {
+                          int32_t *slot, float lr, float max_norm, float eps) {
     for (int64_t p = 0; p < m; p++) slot[idx[p]] = (int32_t)p;
     for (int64_t p = 0; p < m; p++) {
         if (p + PREFETCH_AHEAD < m) {
@@ -150,7 +150,7 @@ void bigembed_row_adagrad(int64_t m, int64_t d, const int64_t *idx, float *g, fl
         }
         const float s = state[r] + sum_squares(gp, d) / (float)d;
         state[r] = s;
-        const float step = -lr * (1.0f / (sqrtf(s) + 1e-10f));
+        const float step = -lr * (1.0f / (sqrtf(s) + eps));
         float *row = table + r * d;
         axpy(row, gp, step, d);
         if (max_norm > 0.0f) {

@@ -32,7 +32,7 @@ from bigembed import cbuild
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 3
+ABI = 4
 _SOURCE = cbuild.CSource(SOURCE, "native", ABI, log, "training uses the TorchScript kernels")
 
 class _Resolve:
@@ -72,7 +72,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, ptr, ctypes.POINTER(i64)]
     fn.restype = ctypes.c_double
     ada = lib.bigembed_row_adagrad
-    ada.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float]
+    ada.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, ctypes.c_float]
     ada.restype = None
     lib.bigembed_gather.argtypes = [i64, i64, ptr, ptr, ptr]
     lib.bigembed_gather.restype = None
@@ -169,7 +169,7 @@ def gather(lib: ctypes.CDLL, out: Tensor, table: Tensor, index: Tensor) -> None:
 
 
 def row_adagrad(lib: ctypes.CDLL, table: Tensor, state: Tensor, slot: Tensor, index: Tensor, grad: Tensor,
-                lr: float, max_norm: float) -> None:
+                lr: float, max_norm: float, eps: float) -> None:
     """Row-wise Adagrad (``state``: (n,)) on ``table[index]`` from ``grad``, which it overwrites;
     as :func:`~bigembed.trainer.kernels.row_adagrad` up to float rounding. All contiguous:
     ``table`` (n, dim) and ``grad`` (k, dim) float32, ``index`` (k,) int64 in ``[0, n)``,
@@ -185,4 +185,4 @@ def row_adagrad(lib: ctypes.CDLL, table: Tensor, state: Tensor, slot: Tensor, in
                          f"grad {tuple(grad.shape)}, {k} ids, {slot.shape[0]} slots")
     _check_ids(index, n)
     lib.bigembed_row_adagrad(k, d, index.data_ptr(), grad.data_ptr(), table.data_ptr(), state.data_ptr(),
-                             slot.data_ptr(), lr, max_norm)
+                             slot.data_ptr(), lr, max_norm, eps)

@@ -258,3 +258,26 @@ def test_eval_and_export_pick_a_version(trained, tmp_path):
                                                                         emb_key("node", 0))[:2])
     layout = json.loads((out / "relations.json").read_text())["relations"]
     assert [r["name"] for r in layout] == ["r0", "r1", "r2", "r0 (inverse)", "r1 (inverse)", "r2 (inverse)"]
+
+
+def test_commands_that_end_the_process_at_once_still_flush_everything_and_keep_their_exit_codes(tmp_path):
+    """train, eval and export leave with os._exit (skipping 0.3 s of module teardown): their
+    output must still all arrive through pipes, and their exit codes stay 0 and 1."""
+    write_tiny_graph(tmp_path / "e.tsv", edges=300)
+    bigembed = [sys.executable, "-m", "bigembed"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*bigembed, *args], capture_output=True, text=True, timeout=300)
+
+    assert run("import", str(tmp_path / "e.tsv"), "--split", f"test={tmp_path / 'e.tsv'}", "-o",
+               str(tmp_path / "d"), "--no-progress").returncode == 0
+    done = run("train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "8", "--epochs", "2",
+               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.rstrip().endswith("done: v2, 2 epoch(s) trained")
+    assert (tmp_path / "run" / "CURRENT").read_text().strip() == "v2"
+    assert sum('"bucket_index"' in line for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()) == 2
+    ev = run("eval", str(tmp_path / "run"), str(tmp_path / "d"), "--split", "test", "--no-progress", "--json", "-")
+    assert ev.returncode == 0 and json.loads(ev.stdout)["split"] == "test"
+    refused = run("train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "6", "--no-progress")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "model.dim" in refused.stderr

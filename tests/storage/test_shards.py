@@ -179,3 +179,40 @@ def test_all_finite_finds_one_bad_value_in_any_storage_dtype(dtype, bad):
     assert all_finite(to_numpy(table))
     table[137, 5] = bad
     assert not all_finite(to_numpy(table))
+
+
+@pytest.mark.parametrize("shape, dtype", [((3000, 7), np.float32), ((5000,), np.float32), ((300, 4), np.float16),
+                                          ((300, 4), np.uint16), ((0, 8), np.float32), ((1, 1), np.int64)])
+def test_the_zarr_json_bigembed_writes_is_the_one_zarr_writes_and_zarr_reads_the_shard(tmp_path, shape, dtype):
+    """Shards are written without zarr: their metadata must be what zarr itself writes for the
+    same array (so any zarr reader opens them), and zarr must read back the same values."""
+    import json
+
+    from bigembed.storage.shards import RawLayout
+
+    array = (np.arange(int(np.prod(shape))) % 251 + 1).astype(dtype).reshape(shape)  # no chunk all fill value
+    write_shard(tmp_path / "ours", array)
+    ours = RawLayout.of(tmp_path / "ours")
+    z = zarr.create_array(store=str(tmp_path / "theirs"), shape=shape, chunks=(ours.step, *shape[1:]),
+                          dtype=array.dtype, compressors=None,
+                          attributes={"bigembed_all_chunks": True,
+                                      **({"bigembed_dtype": "bfloat16"} if dtype == np.uint16 else {})})
+    mine = json.loads((tmp_path / "ours" / "zarr.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "zarr.json").read_text())
+    assert mine == theirs
+    assert RawLayout.of(tmp_path / "theirs") == ours  # and zarr's own is read the fast way
+    assert np.array_equal(zarr.open_array(str(tmp_path / "ours"), mode="r")[...], array)
+    if shape[0]:
+        z[...] = array  # zarr's chunk files, byte for byte as ours
+        assert np.array_equal(read_shard(tmp_path / "theirs", array_checksum(array), shape), array)
+
+
+def test_training_and_evaluation_do_not_import_zarr():
+    """Its import cost every command 0.5 s: only a shard in a foreign layout needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bigembed.training, bigembed.evaluation.ranking, bigembed.export.writers, "
+            "bigembed.cli.main; print('zarr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -261,7 +261,7 @@ def test_native_row_adagrad_steps_as_the_torchscript_kernel(max_norm, monkeypatc
     index = torch.cat([torch.randperm(60, generator=gen)[:30], torch.tensor([3, 3, 17, 40, 3])])
     grad = torch.randn(index.shape[0], 8, generator=gen) * 2
     t1, s1, t2, s2 = table.clone(), state.clone(), table.clone(), state.clone()
-    native.row_adagrad(lib, t1, s1, row_slots(60), index, grad.clone(), 0.3, max_norm)
+    native.row_adagrad(lib, t1, s1, row_slots(60), index, grad.clone(), 0.3, max_norm, 1e-10)
     kernels.row_adagrad(t2, s2, row_slots(60), [index], [grad.clone()], 0.3, max_norm)
     assert torch.allclose(t1, t2, atol=1e-6) and torch.allclose(s1, s2, atol=1e-6)
     untouched = torch.ones(60, dtype=torch.bool)
@@ -293,12 +293,13 @@ def test_native_gather_and_adagrad_refuse_ids_outside_the_table():
             native.gather(lib, out, table, bad)
         before = table.clone()
         with pytest.raises(IndexError, match=r"\[0, 10\)"):
-            native.row_adagrad(lib, table, state, row_slots(10), bad, torch.randn(3, 4), 0.1, 0.0)
+            native.row_adagrad(lib, table, state, row_slots(10), bad, torch.randn(3, 4), 0.1, 0.0, 1e-10)
         assert torch.equal(table, before)
     with pytest.raises(ValueError, match="float32"):
         native.gather(lib, out, table.double(), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="shapes"):
-        native.row_adagrad(lib, table, state, row_slots(10), torch.tensor([1, 2]), torch.randn(3, 4), 0.1, 0.0)
+        native.row_adagrad(lib, table, state, row_slots(10), torch.tensor([1, 2]), torch.randn(3, 4), 0.1, 0.0,
+                           1e-10)
 
 
 def test_the_kernels_are_looked_up_once_per_training_not_per_batch(tmp_path, monkeypatch):
