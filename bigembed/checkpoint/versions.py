@@ -27,7 +27,7 @@ import numpy as np
 
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
-from bigembed.storage.shards import overwrite_shard, read_shard, shard_checksum, sync_shard, write_shard
+from bigembed.storage.shards import LOCAL_SHARDS, ShardStore
 
 CHECKPOINT_FORMAT = "bigembed-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -172,11 +172,12 @@ def shard_location(run_dir: Path, manifest: VersionManifest, key: str) -> Path:
     return Path(run_dir) / entry["path"]
 
 
-def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str, out: np.ndarray | None = None) -> np.ndarray:
+def read_shard_of(run_dir: Path, manifest: VersionManifest, key: str, out: np.ndarray | None = None,
+                  store: ShardStore = LOCAL_SHARDS) -> np.ndarray:
     """Read and verify one shard listed in ``manifest`` (into ``out`` where it fits)."""
     where = shard_location(run_dir, manifest, key)
     entry = manifest.shards[key]
-    return read_shard(where, entry["sha256"], tuple(entry["shape"]), out)
+    return store.read(where, entry["sha256"], tuple(entry["shape"]), out)
 
 
 def verify_version(run_dir: Path, manifest: VersionManifest) -> None:
@@ -269,8 +270,9 @@ class VersionWriter:
     """
 
     def __init__(self, run_dir: Path, base: VersionManifest | None, version: int,
-                 trusted: set[str] | None = None) -> None:
+                 trusted: set[str] | None = None, store: ShardStore = LOCAL_SHARDS) -> None:
         self.run_dir = Path(run_dir)
+        self.store = store  # where the shards are kept (:class:`~bigembed.storage.shards.ShardStore`)
         self.base = base
         self.version = version
         self.folder = version_dir(run_dir, version)
@@ -283,10 +285,10 @@ class VersionWriter:
         """The writer of the version after ``committed`` (what :meth:`commit` returned),
         trusting what this one trusted and wrote."""
         return VersionWriter(self.run_dir, committed, committed.version + 1,
-                             self.trusted | {entry["path"] for entry in self.written.values()})
+                             self.trusted | {entry["path"] for entry in self.written.values()}, self.store)
 
     def shard_path(self, key: str) -> Path:
-        return self.folder / (key.replace("/", "_") + ".zarr")
+        return self.folder / (key.replace("/", "_") + self.store.suffix)
 
     def write(self, key: str, array: np.ndarray, hash_now: bool = True) -> None:
         """Stage ``key``; it is made durable at :meth:`commit` (a partition evicted and
@@ -294,15 +296,15 @@ class VersionWriter:
         the checksum to :meth:`commit`, which then hashes only the last copy written (a
         partition evicted four times an epoch is hashed once; the hashing was CPU time
         taken from training on a 2-core machine). A key staged again is rewritten in place
-        (:func:`~bigembed.storage.shards.overwrite_shard`): no committed version refers to
+        (:meth:`~bigembed.storage.shards.ShardStore.overwrite`): no committed version refers to
         it, and an interrupted session's staged version is deleted when the run resumes."""
         path = self.shard_path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
         done = False
         if key in self.written:  # staged before in this version, referenced by nothing yet: rewrite in place
-            done, checksum = overwrite_shard(path, array, checksum=hash_now)
+            done, checksum = self.store.overwrite(path, array, checksum=hash_now)
         if not done:
-            checksum = write_shard(path, array, durable=False, checksum=hash_now)
+            checksum = self.store.write(path, array, durable=False, checksum=hash_now)
         self.written[key] = {
             "path": str(path.relative_to(self.run_dir)),
             "sha256": checksum,
@@ -311,22 +313,22 @@ class VersionWriter:
 
     def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
         """The newest copy of ``key``: staged here, else the base version's (read into ``out``
-        where it fits, see :func:`~bigembed.storage.shards.read_shard`)."""
+        where it fits, see :meth:`~bigembed.storage.shards.ShardStore.read`)."""
         if key in self.written:  # staged by this writer: hashed as it was written, so not again
             # (the checksum in the manifest still guards it from the next session on)
             entry = self.written[key]
-            return read_shard(self.run_dir / entry["path"], None, tuple(entry["shape"]), out)
+            return self.store.read(self.run_dir / entry["path"], None, tuple(entry["shape"]), out)
         if self.base is None:
             raise CheckpointError(f"no shard {key!r} staged and no base version")
         known = self.base.shards.get(key)
         if known is not None and known["path"] in self.trusted:
-            return read_shard(self.run_dir / known["path"], None, tuple(known["shape"]), out)
-        return read_shard_of(self.run_dir, self.base, key, out)
+            return self.store.read(self.run_dir / known["path"], None, tuple(known["shape"]), out)
+        return read_shard_of(self.run_dir, self.base, key, out, self.store)
 
     def commit(self, position: Position, extra: dict[str, Any]) -> VersionManifest:
         for entry in self.written.values():
             if entry["sha256"] is None:  # staged with hash_now=False: hash the copy that stays
-                entry["sha256"] = shard_checksum(self.run_dir / entry["path"], tuple(entry["shape"]))
+                entry["sha256"] = self.store.checksum(self.run_dir / entry["path"], tuple(entry["shape"]))
         shards = dict(self.base.shards) if self.base else {}
         shards.update(self.written)
         manifest = VersionManifest(
@@ -338,7 +340,7 @@ class VersionWriter:
         )
         self.folder.mkdir(parents=True, exist_ok=True)
         for entry in self.written.values():
-            sync_shard(self.run_dir / entry["path"])
+            self.store.sync(self.run_dir / entry["path"])
         atomic_write_json(self.folder / "manifest.json", manifest.to_json())
         fsync_dir(self.folder.parent)
         atomic_write_bytes(self.run_dir / "CURRENT", f"v{self.version}\n".encode())

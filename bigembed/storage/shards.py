@@ -22,7 +22,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -297,3 +297,64 @@ def _read_with_zarr(path: Path) -> np.ndarray:
     for start in range(0, z.shape[0] if z.ndim else 0, step):
         array[start : start + step] = z[start : start + step]
     return array
+
+
+class ShardStore(Protocol):
+    """Where a RUN's shards are kept, as the checkpoint code sees it
+    (:class:`~bigembed.checkpoint.versions.VersionWriter`): the one interface in front of
+    the storage format, so another backend (shared storage for several machines, an object
+    store) is a class of its own and nothing else changes. Paths are the shard paths inside
+    the RUN that the manifests record. Every implementation must pass the contract in
+    tests/storage/test_shard_store.py."""
+
+    suffix: str  # of a shard's path (".zarr")
+
+    def write(self, path: Path, array: np.ndarray, durable: bool = True, checksum: bool = True) -> str | None:
+        """Write ``array`` whole at ``path`` (atomically: an old shard there stays until the new
+        one is complete); its sha256 (None with ``checksum=False``). ``durable=False``: the
+        caller calls :meth:`sync` before anything refers to it."""
+        ...
+
+    def overwrite(self, path: Path, array: np.ndarray, checksum: bool = True) -> tuple[bool, str | None]:
+        """Rewrite a shard nothing refers to yet in place, if it has ``array``'s shape and
+        dtype; ``(False, None)`` when it cannot (then :meth:`write`)."""
+        ...
+
+    def read(self, path: Path, checksum: str | None, shape: tuple[int, ...],
+             out: np.ndarray | None = None) -> np.ndarray:
+        """The shard, verified against ``shape`` and ``checksum`` (when given): a
+        :class:`~bigembed.errors.CheckpointError` naming ``path`` otherwise."""
+        ...
+
+    def checksum(self, path: Path, shape: tuple[int, ...]) -> str:
+        """What :meth:`write` would have returned, from the stored bytes."""
+        ...
+
+    def sync(self, path: Path) -> None:
+        """Make a shard written with ``durable=False`` durable."""
+        ...
+
+
+class LocalShards:
+    """Shards as zarr arrays in the RUN's folder on a local (or shared POSIX) filesystem."""
+
+    suffix = ".zarr"
+
+    def write(self, path: Path, array: np.ndarray, durable: bool = True, checksum: bool = True) -> str | None:
+        return write_shard(path, array, durable, checksum)
+
+    def overwrite(self, path: Path, array: np.ndarray, checksum: bool = True) -> tuple[bool, str | None]:
+        return overwrite_shard(path, array, checksum)
+
+    def read(self, path: Path, checksum: str | None, shape: tuple[int, ...],
+             out: np.ndarray | None = None) -> np.ndarray:
+        return read_shard(path, checksum, shape, out)
+
+    def checksum(self, path: Path, shape: tuple[int, ...]) -> str:
+        return shard_checksum(path, shape)
+
+    def sync(self, path: Path) -> None:
+        sync_shard(path)
+
+
+LOCAL_SHARDS: ShardStore = LocalShards()
