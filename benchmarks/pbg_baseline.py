@@ -88,7 +88,7 @@ from bigembed.evaluation.ranking import rank_split
 from bigembed.evaluation.scoring import direction
 from bigembed.export.writers import partition_names
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
-from bigembed.trainer.batch import Model
+from bigembed.trainer import Model
 from bigembed.trainer.relations import RelationState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -55,14 +55,13 @@ from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer, order_buckets
-from bigembed.scheduler.memory import MemoryModel, choose_buffer
+from bigembed.scheduler.memory import MemoryModel, choose_buffer, resolve_workers
 from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.dtypes import all_finite, dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
 from bigembed.storage.edges import Bucket, EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, Model, PartitionState, RelationState, bucket_seed, initial_params, native
 from bigembed.trainer.allocator import keep_freed_buffers
-from bigembed.trainer.bucket import resolve_workers
 from bigembed.trainer.device import training_device
 
 Log = Callable[[str], None]
@@ -160,7 +159,6 @@ class _Session:
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
         self.last_commit_seconds = 0.0  # how long the last commit took (checkpoint.max_commit_share)
-        self.flushing = False  # True while commit writes the resident partitions back
         self._spare: np.ndarray | None = None  # an evicted partition's rows, for the next load to reuse
         self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
         self.evals = read_evals(run_dir)
@@ -187,10 +185,10 @@ class _Session:
         ranges = tuple(self.data.type_ranges(p)) if self.data.typed else None
         return PartitionState(from_numpy(emb).to(self.device), torch.from_numpy(ada).to(self.device), ranges)
 
-    def _store(self, p: int, state: PartitionState) -> None:
+    def _store(self, p: int, state: PartitionState, evicted: bool) -> None:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
-        write = functools.partial(self.writer.write, hash_now=self.flushing)
+        write = functools.partial(self.writer.write, hash_now=not evicted)
         rows = to_numpy(state.emb.cpu())  # no copy on the CPU
         if not all_finite(rows):  # a backstop: the loss check after each slab catches most divergence first
             raise TrainingDivergedError(
@@ -199,7 +197,7 @@ class _Session:
         write_partition(write, self.data, p, rows, emb_key)
         write_partition(write, self.data, p, state.adagrad.cpu().numpy(), adagrad_key)
         # evicted: nothing reads these host rows now (on a GPU they are a fresh copy, not reused)
-        if not self.flushing and len(self.data.entity_types) == 1 and self.device.type == "cpu":
+        if evicted and len(self.data.entity_types) == 1 and self.device.type == "cpu":
             self._spare = rows
 
     def _load_relations(self) -> RelationState:
@@ -222,11 +220,7 @@ class _Session:
         """Commit what is trained so far as ``position``. ``in_use``: partitions a bucket in
         progress goes on training after the commit (written now, and dirty again after)."""
         started = time.monotonic()
-        self.flushing = True
-        try:
-            self.buffer.flush()  # waits for a background write-back first
-        finally:
-            self.flushing = False
+        self.buffer.flush()  # waits for a background write-back first
         self.buffer.mark_dirty(in_use)
         if self.relations.params.numel():
             if not bool(torch.isfinite(self.relations.params).all()):

@@ -31,8 +31,7 @@ from bigembed.evaluation.metrics import RankAccumulator, combine_directions
 from bigembed.evaluation.scoring import Direction, direction
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.edges import Bucket, read_edges
-from bigembed.trainer.batch import Model
-from bigembed.trainer.relations import RelationState
+from bigembed.trainer import Model, RelationState
 
 QUERY_BLOCK = 512  # queries scored together
 SCORE_ELEMENTS = 1 << 24  # bound on one (queries x candidates) score slice

@@ -7,10 +7,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bigembed.checkpoint import VersionManifest, read_current, read_manifest
-from bigembed.checkpoint.pins import pin_version
-from bigembed.checkpoint.run import check_same_data, read_evals, read_run_config
-from bigembed.checkpoint.versions import check_position, committed_versions
+from bigembed.checkpoint import (
+    VersionManifest,
+    check_position,
+    check_same_data,
+    committed_versions,
+    pin_version,
+    read_current,
+    read_evals,
+    read_manifest,
+    read_run_config,
+)
 from bigembed.config import Config, build_config, flatten
 from bigembed.errors import BigembedError, CheckpointError
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest

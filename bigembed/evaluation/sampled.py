@@ -22,7 +22,7 @@ from bigembed.evaluation.ranking import load_checkpoint_model
 from bigembed.evaluation.scoring import direction
 from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.edges import Bucket, read_edges
-from bigembed.trainer.bucket import plan_batches
+from bigembed.trainer import plan_batches
 
 EVAL_BATCH = 1000
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from bigembed.trainer.batch import Model
-from bigembed.trainer.relations import RelationState
+from bigembed.trainer import Model, RelationState
 
 
 @dataclass(frozen=True)

@@ -346,9 +346,8 @@ def plan_import(spec: ImportSpec, progress: Progress | None = None) -> Partition
 
 def _partitions_for_budget(spec: ImportSpec, num_nodes: int, num_edges: int) -> int:
     from bigembed.config import TrainingConfig
-    from bigembed.scheduler.memory import MemoryModel, human, partitions_for
+    from bigembed.scheduler.memory import MemoryModel, human, partitions_for, resolve_workers
     from bigembed.storage.dtypes import itemsize
-    from bigembed.trainer.bucket import resolve_workers
 
     assert spec.memory is not None
     model = MemoryModel(spec.memory_dim, itemsize=itemsize(spec.memory_dtype),

@@ -14,8 +14,9 @@ T = TypeVar("T")
 class PartitionBuffer(Generic[T]):
     """Holds at most ``capacity`` partitions, loading and writing back through callbacks.
 
-    ``load(p)`` returns a partition's in-memory value; ``store(p, value)`` writes
-    back a partition that was marked dirty. When the buffer is full it evicts,
+    ``load(p)`` returns a partition's in-memory value; ``store(p, value, evicted)`` writes
+    back a partition that was marked dirty (``evicted``: it leaves the buffer, else a
+    :meth:`flush` writes it and it stays). When the buffer is full it evicts,
     among the partitions not requested, the one needed furthest in the future
     (Belady's rule; ``upcoming`` lists the partitions of the buckets still to
     come), or, when the future is not given, the least recently used.
@@ -26,7 +27,7 @@ class PartitionBuffer(Generic[T]):
     it to finish, so callers never see a half-done swap.
     """
 
-    def __init__(self, capacity: int, load: Callable[[int], T], store: Callable[[int, T], None]) -> None:
+    def __init__(self, capacity: int, load: Callable[[int], T], store: Callable[[int, T, bool], None]) -> None:
         if capacity < 2:
             raise BigembedError(f"partition buffer capacity must be >= 2, got {capacity}")
         self.capacity = capacity
@@ -146,7 +147,7 @@ class PartitionBuffer(Generic[T]):
     def evict(self, partition: int) -> None:
         value = self._items.pop(partition)
         if partition in self._dirty:
-            self._store(partition, value)
+            self._store(partition, value, True)
             self._dirty.discard(partition)
 
     def flush(self) -> list[int]:
@@ -154,7 +155,7 @@ class PartitionBuffer(Generic[T]):
         self.wait()
         written = sorted(self._dirty)
         for p in written:
-            self._store(p, self._items[p])
+            self._store(p, self._items[p], False)
         self._dirty.clear()
         return written
 

@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from bigembed.config import TrainingConfig
 from bigembed.errors import BigembedError
 
 FIXED_OVERHEAD = 480 << 20  # measured: ~255 MiB for Python + torch + zarr, plus up to ~220 MiB
@@ -38,6 +39,15 @@ def parse_bytes(text: str) -> int:
     if not m:
         raise BigembedError(f"--memory: expected a size such as 8G, 512M or 1.5GiB, got {text!r}")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def resolve_workers(config: TrainingConfig) -> int:
+    """Hogwild worker threads a run uses (``training.workers``, 0: one per core, at most 8)."""
+    if config.deterministic:
+        return 1
+    if config.workers > 0:
+        return config.workers
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def human(n: float) -> str:

@@ -3,8 +3,8 @@
 It works on tensors handed to it and never touches files.
 """
 
-from bigembed.trainer.batch import Model
-from bigembed.trainer.bucket import BucketStats, BucketTrainer, bucket_seed
+from bigembed.trainer.bucket import BucketStats, BucketTrainer, bucket_seed, plan_batches
+from bigembed.trainer.model import Model
 from bigembed.trainer.relations import RelationSpec, RelationState, initial_params, relation_specs
 from bigembed.trainer.state import PartitionState
 
@@ -17,5 +17,6 @@ __all__ = [
     "RelationState",
     "bucket_seed",
     "initial_params",
+    "plan_batches",
     "relation_specs",
 ]

@@ -1,15 +1,18 @@
-"""Row-wise Adagrad: one accumulator per embedding row, as PyTorch-BigGraph uses."""
+"""Adagrad: the row-wise and per-coordinate updates of the embeddings (a batch's rows gathered by
+partition in :class:`SideGrads`), and the element-wise one of the relation parameters."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from bigembed.trainer import native
 from bigembed.trainer.kernels import fused_clip_rows_, fused_row_adagrad
+from bigembed.trainer.state import PartitionState
 
 EPS = 1e-10  # Adagrad's epsilon, for every kernel (the TorchScript and C ones take it as an argument)
 
@@ -105,3 +108,46 @@ def dense_adagrad_(param: Tensor, state: Tensor, grad: Tensor, lr: float) -> Non
     own = state + square
     state.add_(square)
     param.addcdiv_(grad, own.sqrt_().add_(EPS), value=-lr)
+
+
+@dataclass
+class SideGrads:
+    """Gradient pieces for one partition: rows with their gradients, and maybe dense ones,
+    each covering the rows ``[start, start + len)`` of one entity type (``dense[start]``)."""
+
+    rows: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    dense: dict[int, Tensor] = field(default_factory=dict)
+
+    def add_rows(self, rows: Tensor, grad: Tensor) -> None:
+        self.rows.append(rows.reshape(-1))
+        self.grads.append(grad.reshape(-1, grad.shape[-1]))
+
+    def add_dense(self, grad: Tensor, start: int = 0) -> None:
+        old = self.dense.get(start)
+        self.dense[start] = grad if old is None else old + grad
+
+    def apply(self, state: PartitionState, lr: float, max_norm: float, lib: native.Lib = native.RESOLVE) -> None:
+        """One Adagrad step: a dense piece's rows (and the sparse rows inside it) are updated
+        together; sparse rows outside every dense piece are updated row by row. ``lib``: the C
+        kernels or None (:data:`~bigembed.trainer.native.Lib`)."""
+        n = state.emb.shape[0]
+        if not self.dense:  # the common case: sparse rows only, passed as pieces (no copy)
+            if self.rows:
+                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, consume=True, lib=lib)
+            return
+        rows = torch.cat(self.rows) if self.rows else None
+        grads = torch.cat(self.grads) if self.grads else None
+        for start, dense in self.dense.items():
+            stop = start + dense.shape[0]
+            if rows is not None and grads is not None:
+                inside = None if (start, stop) == (0, n) else (rows >= start) & (rows < stop)
+                if inside is None:
+                    dense = dense.index_add(0, rows, grads)
+                    rows = grads = None
+                else:
+                    dense = dense.index_add(0, rows[inside] - start, grads[inside])
+                    rows, grads = rows[~inside], grads[~inside]
+            dense_row_adagrad_(state.emb[start:stop], state.adagrad[start:stop], dense, lr, max_norm)
+        if rows is not None and grads is not None and rows.numel():
+            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm, consume=True, lib=lib)

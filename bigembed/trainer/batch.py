@@ -25,107 +25,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from bigembed.config import Config, TrainingConfig
-from bigembed.storage.data_manifest import DataManifest
+from bigembed.config import TrainingConfig
 from bigembed.trainer import native
-from bigembed.trainer.adagrad import dense_row_adagrad_, row_adagrad_
-from bigembed.trainer.model import NEG_INF, Comparator, Loss, SoftmaxLoss, make_comparator, make_loss
+from bigembed.trainer.model import NEG_INF, Model, SoftmaxLoss
 from bigembed.trainer.negatives import degree_count, in_chunk_mask, sample_negatives, share_uniform
-from bigembed.trainer.relations import RelationSpec, RelationState, one_type_pair, relation_specs
+from bigembed.trainer.relations import RelationSpec, RelationState
 from bigembed.trainer.state import PartitionState
 
 # One slice of all-negatives scores: 8M floats (32 MB) stays below glibc's largest
 # mmap threshold, so the allocator reuses the memory instead of faulting it in anew.
 SCORE_ELEMENTS = 8 << 20
-
-
-@dataclass(frozen=True)
-class Model:
-    comparator: Comparator
-    loss: Loss
-    specs: list[RelationSpec]
-    regularizer: str = "none"
-    regularization: float = 0.0
-    max_norm: float = 0.0
-    softmax_correction: bool = False  # see softmax_shift
-
-    @classmethod
-    def from_config(cls, config: Config, relation_names: list[str],
-                    relation_types: list[tuple[int, int]] | None = None,
-                    type_names: list[str] | None = None) -> Model:
-        m = config.model
-        return cls(make_comparator(m.comparator), make_loss(m.loss, m.margin),
-                   relation_specs(config, relation_names, relation_types, type_names),
-                   m.regularizer, m.regularization, m.max_norm, m.softmax_correction)
-
-    @classmethod
-    def for_data(cls, config: Config, data: DataManifest) -> Model:
-        """The model of ``config`` over ``data``'s relations and their entity types."""
-        return cls.from_config(config, data.relations, data.relation_types, data.type_names)
-
-
-ELEMENTWISE_OPERATORS = ("translation", "diagonal", "complex_diagonal", "rotation")
-
-
-def mixes_with_params(model: Model) -> bool:
-    """Whether a batch may mix relations that have parameters: every relation has the same
-    element-wise operator and corrupts only the rhs (as with ``model.reciprocal``), so each
-    edge can carry its own relation's parameters. Mixed batches are larger and follow the
-    shuffled edge order instead of one relation at a time."""
-    first = model.specs[0] if model.specs else None
-    return first is not None and first.operator_name in ELEMENTWISE_OPERATORS and one_type_pair(model.specs) and all(
-        (s.operator_name, s.sides, s.all_negatives, s.weight)
-        == (first.operator_name, "rhs", first.all_negatives, first.weight)
-        for s in model.specs
-    )
-
-
-@dataclass
-class SideGrads:
-    """Gradient pieces for one partition: rows with their gradients, and maybe dense ones,
-    each covering the rows ``[start, start + len)`` of one entity type (``dense[start]``)."""
-
-    rows: list[Tensor] = field(default_factory=list)
-    grads: list[Tensor] = field(default_factory=list)
-    dense: dict[int, Tensor] = field(default_factory=dict)
-
-    def add_rows(self, rows: Tensor, grad: Tensor) -> None:
-        self.rows.append(rows.reshape(-1))
-        self.grads.append(grad.reshape(-1, grad.shape[-1]))
-
-    def add_dense(self, grad: Tensor, start: int = 0) -> None:
-        old = self.dense.get(start)
-        self.dense[start] = grad if old is None else old + grad
-
-    def apply(self, state: PartitionState, lr: float, max_norm: float, lib: native.Lib = native.RESOLVE) -> None:
-        """One Adagrad step: a dense piece's rows (and the sparse rows inside it) are updated
-        together; sparse rows outside every dense piece are updated row by row. ``lib``: the C
-        kernels or None (:data:`~bigembed.trainer.native.Lib`)."""
-        n = state.emb.shape[0]
-        if not self.dense:  # the common case: sparse rows only, passed as pieces (no copy)
-            if self.rows:
-                row_adagrad_(state.emb, state.adagrad, self.rows, self.grads, lr, max_norm, consume=True, lib=lib)
-            return
-        rows = torch.cat(self.rows) if self.rows else None
-        grads = torch.cat(self.grads) if self.grads else None
-        for start, dense in self.dense.items():
-            stop = start + dense.shape[0]
-            if rows is not None and grads is not None:
-                inside = None if (start, stop) == (0, n) else (rows >= start) & (rows < stop)
-                if inside is None:
-                    dense = dense.index_add(0, rows, grads)
-                    rows = grads = None
-                else:
-                    dense = dense.index_add(0, rows[inside] - start, grads[inside])
-                    rows, grads = rows[~inside], grads[~inside]
-            dense_row_adagrad_(state.emb[start:stop], state.adagrad[start:stop], dense, lr, max_norm)
-        if rows is not None and grads is not None and rows.numel():
-            row_adagrad_(state.emb, state.adagrad, rows, grads, lr, max_norm, consume=True, lib=lib)
 
 
 @dataclass

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from bigembed.config import TrainingConfig
-from bigembed.scheduler.memory import SLAB_EDGES  # edges shuffled and trained together
+from bigembed.scheduler.memory import SLAB_EDGES, resolve_workers
 from bigembed.storage.edges import EdgeArrays
 from bigembed.trainer import native
-from bigembed.trainer.batch import Model, mixes_with_params
 from bigembed.trainer.device import resolve_device
 from bigembed.trainer.fused import reset_kernel_choice
+from bigembed.trainer.model import Model, mixes_with_params
 from bigembed.trainer.relations import RelationState, one_type_pair
 from bigembed.trainer.state import PartitionState
 from bigembed.trainer.step import train_batch
@@ -34,14 +34,6 @@ class BucketStats:
 
 # after_slab(slabs_done, slabs, slab_loss) -> True to stop here (every worker has finished the slab)
 AfterSlab = Callable[[int, int, float], bool]
-
-
-def resolve_workers(config: TrainingConfig) -> int:
-    if config.deterministic:
-        return 1
-    if config.workers > 0:
-        return config.workers
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def bucket_seed(seed: int, epoch: int, index: int) -> int:

@@ -48,7 +48,6 @@ from bigembed.config import TrainingConfig
 from bigembed.trainer import native
 from bigembed.trainer.batch import (
     BatchLoss,
-    Model,
     Negatives,
     _regularizer,
     gather,
@@ -57,7 +56,7 @@ from bigembed.trainer.batch import (
     softmax_shift,
 )
 from bigembed.trainer.kernels import LOSS_RANKING, fused_score_gradients, fused_wide_score_gradients, fused_wide_scores
-from bigembed.trainer.model import CosComparator, DotComparator, _unit
+from bigembed.trainer.model import CosComparator, DotComparator, Model, _unit
 from bigembed.trainer.relations import RelationSpec, RelationState
 from bigembed.trainer.state import PartitionState
 

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
 from bigembed.errors import ConfigError
 from bigembed.trainer.kernels import LOSS_LOGISTIC, LOSS_RANKING, LOSS_SOFTMAX, fused_loss_grads
+
+if TYPE_CHECKING:
+    from bigembed.config import Config
+    from bigembed.storage.data_manifest import DataManifest
+    from bigembed.trainer.relations import RelationSpec
 
 NEG_INF = float("-inf")
 
@@ -320,3 +326,48 @@ def make_loss(name: str, margin: float) -> Loss:
 
 def param_size(shape: tuple[int, ...] | None) -> int:
     return 0 if shape is None else math.prod(shape)
+
+
+@dataclass(frozen=True)
+class Model:
+    comparator: Comparator
+    loss: Loss
+    specs: list[RelationSpec]
+    regularizer: str = "none"
+    regularization: float = 0.0
+    max_norm: float = 0.0
+    softmax_correction: bool = False  # see softmax_shift
+
+    @classmethod
+    def from_config(cls, config: Config, relation_names: list[str],
+                    relation_types: list[tuple[int, int]] | None = None,
+                    type_names: list[str] | None = None) -> Model:
+        from bigembed.trainer.relations import relation_specs  # which imports this module
+
+        m = config.model
+        return cls(make_comparator(m.comparator), make_loss(m.loss, m.margin),
+                   relation_specs(config, relation_names, relation_types, type_names),
+                   m.regularizer, m.regularization, m.max_norm, m.softmax_correction)
+
+    @classmethod
+    def for_data(cls, config: Config, data: DataManifest) -> Model:
+        """The model of ``config`` over ``data``'s relations and their entity types."""
+        return cls.from_config(config, data.relations, data.relation_types, data.type_names)
+
+
+ELEMENTWISE_OPERATORS = ("translation", "diagonal", "complex_diagonal", "rotation")
+
+
+def mixes_with_params(model: Model) -> bool:
+    """Whether a batch may mix relations that have parameters: every relation has the same
+    element-wise operator and corrupts only the rhs (as with ``model.reciprocal``), so each
+    edge can carry its own relation's parameters. Mixed batches are larger and follow the
+    shuffled edge order instead of one relation at a time."""
+    from bigembed.trainer.relations import one_type_pair  # which imports this module
+
+    first = model.specs[0] if model.specs else None
+    return first is not None and first.operator_name in ELEMENTWISE_OPERATORS and one_type_pair(model.specs) and all(
+        (s.operator_name, s.sides, s.all_negatives, s.weight)
+        == (first.operator_name, "rhs", first.all_negatives, first.weight)
+        for s in model.specs
+    )

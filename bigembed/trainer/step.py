@@ -9,9 +9,10 @@ from torch import Tensor
 
 from bigembed.config import TrainingConfig
 from bigembed.trainer import native
-from bigembed.trainer.adagrad import dense_adagrad_
-from bigembed.trainer.batch import BatchLoss, Model, SideGrads, batch_loss
+from bigembed.trainer.adagrad import SideGrads, dense_adagrad_
+from bigembed.trainer.batch import BatchLoss, batch_loss
 from bigembed.trainer.fused import fused_gradients, fused_supported
+from bigembed.trainer.model import Model
 from bigembed.trainer.relations import RelationState
 from bigembed.trainer.state import PartitionState
 

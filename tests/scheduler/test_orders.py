@@ -22,7 +22,7 @@ def test_every_order_visits_every_bucket_exactly_once(order, P):
 def test_inside_out_needs_one_new_partition_per_step_with_two_slots(P):
     buckets = order_buckets(P, "inside_out", np.random.default_rng(0))
     loads = []
-    buf = PartitionBuffer(2, load=lambda p: loads.append(p) or p, store=lambda p, v: None)
+    buf = PartitionBuffer(2, load=lambda p: loads.append(p) or p, store=lambda p, v, evicted: None)
     for b in buckets:
         buf.acquire([b.lhs, b.rhs])
     # Each partition k > 0 is loaded when its shell starts, then once per earlier partition:
@@ -45,7 +45,7 @@ def test_unknown_order_lists_the_known_ones():
 
 def test_buffer_respects_capacity_and_writes_back_dirty_partitions():
     stored = []
-    buf = PartitionBuffer(2, load=lambda p: f"part{p}", store=lambda p, v: stored.append((p, v)))
+    buf = PartitionBuffer(2, load=lambda p: f"part{p}", store=lambda p, v, evicted: stored.append((p, v)))
     buf.acquire([0, 1])
     assert sorted(buf.resident()) == [0, 1]
     buf.acquire([1, 2])  # 0 is evicted and written back
@@ -59,7 +59,7 @@ def test_buffer_respects_capacity_and_writes_back_dirty_partitions():
 
 def test_buffer_rejects_capacity_below_two():
     with pytest.raises(BigembedError, match="capacity must be >= 2"):
-        PartitionBuffer(1, load=lambda p: p, store=lambda p, v: None)
+        PartitionBuffer(1, load=lambda p: p, store=lambda p, v, evicted: None)
 
 
 @pytest.mark.parametrize("c", [2, 3, 4, 6])
@@ -73,7 +73,7 @@ def test_beta_visits_every_bucket_once_with_at_most_c_partitions_resident(P, c):
 
 def _loads(buckets: list[Bucket], c: int, future: bool) -> list[int]:
     loads: list[int] = []
-    buf = PartitionBuffer(c, load=lambda p: loads.append(p) or p, store=lambda p, v: None)
+    buf = PartitionBuffer(c, load=lambda p: loads.append(p) or p, store=lambda p, v, evicted: None)
     pairs = [(b.lhs, b.rhs) for b in buckets]
     for k, b in enumerate(buckets):
         buf.acquire([b.lhs, b.rhs], pairs if future else None, k + 1)
@@ -113,7 +113,7 @@ def test_beta_loads_fewer_partitions_than_inside_out_for_the_same_buffer():
 
 def test_the_buffer_evicts_the_partition_needed_furthest_in_the_future():
     loads: list[int] = []
-    buf = PartitionBuffer(3, load=lambda p: loads.append(p) or p, store=lambda p, v: None)
+    buf = PartitionBuffer(3, load=lambda p: loads.append(p) or p, store=lambda p, v, evicted: None)
     buf.acquire([0, 1])
     buf.acquire([2])
     future = [(3,), (0,), (2,), (1,)]
@@ -124,7 +124,7 @@ def test_the_buffer_evicts_the_partition_needed_furthest_in_the_future():
 
 
 def _run(order: list[Bucket], c: int, prefetch: bool, load=None) -> PartitionBuffer:
-    buf = PartitionBuffer(c, load=load or (lambda p: p), store=lambda p, v: None)
+    buf = PartitionBuffer(c, load=load or (lambda p: p), store=lambda p, v, evicted: None)
     pairs = [(b.lhs, b.rhs) for b in order]
     for k, b in enumerate(order):
         buf.acquire([b.lhs, b.rhs], pairs, k + 1)

@@ -471,7 +471,7 @@ def test_per_coordinate_adagrad_matches_the_formula_sparse_and_dense():
 
 def test_a_mixed_relation_batch_equals_its_per_relation_batches():
     """Reciprocal ComplEx with all negatives may mix relations; the loss is the per-relation sum."""
-    from bigembed.trainer.batch import mixes_with_params
+    from bigembed.trainer.model import mixes_with_params
 
     config, model, lhs, rhs, relations = _setup({
         "model.operator": "complex_diagonal", "model.loss": "softmax", "model.reciprocal": True,
@@ -492,7 +492,7 @@ def test_a_mixed_relation_batch_equals_its_per_relation_batches():
 
 
 def test_mixing_needs_one_elementwise_operator_and_rhs_only_negatives():
-    from bigembed.trainer.batch import mixes_with_params
+    from bigembed.trainer.model import mixes_with_params
 
     both = Model.from_config(load_config(overrides={"model.operator": "diagonal", "model.reciprocal": False}),
                              ["a", "b"])
