@@ -8,6 +8,7 @@ stderr and exit code 1; click's usage errors exit with 2.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 from bigembed import __version__
+
+# torch's intra-op threads (OpenMP) wait for work by spinning unless told otherwise: with another
+# process busy on the same cores, an all-negatives epoch then took 41-54 s and 39-52 CPU seconds
+# instead of 15-19 s and 12-14 (benchmarks/contention.py; alone, no slower). Set here, before
+# any command imports torch; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from bigembed.config import STORAGE_DTYPES
 from bigembed.errors import BigembedError
 
@@ -359,7 +366,6 @@ def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations:
     Progress and messages go to standard error only. If the reader stops early (a
     closed pipe), generate stops quietly with exit status 1.
     """
-    import os
     import sys
 
     from bigembed.generator import GraphSpec, write_edges, write_graph
@@ -443,8 +449,6 @@ def main() -> None:  # console-script entry point
     except SystemExit as done:
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         if command in FAST_EXIT and isinstance(done.code, int | None):
-            import os
-
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(done.code or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -281,3 +282,16 @@ def test_commands_that_end_the_process_at_once_still_flush_everything_and_keep_t
     assert ev.returncode == 0 and json.loads(ev.stdout)["split"] == "test"
     refused = run("train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "6", "--no-progress")
     assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "model.dim" in refused.stderr
+
+
+def test_the_command_line_makes_openmp_threads_sleep_not_spin_unless_told_otherwise():
+    """Spinning intra-op threads cost 3x the CPU and wall time with the cores shared
+    (benchmarks/contention.py): the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads, and
+    keeps a value the user set."""
+    code = "import os, bigembed.cli.main; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True)
+    assert out.stdout.strip() == "ACTIVE"
