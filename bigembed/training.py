@@ -47,14 +47,14 @@ from bigembed.checkpoint.run import (
     is_run,
     read_evals,
     read_run_config,
-    write_evals,
     write_run_config,
 )
 from bigembed.checkpoint.versions import check_position, committed_versions, next_version, version_dir
 from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
-from bigembed.scheduler import PartitionBuffer, order_buckets
+from bigembed.scheduler import PartitionBuffer
+from bigembed.scheduler.epoch import chunk_size, epoch_visits, negatives_from_every_partition, prefetches
 from bigembed.scheduler.memory import MemoryModel, choose_buffer, resolve_workers
 from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
@@ -245,62 +245,18 @@ class _Session:
         return manifest
 
 
-def _prefetches(config: Config) -> bool:
-    """Whether partitions are loaded in the background: with the beta order and c >= 3
-    (the order then leaves the last slot free for the next partition)."""
-    t = config.training
-    return t.prefetch and t.bucket_order == "beta" and t.buffer_partitions >= 3
-
-
-def _all_negatives_partitions(config: Config, P: int) -> bool:
-    """Whether every partition is a source of negatives (``training.negative_partitions``).
-
-    Only when the buffer holds all P: drawing from just the partitions that happen to be
-    resident over-samples the query's own partition (CoDEx-S, P=4, c=2: 0.389 test MRR
-    against 0.421 from the answer's partition alone) and would depend on what a resumed
-    run has loaded so far."""
-    where, c = config.training.negative_partitions, config.training.buffer_partitions
-    if where == "all" and c < P:
-        raise BigembedError(f"training.negative_partitions = all needs training.buffer_partitions >= {P} "
-                            f"(the number of partitions), got {c}; or use answer")
-    return P > 1 and c >= P and where != "answer"
-
-
-def _epoch_order(config: Config, P: int, epoch: int) -> list:
-    """The epoch's buckets. With prefetching and c >= 3, the order is planned for c - 1
-    partitions so the last slot is free to receive the next one in the background."""
-    t = config.training
-    plan_for = t.buffer_partitions - 1 if _prefetches(config) else t.buffer_partitions
-    return order_buckets(P, t.bucket_order, np.random.default_rng([t.seed, epoch]), plan_for)
-
-
-def _epoch_visits(config: Config, P: int, epoch: int) -> list[tuple[Bucket, int]]:
-    """The epoch's (bucket, edge chunk) visits: ``training.edge_chunks`` passes over the
-    bucket order, every other one reversed (its first buckets need the partitions the
-    previous pass ended with)."""
-    order = _epoch_order(config, P, epoch)
-    n = config.training.edge_chunks
-    return [(b, c) for c in range(n) for b in (order if c % 2 == 0 else order[::-1])]
-
-
-def _chunk_size(count: int, chunk: int, chunks: int) -> int:
-    """Edges in chunk ``chunk`` of ``chunks`` of a bucket of ``count`` edges (every
-    ``chunks``-th edge from position ``chunk``, so a sorted input file still mixes)."""
-    return len(range(chunk, count, chunks))
-
-
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: Position, log: Log,
                  show_progress: bool) -> bool:
     """Train the rest of ``epoch`` from ``start`` (a visit and a slab of it); False when
     stopped by a signal."""
     config, data = session.config, session.data
     chunks = config.training.edge_chunks
-    visits = _epoch_visits(config, data.num_partitions, epoch)
-    counts = [_chunk_size(data.edge_count("train", b), c, chunks) for b, c in visits]
+    visits = epoch_visits(config.training, data.num_partitions, epoch)
+    counts = [chunk_size(data.edge_count("train", b), c, chunks) for b, c in visits]
     upcoming = [(b.lhs, b.rhs) if n else () for (b, _), n in zip(visits, counts, strict=True)]  # buffer needs
     total = sum(counts)
     done = sum(counts[: start.bucket])
-    everywhere = _all_negatives_partitions(config, data.num_partitions)
+    everywhere = negatives_from_every_partition(config.training, data.num_partitions)
     loss_sum = 0.0
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
@@ -313,7 +269,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                 session.buffer.acquire([bucket.lhs, bucket.rhs], upcoming, k + 1)
                 waited = time.perf_counter() - waited
                 io_wait += waited
-                if _prefetches(config):
+                if prefetches(config.training):
                     session.buffer.prefetch(upcoming, k + 1, (bucket.lhs, bucket.rhs))
                 extras = None
                 if everywhere:  # every other partition is a source of negatives too
@@ -401,38 +357,10 @@ def _slab_hook(session: _Session, epoch: int, k: int, visits: int, bucket: Bucke
 
 def _validate(session: _Session, epoch: int, log: Log, show_progress: bool) -> bool:
     """Rank the validation split after ``epoch`` when due; False when early stopping says stop."""
-    from bigembed.evaluation import evaluate_full
+    from bigembed.evaluation.validation import validate
 
-    t = session.config.training
-    if not t.eval_every or (epoch + 1) % t.eval_every:
-        return True
-    total = 2 * session.data.num_edges(t.eval_split) * session.data.num_partitions
-    start = time.perf_counter()
-    with progress_bar(total, f"validate {t.eval_split}", "query", show_progress) as bar:
-        metrics = evaluate_full(session.run_dir, session.base, session.data, session.config, t.eval_split,
-                                progress=bar.update)
-    record = {"epoch": epoch + 1, "version": session.base.version, "split": t.eval_split,
-              "mrr": metrics["mrr"], "hits@1": metrics["hits@1"], "hits@3": metrics["hits@3"],
-              "hits@10": metrics["hits@10"], "mean_rank": metrics["mean_rank"],
-              "nonfinite_scores": metrics.get("nonfinite_scores", 0),
-              "seconds": round(time.perf_counter() - start, 2)}
-    append_stats(session.run_dir, {"eval": record})
-    evals = session.evals
-    evals["history"].append(record)
-    best = evals.get("best")
-    if best is None or record["mrr"] > best["mrr"]:
-        evals["best"] = best = record
-    since = sum(1 for r in evals["history"] if r["epoch"] > best["epoch"])
-    stop = bool(t.early_stopping) and since >= t.early_stopping
-    evals["early_stopped"] = stop
-    write_evals(session.run_dir, evals)
-    collect_garbage(session.run_dir, session.base, session.config.checkpoint.keep_versions, session.pinned())
-    log(f"epoch {epoch + 1}: {t.eval_split} filtered MRR {record['mrr']:.4f}, Hits@10 {record['hits@10']:.4f} "
-        f"(best {best['mrr']:.4f} at epoch {best['epoch']}, v{best['version']})")
-    if stop:
-        log(f"early stopping: no improvement in {since} evaluation(s); the best checkpoint is "
-            f"v{best['version']} (epoch {best['epoch']}): use --version best with eval/export")
-    return not stop
+    return validate(session.run_dir, session.base, session.data, session.config, session.evals, epoch, log,
+                    show_progress)
 
 
 @contextmanager
@@ -493,7 +421,7 @@ def _check_startable(config: Config, data: DataManifest) -> None:
             f"training.eval_every = {t.eval_every} validates on training.eval_split = {t.eval_split!r}, but "
             f"{data.path.parent} has no split named {t.eval_split!r} (it has: {', '.join(data.bucket_counts)}); "
             f"import one with --split {t.eval_split}=FILE, or set training.eval_every=0")
-    _all_negatives_partitions(config, data.num_partitions)
+    negatives_from_every_partition(config.training, data.num_partitions)
     if training_device(t).type == "cpu":
         _check_memory(config, data)
 
@@ -583,8 +511,8 @@ def _slabs_of(config: Config, data: DataManifest, pos: Position) -> int:
     """Slabs of the bucket visit at ``pos`` (how many sub-bucket positions it has)."""
     from bigembed.trainer.bucket import SLAB_EDGES
 
-    bucket, chunk = _epoch_visits(config, data.num_partitions, pos.epoch)[pos.bucket]
-    return -(-_chunk_size(data.edge_count("train", bucket), chunk, config.training.edge_chunks) // SLAB_EDGES)
+    bucket, chunk = epoch_visits(config.training, data.num_partitions, pos.epoch)[pos.bucket]
+    return -(-chunk_size(data.edge_count("train", bucket), chunk, config.training.edge_chunks) // SLAB_EDGES)
 
 
 def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],

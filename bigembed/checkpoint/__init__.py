@@ -2,7 +2,7 @@
 
 from bigembed.checkpoint.partitions import add_global, read_embeddings, read_globals, read_partition, write_partition
 from bigembed.checkpoint.pins import pin_version
-from bigembed.checkpoint.run import check_same_data, read_evals, read_run_config
+from bigembed.checkpoint.run import append_stats, check_same_data, read_evals, read_run_config, write_evals
 from bigembed.checkpoint.versions import (
     GLOBAL_ADAGRAD_KEY,
     GLOBAL_EMB_KEY,
@@ -33,6 +33,7 @@ __all__ = [
     "VersionWriter",
     "adagrad_key",
     "add_global",
+    "append_stats",
     "check_position",
     "check_same_data",
     "collect_garbage",
@@ -49,5 +50,6 @@ __all__ = [
     "read_run_config",
     "read_shard_of",
     "remove_uncommitted",
+    "write_evals",
     "write_partition",
 ]
