@@ -462,15 +462,31 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     data = read_data_manifest(data_dir)
     data.require_split("train")
-    if memory is not None:
-        overrides = {**(overrides or {}), **_memory_overrides(data, run_dir, config_file, dict(overrides or {}),
-                                                              memory, log)}
     keep_freed_buffers()
-    if not is_run(run_dir):  # refuse bad settings before anything is created
-        config, _ = _resolve_config(run_dir, data, config_file, dict(overrides or {}), override)
-        _check_startable(config, data)
+
+    def resolve() -> tuple[Config, bool]:
+        return _resolve_run(data, run_dir, config_file, dict(overrides or {}), override, memory, log)
+
+    # a new run's settings are refused before anything is created; a saved run's are resolved
+    # under its lock (resolving may rewrite its config.json)
+    resolved = None if is_run(run_dir) else resolve()
     with exclusive_run(run_dir):
-        return _train_locked(data, run_dir, config_file, dict(overrides or {}), override, log, show_progress)
+        if resolved is None or is_run(run_dir):  # resuming, or another process created it meanwhile
+            resolved = resolve()
+        return _train_locked(data, run_dir, *resolved, log, show_progress)
+
+
+def _resolve_run(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
+                 override: bool, memory: int | None, log: Log) -> tuple[Config, bool]:
+    """The one place a training command's config is decided, once a command: the saved run's
+    config (when resuming) under the config file and ``--set`` values, the buffer (and order)
+    a memory budget allows, checked against the saved run and refused when it cannot start.
+    Returns the config and whether the run already exists."""
+    if memory is not None:
+        overrides = {**overrides, **_memory_overrides(data, run_dir, config_file, overrides, memory, log)}
+    config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
+    _check_startable(config, data)  # before anything is written
+    return config, exists
 
 
 def _resume_version(run_dir: Path, data: DataManifest, config: Config, log: Log) -> VersionManifest:
@@ -515,10 +531,8 @@ def _slabs_of(config: Config, data: DataManifest, pos: Position) -> int:
     return -(-chunk_size(data.edge_count("train", bucket), chunk, config.training.edge_chunks) // SLAB_EDGES)
 
 
-def _train_locked(data: DataManifest, run_dir: Path, config_file: Path | None, overrides: dict[str, Any],
-                  override: bool, log: Log, show_progress: bool) -> TrainResult:
-    config, exists = _resolve_config(run_dir, data, config_file, overrides, override)
-    _check_startable(config, data)  # before anything is written
+def _train_locked(data: DataManifest, run_dir: Path, config: Config, exists: bool, log: Log,
+                  show_progress: bool) -> TrainResult:
     device = training_device(config.training)
     # which kernels run, decided once (the C ones built now), before anything is written
     kernels = native.choose(config.training.kernels, config.training.ranking_gradients, device.type)
