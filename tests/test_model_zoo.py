@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bigembed.evaluation as evaluation
+import bigembed.evaluation.validation as validation
 from bigembed.checkpoint import read_current, read_manifest, read_shard_of
 from bigembed.checkpoint.versions import list_versions
 from bigembed.config import load_config
@@ -168,7 +168,7 @@ def test_early_stopping_keeps_the_best_version(tmp_path, data1, monkeypatch):
         mrr = next(scripted)
         return {"mrr": mrr, "hits@1": 0.0, "hits@3": 0.0, "hits@10": 0.0, "mean_rank": 1.0}
 
-    monkeypatch.setattr(evaluation, "evaluate_full", fake_eval)
+    monkeypatch.setattr(validation, "evaluate_full", fake_eval)  # what validation during training ranks with
     run = tmp_path / "run"
     overrides = {"model.dim": 8, "training.epochs": 10, "training.eval_every": 1, "training.early_stopping": 2,
                  "checkpoint.keep_versions": 1}
