@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bigembed.errors import BigembedError
+from bigembed.scheduler.memory import human
 
 
 def _disk_bytes(path: Path) -> int:
@@ -21,10 +22,6 @@ def _disk_bytes(path: Path) -> int:
     return total
 
 
-def _human(n: float) -> str:
-    from bigembed.scheduler.memory import human
-
-    return human(n)
 
 
 def describe_data(path: Path) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def describe_data(path: Path) -> dict[str, Any]:
         "edges": {s: dm.num_edges(s) for s in dm.splits()},
         "non-empty buckets": nonempty,
         "edge columns": ", ".join(f"{c} {d.name}" for c, d in dm.edge_dtypes.items()),
-        "size on disk": _human(_disk_bytes(path)),
+        "size on disk": human(_disk_bytes(path)),
     }
 
 
@@ -139,7 +136,7 @@ def describe_run(path: Path) -> dict[str, Any]:
         if evals.get("early_stopped"):
             facts["stopped early"] = True
     facts["versions on disk"] = [f"v{v}" for v in committed_versions(path)]
-    facts["size on disk"] = _human(_disk_bytes(path))
+    facts["size on disk"] = human(_disk_bytes(path))
     return facts
 
 

@@ -222,20 +222,19 @@ class _Session:
         started = time.monotonic()
         self.buffer.flush()  # waits for a background write-back first
         self.buffer.mark_dirty(in_use)
-        if self.relations.params.numel():
-            if not bool(torch.isfinite(self.relations.params).all()):
+        rel = self.relations
+        shared = [("relation parameters", rel.params, rel.adagrad, RELATION_PARAMS_KEY, RELATION_ADAGRAD_KEY),
+                  ("the global vectors (model.global_emb)", rel.globals, rel.globals_adagrad, GLOBAL_EMB_KEY,
+                   GLOBAL_ADAGRAD_KEY)]
+        for what, values, state, key, state_key in shared:
+            if values is None or state is None or not values.numel():
+                continue
+            if not bool(torch.isfinite(values).all()):
                 raise TrainingDivergedError(
-                    f"relation parameters became NaN or infinite since v{self.base.version}; nothing was "
-                    f"committed, v{self.base.version} stays CURRENT: lower training.relation_lr")
-            self.writer.write(RELATION_PARAMS_KEY, self.relations.params.cpu().numpy())
-            self.writer.write(RELATION_ADAGRAD_KEY, self.relations.adagrad.cpu().numpy())
-        if self.relations.globals is not None and self.relations.globals_adagrad is not None:
-            if not bool(torch.isfinite(self.relations.globals).all()):
-                raise TrainingDivergedError(
-                    f"the global vectors (model.global_emb) became NaN or infinite since v{self.base.version}; "
-                    f"nothing was committed, v{self.base.version} stays CURRENT: lower training.relation_lr")
-            self.writer.write(GLOBAL_EMB_KEY, self.relations.globals.cpu().numpy())
-            self.writer.write(GLOBAL_ADAGRAD_KEY, self.relations.globals_adagrad.cpu().numpy())
+                    f"{what} became NaN or infinite since v{self.base.version}; nothing was committed, "
+                    f"v{self.base.version} stays CURRENT: lower training.relation_lr")
+            self.writer.write(key, values.cpu().numpy())
+            self.writer.write(state_key, state.cpu().numpy())
         manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
         collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
         self.base = manifest

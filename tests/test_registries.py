@@ -71,7 +71,7 @@ def test_each_constant_lives_once():
     from bigembed.trainer import adagrad, bucket, native
 
     assert bucket.SLAB_EDGES is memory.SLAB_EDGES
-    assert describe._human(5 << 30) == memory.human(5 << 30) == "5.0 GiB"
+    assert describe.human is memory.human and memory.human(5 << 30) == "5.0 GiB"
     source = native.SOURCE.read_text()
     assert "1e-10" not in source and "eps" in source  # the C kernel takes it from adagrad.EPS
     assert adagrad.EPS == 1e-10

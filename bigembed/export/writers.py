@@ -53,11 +53,12 @@ def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[
 
 
 def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
-               partition: int) -> np.ndarray:
+               partition: int, globals_: np.ndarray | None) -> np.ndarray:
     """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened), with the
-    type's global vector added (``model.global_emb``): vectors that score as the model does."""
+    type's global vector added (``model.global_emb``; ``globals_`` read once per export by
+    :func:`~bigembed.checkpoint.read_globals`): vectors that score as the model does."""
     rows = to_float32(read_shard_of(run, manifest, emb_key(data.entity_types[t].name, partition)))
-    return add_global(rows, read_globals(run, manifest), data, partition, t)
+    return add_global(rows, globals_, data, partition, t)
 
 
 def _suffix(data: DataManifest, t: int) -> str:
@@ -66,10 +67,11 @@ def _suffix(data: DataManifest, t: int) -> str:
 
 
 def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
+    globals_ = read_globals(run, manifest)
     for t in range(len(data.entity_types)):
         with open(out / f"embeddings{_suffix(data, t)}.tsv", "w") as handle:
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p)
+                emb = _type_rows(run, manifest, data, t, p, globals_)
                 start = 0
                 for names in partition_names(data, p, t):
                     block = emb[start : start + len(names)]
@@ -84,6 +86,7 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
 
 def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
                progress: Progress | None) -> None:
+    globals_ = read_globals(run, manifest)
     # Header first, then each partition's rows appended: a plain sequential write, so
     # no page of the output stays mapped (a memmap's pages would count as resident).
     for t, etype in enumerate(data.entity_types):
@@ -93,7 +96,7 @@ def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
         with open(out / f"embeddings{suffix}.npy", "wb") as matrix, open(out / f"names{suffix}.txt", "w") as names_out:
             np.lib.format.write_array_header_1_0(matrix, header)
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p)
+                emb = _type_rows(run, manifest, data, t, p, globals_)
                 matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
                 del emb
                 for names in partition_names(data, p, t):
@@ -124,10 +127,11 @@ def _write_h5_file(path: Path, fill: Callable[[h5py.File], None]) -> None:
 
 
 def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, progress: Progress | None) -> None:
+    globals_ = read_globals(run, manifest)
     v = manifest.version
     for t, etype in enumerate(data.entity_types):
         for p in range(data.num_partitions):
-            emb = _type_rows(run, manifest, data, t, p)
+            emb = _type_rows(run, manifest, data, t, p, globals_)
 
             def fill_embeddings(f: h5py.File, emb: np.ndarray = emb) -> None:
                 f.attrs["format_version"] = 1

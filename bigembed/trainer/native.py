@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from bigembed import cbuild
+from bigembed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ def choose(kernels: str, ranking: str, device_type: str = "cpu") -> Kernels:
     """Resolve ``training.kernels`` (``auto``, ``native``, ``torchscript``) and
     ``training.ranking_gradients`` into the kernels of a run, building the C library now if
     it is needed (before the first bucket). ``native`` where it cannot be had is an error."""
-    from bigembed.errors import ConfigError
-
     if device_type != "cpu":
         return Kernels(None, ranking, f"on {device_type}: torch's own kernels (the C kernels are CPU code)")
     if kernels == "torchscript":
