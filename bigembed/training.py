@@ -32,6 +32,7 @@ from bigembed.checkpoint import (
     adagrad_key,
     collect_garbage,
     emb_key,
+    epoch_progress,
     load_good_version,
     read_current,
     read_partition,
@@ -147,14 +148,20 @@ class _Session:
     """Mutable state of one training session: the staged version and the buffer."""
 
     def __init__(self, run_dir: Path, data: DataManifest, config: Config, base: VersionManifest,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, version: int | None = None,
+                 capacity: int | None = None) -> None:
+        """``version``: the number of the version to stage (default: past every folder; the
+        ranks of a distributed run are given rank 0's); ``capacity``: the buffer's."""
         self.run_dir, self.data, self.config = run_dir, data, config
         self.device = torch.device("cpu") if device is None else device  # where the buffer's partitions live
         self.base = base
         # ``base`` was verified shard by shard (resume) or just written: trust its shards
-        self.writer = VersionWriter(run_dir, base, next_version(run_dir), {e["path"] for e in base.shards.values()})
+        self.writer = VersionWriter(run_dir, base, next_version(run_dir) if version is None else version,
+                                    {e["path"] for e in base.shards.values()})
         self.buffer: PartitionBuffer[PartitionState] = PartitionBuffer(
-            config.training.buffer_partitions, self._load, self._store)
+            capacity or config.training.buffer_partitions, self._load, self._store)
+        self.hash_evictions = False  # a distributed rank hashes what it writes back (another rank reads it)
+        self.keys_of: dict[int, set[str]] = {}  # partition -> the shard keys staged for it
         self.model = Model.for_data(config, data)
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
@@ -188,7 +195,10 @@ class _Session:
     def _store(self, p: int, state: PartitionState, evicted: bool) -> None:
         # an eviction's copy may be overwritten before the next commit: hash it then, if it stays;
         # a commit's flush hashes from memory at once (cheaper than reading the shard back)
-        write = functools.partial(self.writer.write, hash_now=not evicted)
+        def write(key: str, array: np.ndarray) -> None:
+            self.writer.write(key, array, hash_now=not evicted or self.hash_evictions)
+            self.keys_of.setdefault(p, set()).add(key)
+
         rows = to_numpy(state.emb.cpu())  # no copy on the CPU
         if not all_finite(rows):  # a backstop: the loss check after each slab catches most divergence first
             raise TrainingDivergedError(
@@ -222,6 +232,24 @@ class _Session:
         started = time.monotonic()
         self.buffer.flush()  # waits for a background write-back first
         self.buffer.mark_dirty(in_use)
+        self.write_shared()
+        manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
+        collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
+        self.advance(manifest, self.writer.successor(manifest))
+        self.last_commit = time.monotonic()
+        self.last_commit_seconds = self.last_commit - started
+        return manifest
+
+    def advance(self, manifest: VersionManifest, writer: VersionWriter | None = None) -> None:
+        """Go on from the committed ``manifest`` (a distributed rank's: rank 0 committed it,
+        from shards every rank wrote and hashed, so all of them are trusted)."""
+        self.base = manifest
+        self.writer = writer or VersionWriter(self.run_dir, manifest, manifest.version + 1,
+                                              self.writer.trusted | {e["path"] for e in manifest.shards.values()})
+        self.keys_of.clear()
+
+    def write_shared(self) -> None:
+        """Stage the relation parameters and global vectors, refusing non-finite ones."""
         rel = self.relations
         shared = [("relation parameters", rel.params, rel.adagrad, RELATION_PARAMS_KEY, RELATION_ADAGRAD_KEY),
                   ("the global vectors (model.global_emb)", rel.globals, rel.globals_adagrad, GLOBAL_EMB_KEY,
@@ -235,13 +263,6 @@ class _Session:
                     f"v{self.base.version} stays CURRENT: lower training.relation_lr")
             self.writer.write(key, values.cpu().numpy())
             self.writer.write(state_key, state.cpu().numpy())
-        manifest = self.writer.commit(position, {"epochs_done": position.epoch, **(extra or {})})
-        collect_garbage(self.run_dir, manifest, self.config.checkpoint.keep_versions, self.pinned())
-        self.base = manifest
-        self.writer = self.writer.successor(manifest)
-        self.last_commit = time.monotonic()
-        self.last_commit_seconds = self.last_commit - started
-        return manifest
 
 
 def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: Position, log: Log,
@@ -257,12 +278,17 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
     done = sum(counts[: start.bucket])
     everywhere = negatives_from_every_partition(config.training, data.num_partitions)
     loss_sum = 0.0
+    # visits after the next one that a distributed run trained (or began) before it committed
+    skip, partial = (epoch_progress(session.run_dir, session.base, len(visits)) if start == session.base.position
+                     else (set(), {}))
+    partial[start.bucket] = start.slab
+    done += sum(counts[i] for i in skip)
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
         for k in range(start.bucket, len(visits)):
             bucket, chunk = visits[k]
-            count = counts[k]
+            count = counts[k] if k not in skip else 0
             if count:
                 waited = time.perf_counter()
                 session.buffer.acquire([bucket.lhs, bucket.rhs], upcoming, k + 1)
@@ -283,8 +309,9 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                 in_use = tuple(session.buffer.resident()) if everywhere else (bucket.lhs, bucket.rhs)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                              session.relations, bucket_seed(config.training.seed, epoch, k), extras,
-                                             start.slab if k == start.bucket else 0,
-                                             _slab_hook(session, epoch, k, len(visits), bucket, in_use, log))
+                                             partial.pop(k, 0),
+                                             _slab_hook(session, epoch, k, len(visits), bucket, in_use, log,
+                                                        _later(skip, partial, k)))
                 loss_sum += stats.loss
                 append_stats(session.run_dir, {
                     "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs, "edge_chunk": chunk,
@@ -298,9 +325,9 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                 if stats.stopped_at is not None:  # stopped by a signal, committed inside the bucket
                     return False
             last = k + 1 == len(visits)
-            position = Position(epoch + 1, 0) if last else Position(epoch, k + 1)
+            position = Position(epoch + 1, 0) if last else Position(epoch, k + 1, partial.get(k + 1, 0))
             if last or _commit_due(session):
-                manifest = session.commit(position)
+                manifest = session.commit(position, _later(skip, partial, k + 1))
                 if not last:
                     log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{len(visits)} "
                         f"({session.last_commit_seconds:.1f} s)")
@@ -332,8 +359,19 @@ def commit_interval(interval: float, share: float, last_commit_seconds: float) -
     return max(interval, last_commit_seconds * (1 - share) / share)
 
 
+def _later(done: set[int], partial: dict[int, int], k: int) -> dict[str, Any]:
+    """The manifest fields of a position at visit ``k`` for the visits after it already
+    trained (``done``) or begun (``partial``), which a distributed run may leave."""
+    out: dict[str, Any] = {}
+    if any(i > k for i in done):
+        out["visits_done"] = sorted(i for i in done if i > k)
+    if any(i > k and s for i, s in partial.items()):
+        out["visits_partial"] = {str(i): s for i, s in sorted(partial.items()) if i > k and s}
+    return out
+
+
 def _slab_hook(session: _Session, epoch: int, k: int, visits: int, bucket: Bucket, in_use: tuple[int, ...],
-               log: Log) -> Callable[[int, int, float], bool]:
+               log: Log, later: dict[str, Any] | None = None) -> Callable[[int, int, float], bool]:
     """What runs after each slab of visit ``k``: stop on a non-finite loss (before anything of
     it is committed), and inside a bucket of several slabs commit when due or asked to stop,
     so one huge bucket (P = 1) still commits every ``interval_seconds`` and stops promptly."""
@@ -346,7 +384,7 @@ def _slab_hook(session: _Session, epoch: int, k: int, visits: int, bucket: Bucke
                 f"v{session.base.version} stays CURRENT: lower training.lr (now {session.config.training.lr})")
         if slabs_done == slabs or not _commit_due(session):
             return False  # the end of the bucket: the epoch loop commits there
-        manifest = session.commit(Position(epoch, k, slabs_done), in_use=in_use)
+        manifest = session.commit(Position(epoch, k, slabs_done), later, in_use=in_use)
         log(f"committed v{manifest.version} at epoch {epoch + 1}, bucket {k + 1}/{visits}, "
             f"slab {slabs_done}/{slabs} ({session.last_commit_seconds:.1f} s)")
         return bool(session.stop_requested)
@@ -458,6 +496,10 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None,
     Holds ``RUN/.lock`` throughout, so a second trainer on the same RUN is refused.
     ``memory``: a budget in bytes; the buffer size (and order) are chosen to fit it.
     """
+    from bigembed import distributed
+
+    if distributed.launched():  # one rank of several, started by torchrun
+        return distributed.train(data_dir, run_dir, config_file, overrides, override, log, show_progress, memory)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     data = read_data_manifest(data_dir)
     data.require_split("train")
@@ -496,6 +538,7 @@ def _resume_version(run_dir: Path, data: DataManifest, config: Config, log: Log)
 
     def check(manifest: VersionManifest) -> None:
         check_position(run_dir, manifest, visits)
+        epoch_progress(run_dir, manifest, visits)
         pos = manifest.position
         if pos.slab and pos.slab >= _slabs_of(config, data, pos):
             raise CheckpointError(
@@ -535,6 +578,49 @@ def _train_locked(data: DataManifest, run_dir: Path, config: Config, exists: boo
     device = training_device(config.training)
     # which kernels run, decided once (the C ones built now), before anything is written
     kernels = native.choose(config.training.kernels, config.training.ranking_gradients, device.type)
+    opened = _open_run(data, run_dir, config, exists, log)
+    if isinstance(opened, TrainResult):
+        return opened
+    base, resumed = opened
+    session = _Session(run_dir, data, config, base, device)
+    trainer = BucketTrainer(session.model, config.training, config.model.reciprocal, kernels)
+    if device.type == "cuda":
+        log(f"training on {device} ({torch.cuda.get_device_name(device)}): partitions in GPU memory, one worker")
+    else:
+        log(f"{trainer.workers} worker thread(s)"
+            + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
+               and resolve_workers(config.training) > 1 else ""))
+    log(trainer.kernels.why)
+    append_stats(run_dir, {"start": {"version": base.version, "device": str(device), "workers": trainer.workers,
+                                     **trainer.kernels.record()}})
+    try:
+        with _stop_on_signals(session, log):
+            for epoch in range(base.position.epoch, config.training.epochs):
+                start = base.position if epoch == base.position.epoch else Position(epoch, 0)
+                if not _train_epoch(session, trainer, epoch, start, log, show_progress):
+                    break
+                if not _validate(session, epoch, log, show_progress):
+                    break
+    finally:
+        trainer.close()
+        session.buffer.close()
+    return _finish(session, resumed, log)
+
+
+def _finish(session: _Session, resumed: Position | None, log: Log) -> TrainResult:
+    pos = session.base.position
+    stopped = session.stop_requested is not None and pos.epoch < session.config.training.epochs
+    if stopped:  # a signal during the very last bucket just lets training finish
+        log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
+            f"{pos.epoch + 1}, bucket {pos.bucket + 1}{f', slab {pos.slab}' if pos.slab else ''}; "
+            "rerun the same command to resume")
+    return TrainResult(session.base.version, pos.epoch, resumed, stopped=stopped)
+
+
+def _open_run(data: DataManifest, run_dir: Path, config: Config, exists: bool,
+              log: Log) -> tuple[VersionManifest, Position | None] | TrainResult:
+    """Resume ``run_dir`` (its version to go on from, and the position resumed), or create it
+    (version 0, None); a :class:`TrainResult` when there is nothing left to train."""
     resumed: Position | None = None
     if exists:
         base = _resume_version(run_dir, data, config, log)
@@ -562,32 +648,4 @@ def _train_locked(data: DataManifest, run_dir: Path, config: Config, exists: boo
         base = _create_run(run_dir, config, data)
         log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
             f"{data.num_edges('train')} training edges, dim {config.model.dim}")
-    session = _Session(run_dir, data, config, base, device)
-    trainer = BucketTrainer(session.model, config.training, config.model.reciprocal, kernels)
-    if device.type == "cuda":
-        log(f"training on {device} ({torch.cuda.get_device_name(device)}): partitions in GPU memory, one worker")
-    else:
-        log(f"{trainer.workers} worker thread(s)"
-            + (" (all-negatives batches use one worker and every core)" if trainer.workers == 1
-               and resolve_workers(config.training) > 1 else ""))
-    log(trainer.kernels.why)
-    append_stats(run_dir, {"start": {"version": base.version, "device": str(device), "workers": trainer.workers,
-                                     **trainer.kernels.record()}})
-    try:
-        with _stop_on_signals(session, log):
-            for epoch in range(base.position.epoch, config.training.epochs):
-                start = base.position if epoch == base.position.epoch else Position(epoch, 0)
-                if not _train_epoch(session, trainer, epoch, start, log, show_progress):
-                    break
-                if not _validate(session, epoch, log, show_progress):
-                    break
-    finally:
-        trainer.close()
-        session.buffer.close()
-    pos = session.base.position
-    stopped = session.stop_requested is not None and pos.epoch < config.training.epochs
-    if stopped:  # a signal during the very last bucket just lets training finish
-        log(f"stopped by {session.stop_requested}: committed v{session.base.version} at epoch "
-            f"{pos.epoch + 1}, bucket {pos.bucket + 1}{f', slab {pos.slab}' if pos.slab else ''}; "
-            "rerun the same command to resume")
-    return TrainResult(session.base.version, pos.epoch, resumed, stopped=stopped)
+    return base, resumed

@@ -196,6 +196,26 @@ def check_position(run_dir: Path, manifest: VersionManifest, visits: int) -> Non
             f"(epoch {pos.epoch}, bucket {pos.bucket}, slab {pos.slab}) for {visits} buckets an epoch")
 
 
+def epoch_progress(run_dir: Path, manifest: VersionManifest, visits: int) -> tuple[set[int], dict[int, int]]:
+    """Visits of the position's epoch after its next one that are already trained (``done``)
+    or partly trained (``partial``: visit -> slabs done): several ranks commit with visits
+    finished out of order. Empty for a single trainer's positions. Checked against the
+    epoch's ``visits``."""
+    raw_done, raw_partial = manifest.extra.get("visits_done", []), manifest.extra.get("visits_partial", {})
+    path = version_dir(run_dir, manifest.version) / "manifest.json"
+    try:
+        done = {int(i) for i in raw_done}
+        partial = {int(i): int(s) for i, s in dict(raw_partial).items()}
+    except (TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{path}: malformed visits_done or visits_partial (the manifest is damaged)") from None
+    first = manifest.position.bucket
+    bad = [i for i in [*done, *partial] if not first < i < visits] + [s for s in partial.values() if s <= 0]
+    if bad or done & set(partial):
+        raise CheckpointError(f"{path}: impossible visits_done/visits_partial {sorted(bad or done & set(partial))} "
+                              f"(the epoch has {visits} visits; the next is {first}): the manifest is damaged")
+    return done, partial
+
+
 def committed_versions(run_dir: Path) -> list[int]:
     """Versions whose folder holds a manifest (complete commits, or damaged ones), oldest first."""
     return [v for v in list_versions(run_dir) if (version_dir(run_dir, v) / "manifest.json").is_file()]
