@@ -74,6 +74,7 @@ class Cluster:
     def __init__(self, rank: int, world: int, local_rank: int, local_world: int, store: Any, where: str) -> None:
         self.rank, self.world, self.local_rank, self.local_world = rank, world, local_rank, local_world
         self.store, self.where = store, where
+        self.job = ""  # this attempt's id (in stats.jsonl's lock records)
         self.on_beat: Callable[[], None] | None = None  # rank 0's progress bar, refreshed each beat
         self._closing = threading.Event()
         self._rounds = 0
@@ -96,6 +97,9 @@ class Cluster:
         hosts = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"  # else torchrun's agent hosts it
         try:
             base = dist.TCPStore(host, port, world, hosts, timeout=timeout)
+            # torchrun's store outlives a restart (--max-restarts): each attempt keeps to its own keys
+            attempt = f"bigembed/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+            base = dist.PrefixStore(attempt, base)
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=dist.PrefixStore("pg", base),
                                     rank=rank, world_size=world, timeout=timeout)
         except (RuntimeError, ValueError, OSError) as exc:
@@ -105,10 +109,11 @@ class Cluster:
                 "check that every machine runs the same torchrun command with the same --rdzv-endpoint, "
                 "and that the port is reachable") from None
         token = torch.tensor([secrets.randbits(62) if rank == 0 else 0], dtype=torch.int64)
-        dist.broadcast(token, 0)  # a fresh key prefix for each attempt: torchrun's store outlives restarts
-        store = dist.PrefixStore(f"bigembed/{int(token)}/", base)
+        dist.broadcast(token, 0)  # this attempt's id, in the lock's records
+        store = dist.PrefixStore(f"{int(token)}/", base)
         cluster = cls(rank, world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1)), store,
                       f"{host}:{port}")
+        cluster.job = f"{int(token):x}"
         cluster._watchdog.start()
         return cluster
 
@@ -362,8 +367,8 @@ def _train_epoch(rank: _Rank, epoch: int) -> bool:
         while True:
             kind = _work(rank, epoch, visits, counts, parts)
             why = rank.lock.paused() or ""
-            keep_going = _commit_round(rank, epoch, len(visits), final=kind == "epoch_done")
-            if kind == "epoch_done":
+            keep_going, final = _commit_round(rank, epoch, len(visits), final=kind == "epoch_done")
+            if final:
                 return keep_going
             if why.startswith("stop"):
                 session.stop_requested = session.stop_requested or why.split(":", 1)[1]
@@ -401,8 +406,6 @@ def _work(rank: _Rank, epoch: int, visits: list[Any], counts: list[int], parts: 
     while True:
         if session.stop_requested:
             lock.pause(f"stop:{session.stop_requested}")
-        elif rank.lead and tr._commit_due(session):
-            lock.pause("commit")
         asked = time.perf_counter()
         grant = lock.claim(parts)
         if grant.kind != "bucket":
@@ -419,6 +422,8 @@ def _work(rank: _Rank, epoch: int, visits: list[Any], counts: list[int], parts: 
         waited += time.perf_counter() - asked
         _train_visit(rank, epoch, grant, visits, counts, waited)
         waited = 0.0
+        if rank.lead and tr._commit_due(session):  # after a visit: each round follows some training
+            lock.pause("commit")
 
 
 def _train_visit(rank: _Rank, epoch: int, grant: Grant, visits: list[Any], counts: list[int],
@@ -497,21 +502,24 @@ def _release(rank: _Rank, partitions: tuple[int, ...]) -> None:
 def _record(rank: _Rank, what: str, seq: int, when: float, partitions: tuple[int, ...] | list[int],
             index: int | None = None) -> None:
     """A claim or release in stats.jsonl, with the lock's order and clock (for audits)."""
-    append_stats(rank.session.run_dir, {"lock": what, "rank": rank.cluster.rank, "seq": seq, "at": when,
+    append_stats(rank.session.run_dir, {"lock": what, "job": rank.cluster.job, "rank": rank.cluster.rank,
+                                        "seq": seq, "at": when,
                                         "partitions": sorted(set(partitions)),
                                         **({} if index is None else {"visit": index})})
 
 
-def _commit_round(rank: _Rank, epoch: int, visits: int, final: bool) -> bool:
+def _commit_round(rank: _Rank, epoch: int, visits: int, final: bool) -> tuple[bool, bool]:
     """Every rank has written back and released all it held: sum the shared parameters'
     changes, and rank 0 commits a version (and, at the end of an epoch, validates and starts
-    the next epoch's lock). Returns whether training goes on."""
+    the next epoch's lock). Returns whether training goes on, and whether the epoch is done
+    (a round asked for mid-epoch may find every visit trained)."""
     cluster, session, lock = rank.cluster, rank.session, rank.lock
     round_ = cluster.next_round()
     cluster.barrier(f"commit/{round_}")
     rank.shared.sum_changes()
     if rank.lead:
         state = lock.state()
+        final = final or not state.todo
         if final:
             position, later = Position(epoch + 1, 0), {}
         else:
@@ -528,15 +536,16 @@ def _commit_round(rank: _Rank, epoch: int, visits: int, final: bool) -> bool:
             keep_going = tr._validate(session, epoch, rank.log, rank.show_progress)
             t = session.config.training
             if epoch + 1 < t.epochs:
-                lock.reset(LockState.for_epoch(epoch + 1, len(epoch_visits(t, session.data.num_partitions,
-                                                                           epoch + 1))))
+                following = LockState.for_epoch(epoch + 1, len(epoch_visits(t, session.data.num_partitions, epoch + 1)))
+                following.seq = state.seq  # the lock's order runs on through the job
+                lock.reset(following)
         else:
-            rank.log(f"committed v{manifest.version} at epoch {epoch + 1}, visit {position.bucket + 1}/{visits} "
+            rank.log(f"committed v{manifest.version} at epoch {epoch + 1}, next visit {position.bucket + 1}/{visits} "
                      f"({session.last_commit_seconds:.1f} s, all {cluster.world} ranks)")
             state.staged = {}
             lock.reset(state)
-        cluster.publish(f"round/{round_}", {"version": manifest.version, "go_on": keep_going})
-        return keep_going
+        cluster.publish(f"round/{round_}", {"version": manifest.version, "go_on": keep_going, "final": final})
+        return keep_going, final
     news = cluster.wait_for(f"round/{round_}")
     session.advance(read_manifest(session.run_dir, news["version"]))
-    return bool(news["go_on"])
+    return bool(news["go_on"]), bool(news["final"])
