@@ -96,10 +96,10 @@ class Cluster:
         timeout = datetime.timedelta(seconds=CONNECT_TIMEOUT)
         hosts = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"  # else torchrun's agent hosts it
         try:
-            base = dist.TCPStore(host, port, world, hosts, timeout=timeout)
+            server = dist.TCPStore(host, port, world, hosts, timeout=timeout)
             # torchrun's store outlives a restart (--max-restarts): each attempt keeps to its own keys
             attempt = f"bigembed/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-            base = dist.PrefixStore(attempt, base)
+            base = dist.PrefixStore(attempt, server)
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=dist.PrefixStore("pg", base),
                                     rank=rank, world_size=world, timeout=timeout)
         except (RuntimeError, ValueError, OSError) as exc:
