@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,8 +74,9 @@ def train_once(data: Path, run: Path, ranks: int, threads: int, sets: list[str])
             "test_mrr_sampled": round(json.loads(ev.stdout)["mrr"], 4)}
 
 
-def lock_latency(partitions: int, ranks: int, cycles: int) -> dict[str, float]:
-    """Seconds per claim + finish + release through a TCPStore, ``ranks`` threads contending."""
+def lock_latency(partitions: int, ranks: int, epochs: int) -> dict[str, float]:
+    """Lock operations through a TCPStore, ``ranks`` threads contending: each claims, finishes
+    and releases visits until ``epochs`` epochs of P x P visits are shared out."""
     import torch.distributed as dist
 
     from bigembed.config import load_config
@@ -86,37 +86,36 @@ def lock_latency(partitions: int, ranks: int, cycles: int) -> dict[str, float]:
     t = load_config(None, {}).training
     parts = [(b.lhs, b.rhs) for b, _ in epoch_visits(t, partitions, 0)]
     server = dist.TCPStore("127.0.0.1", 0, 1, True, timeout=datetime.timedelta(seconds=60))
-    done = [0] * ranks
-    elapsed = [0.0] * ranks
+    stores = [dist.TCPStore("127.0.0.1", server.port, 1, False, timeout=datetime.timedelta(seconds=60))
+              for _ in range(ranks)]
+    ops = [0] * ranks
 
     def rank(r: int) -> None:
-        store = dist.TCPStore("127.0.0.1", server.port, 1, False, timeout=datetime.timedelta(seconds=60))
-        lock = StoreLock(store, r)
-        start = time.perf_counter()
-        while done[r] < cycles:
+        lock = StoreLock(stores[r], r)
+        while True:
             grant = lock.claim(parts)
+            ops[r] += 1
             if grant.release:
                 lock.release(grant.release, {})
+                ops[r] += 1
+            if grant.kind == "epoch_done":
+                return
             if grant.kind == "bucket":
                 lock.finish(grant.index)
-                done[r] += 1
-            elif grant.kind == "epoch_done":
-                if r == 0:
-                    StoreLock(store, 0).reset(LockState.for_epoch(0, len(parts)))
-            else:
-                time.sleep(0.0005)
-        elapsed[r] = time.perf_counter() - start
+                ops[r] += 1
 
-    StoreLock(server, 0).reset(LockState.for_epoch(0, len(parts)))
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(ranks)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    total = sum(done)
-    return {"partitions": partitions, "ranks": ranks, "cycles": total,
-            "s_per_cycle_per_rank": statistics.mean(e / c for e, c in zip(elapsed, done, strict=True)),
-            "cycles_per_s_total": total / max(elapsed)}
+    start = time.perf_counter()
+    for _ in range(epochs):
+        StoreLock(server, 0).reset(LockState.for_epoch(0, len(parts)))
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(ranks)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    elapsed = time.perf_counter() - start
+    visits = epochs * len(parts)
+    return {"partitions": partitions, "ranks": ranks, "visits": visits, "lock_ops": sum(ops),
+            "ms_per_op": round(1000 * elapsed / sum(ops), 3), "visits_per_s": round(visits / elapsed)}
 
 
 def partition_io(rows: int, dim: int, folder: Path) -> dict[str, float]:
@@ -153,13 +152,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigembed-distributed-bench")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--model-only", action="store_true", help="only the lock and partition IO figures")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = prepare(args.work, args.nodes, args.edges, args.partitions)
     sets = ["--epochs", str(args.epochs), "--dim", str(args.dim)]
     per_rank = max(1, args.threads // args.ranks)
     runs: list[dict[str, Any]] = []
-    for r in range(args.rounds):
+    for r in range(0 if args.model_only else args.rounds):
         sides = [(1, args.threads), (args.ranks, per_rank)]
         for ranks, threads in sides if r % 2 == 0 else sides[::-1]:
             result = train_once(data, args.work / "run", ranks, threads, sets)
@@ -172,8 +172,8 @@ def main() -> None:
         "graph": {"nodes": args.nodes, "edges": args.edges, "partitions": args.partitions, "dim": args.dim,
                   "epochs": args.epochs},
         "runs": runs,
-        "lock": [lock_latency(8, 1, 400), lock_latency(8, 4, 200), lock_latency(100, 1, 200),
-                 lock_latency(100, 16, 50)],
+        "lock": [lock_latency(8, 1, 20), lock_latency(8, 4, 20), lock_latency(32, 16, 2),
+                 lock_latency(100, 16, 1)],
         "partition_io": [partition_io(rows, args.dim, args.work / "io"),
                          partition_io(1_000_000, args.dim, args.work / "io")],
     }

@@ -272,6 +272,22 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    """Training with several ranks started by torchrun (README, "Several machines")."""
+
+    dead_after_seconds: float = _opt(
+        10.0,
+        "A rank that has not beaten its heartbeat for this long is taken for dead, and the others "
+        "stop (nothing committed is lost; rerun to resume).",
+        min=2.0,
+    )
+    connect_timeout_seconds: float = _opt(
+        60.0, "How long a rank tries to reach the job's store and form the process group before it gives up.",
+        min=1.0,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RelationConfig:
     """Per-relation settings, ``[relations.NAME]``; unset fields take the global default."""
 
@@ -299,6 +315,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     relations: dict[str, RelationConfig] = field(default_factory=dict)
     entities: dict[str, EntityConfig] = field(default_factory=dict)
 
@@ -329,6 +346,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "checkpoint": CheckpointConfig,
+    "distributed": DistributedConfig,
 }
 
 

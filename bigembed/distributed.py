@@ -8,15 +8,23 @@ partitions of its visit in its own buffer, writes them back into the version bei
 (hashing them) before it releases them, and tells the lock where it staged them, so the next
 holder reads the newest copy.
 
+The relation parameters and global vectors are shared through the store as a parameter
+server (PyTorch-BigGraph's design): after each visit a rank adds its change to the shared copy
+and goes on from the sum. Summing them with a collective only at commits, as first built, let
+each rank train a whole epoch against its own copy: on a planted graph at P = 8 that scored
+0.23-0.25 test MRR where one process scored 0.61 (benchmarks/RESULTS.md); exchanged after each
+visit, 2 ranks score 0.62.
+
 A commit is a round every rank joins: rank 0 pauses the lock (a commit is due, or a rank was
-asked to stop); each rank finishes its slab, writes back and releases everything, and waits
-at a barrier; the relation parameters (and global vectors) are summed over the ranks' changes
-since the last round (``all_reduce`` on gloo, or NCCL for CUDA tensors); rank 0 writes them,
-commits the version with the existing protocol (naming the visits trained out of order), and
-the ranks go on from it. A version is thus committed only once every rank has written back.
+asked to stop); each rank finishes its slab, writes back and releases everything, adds its
+last change to the shared parameters, and waits at a barrier; all ranks take the shared
+values; rank 0 writes them, commits the version with the existing protocol (naming the visits
+trained out of order), and the ranks go on from it. A version is thus committed only once
+every rank has written back. (The process group, gloo, carries one broadcast: the
+attempt's id.)
 
 A watchdog thread in every rank beats a counter in the store each second and watches the
-others': a rank silent for ``DEAD_AFTER`` seconds, a rank that failed, or a store that
+others': a rank silent for ``distributed.dead_after_seconds``, a rank that failed, or a store that
 vanished (rank 0's machine gone) stops the rank with one line, so no rank hangs. Nothing
 committed is lost; the same command resumes from the last version, with any number of ranks.
 """
@@ -36,26 +44,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bigembed import training as tr
 from bigembed.checkpoint import Position, append_stats, epoch_progress, read_manifest
-from bigembed.checkpoint.run import exclusive_run
+from bigembed.checkpoint.run import exclusive_run, is_run, read_run_config
 from bigembed.checkpoint.versions import next_version
 from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, ConfigError, TrainingDivergedError
 from bigembed.progress import progress_bar
 from bigembed.scheduler.epoch import chunk_size, epoch_visits
-from bigembed.scheduler.lock import Grant, LockState, StoreLock
+from bigembed.scheduler.lock import Grant, LockState, StoreLock, StoreMutex
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.edges import EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, bucket_seed, native
 from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.device import training_device
 
-HEARTBEAT = 1.0  # seconds between a rank's beats
-DEAD_AFTER = 10.0  # a rank silent this long is taken for dead
-CONNECT_TIMEOUT = 60.0  # reaching the job's store, and the process group forming
+HEARTBEAT = 1.0  # seconds between a rank's beats (distributed.dead_after_seconds: when one is dead)
 
 Log = Callable[[str], None]
 
@@ -71,9 +78,11 @@ def launched() -> bool:
 class Cluster:
     """This rank's membership of the job: the store, the process group, the watchdog."""
 
-    def __init__(self, rank: int, world: int, local_rank: int, local_world: int, store: Any, where: str) -> None:
+    def __init__(self, rank: int, world: int, local_rank: int, local_world: int, store: Any, where: str,
+                 dead_after: float = 10.0) -> None:
         self.rank, self.world, self.local_rank, self.local_world = rank, world, local_rank, local_world
         self.store, self.where = store, where
+        self.dead_after = dead_after  # rank 0's setting replaces this rank's once the job has started
         self.job = ""  # this attempt's id (in stats.jsonl's lock records)
         self.on_beat: Callable[[], None] | None = None  # rank 0's progress bar, refreshed each beat
         self._closing = threading.Event()
@@ -81,9 +90,9 @@ class Cluster:
         self._watchdog = threading.Thread(target=self._watch, name="bigembed-watchdog", daemon=True)
 
     @classmethod
-    def join(cls, cuda: bool) -> Cluster:
-        """Join the job torchrun started: its store, a process group (gloo; gloo and NCCL with
-        ``cuda``), and a key prefix of this attempt (a restarted job starts clean)."""
+    def join(cls, settings: Config) -> Cluster:
+        """Join the job torchrun started: its store, a process group (gloo), and a key prefix
+        of this attempt (a restarted job starts clean)."""
         import torch.distributed as dist
 
         env = os.environ
@@ -93,26 +102,27 @@ class Cluster:
                                 "(see README, \"Several machines\")")
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         host, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
-        timeout = datetime.timedelta(seconds=CONNECT_TIMEOUT)
+        wait = settings.distributed.connect_timeout_seconds
+        timeout = datetime.timedelta(seconds=wait)
         hosts = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"  # else torchrun's agent hosts it
         try:
             server = dist.TCPStore(host, port, world, hosts, timeout=timeout)
             # torchrun's store outlives a restart (--max-restarts): each attempt keeps to its own keys
             attempt = f"bigembed/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
             base = dist.PrefixStore(attempt, server)
-            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=dist.PrefixStore("pg", base),
+            dist.init_process_group("gloo", store=dist.PrefixStore("pg", base),
                                     rank=rank, world_size=world, timeout=timeout)
         except (RuntimeError, ValueError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BigembedError(
-                f"rank {rank}: could not join the job at {host}:{port} within {CONNECT_TIMEOUT:.0f} s ({first}); "
+                f"rank {rank}: could not join the job at {host}:{port} within {wait:g} s ({first}); "
                 "check that every machine runs the same torchrun command with the same --rdzv-endpoint, "
                 "and that the port is reachable") from None
         token = torch.tensor([secrets.randbits(62) if rank == 0 else 0], dtype=torch.int64)
         dist.broadcast(token, 0)  # this attempt's id, in the lock's records
         store = dist.PrefixStore(f"{int(token)}/", base)
         cluster = cls(rank, world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1)), store,
-                      f"{host}:{port}")
+                      f"{host}:{port}", settings.distributed.dead_after_seconds)
         cluster.job = f"{int(token):x}"
         cluster._watchdog.start()
         return cluster
@@ -131,7 +141,7 @@ class Cluster:
                     count = self.store.add(f"alive/{r}", 0)
                     if count != beats:
                         seen[r] = (count, now)
-                    elif now - since > DEAD_AFTER:
+                    elif now - since > self.dead_after:
                         self._die(f"rank {r} stopped responding (no heartbeat for {now - since:.0f} s: killed, "
                                   f"or its machine is gone); stopping rank {self.rank}")
                 if self.on_beat is not None:
@@ -146,7 +156,7 @@ class Cluster:
         if self._closing.is_set():
             return
         sys.stdout.flush()
-        sys.stderr.write(f"bigembed: error: {message}; nothing committed is lost: rerun the same command to resume "
+        sys.stderr.write(f"error: {message}; nothing committed is lost: rerun the same command to resume "
                          "from the last committed version\n")
         sys.stderr.flush()
         os._exit(1)
@@ -193,31 +203,60 @@ class Cluster:
 
 
 class _SharedParams:
-    """The relation parameters and global vectors (and their Adagrad state), kept equal on
-    every rank by summing each rank's change since the last round."""
+    """The relation parameters and global vectors (and their Adagrad state), shared as a
+    parameter server in the job's store: after each visit a rank adds its change since it
+    last looked to the shared copy (under a mutex) and goes on from the sum, so every rank
+    trains against the others' updates within a bucket's time, and a commit round leaves
+    every rank with the same values (each adds its last change, then all read the sum)."""
 
     NAMES = ("params", "adagrad", "globals", "globals_adagrad")
+    KEY = "shared/values"
 
-    def __init__(self, relations: Any) -> None:
-        self.relations = relations
-        self.base = {n: t.detach().clone() for n in self.NAMES if (t := getattr(relations, n)) is not None
-                     and t.numel()}
+    def __init__(self, relations: Any, store: Any, rank: int) -> None:
+        self.relations, self.store = relations, store
+        self.mutex = StoreMutex(store, "shared/mutex", rank)
+        self.names = [n for n in self.NAMES if (t := getattr(relations, n)) is not None and t.numel()]
+        self.last = self._local()
+        self.exchanges, self.seconds = 0, 0.0
 
-    def sum_changes(self) -> None:
-        import torch.distributed as dist
+    def _local(self) -> np.ndarray:
+        if not self.names:
+            return np.zeros(0, np.float32)
+        return torch.cat([getattr(self.relations, n).detach().flatten().cpu() for n in self.names]).numpy().copy()
 
-        if not self.base:
-            return
-        current = {n: getattr(self.relations, n) for n in self.base}
-        flat = torch.cat([(current[n] - self.base[n]).flatten() for n in self.base])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    def _assign(self, values: np.ndarray) -> None:
         offset = 0
-        for name, base in self.base.items():
-            size = base.numel()
+        for name in self.names:
+            tensor = getattr(self.relations, name)
+            size = tensor.numel()
             with torch.no_grad():
-                current[name].copy_(base + flat[offset:offset + size].view_as(base))
-            base.copy_(current[name])
+                tensor.copy_(torch.from_numpy(values[offset:offset + size]).view_as(tensor))
             offset += size
+        self.last = values
+
+    def publish(self) -> None:
+        """Rank 0, before any rank trains: the run's values are the shared copy."""
+        if self.names:
+            self.store.set(self.KEY, self.last.tobytes())
+
+    def exchange(self) -> None:
+        """Add this rank's change since it last looked, and go on from the sum."""
+        if not self.names:
+            return
+        started = time.perf_counter()
+        change = self._local() - self.last
+        with self.mutex:
+            shared = np.frombuffer(self.store.get(self.KEY), np.float32).copy()
+            shared += change
+            self.store.set(self.KEY, shared.tobytes())
+        self._assign(shared)
+        self.exchanges += 1
+        self.seconds += time.perf_counter() - started
+
+    def pull(self) -> None:
+        """Take the shared values as they are (every rank has added its change)."""
+        if self.names:
+            self._assign(np.frombuffer(self.store.get(self.KEY), np.float32).copy())
 
 
 @dataclass
@@ -243,8 +282,7 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None, overri
     data = read_data_manifest(data_dir)
     data.require_split("train")
     keep_freed_buffers()
-    cuda = _wants_cuda(config_file, overrides or {})
-    cluster = Cluster.join(cuda)
+    cluster = Cluster.join(_local_settings(run_dir, config_file, overrides or {}))
     try:
         with ExitStack() as stack:
             if cluster.rank == 0:
@@ -256,6 +294,7 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None, overri
                 cluster.barrier("end")
                 return tr.TrainResult(start["version"], start["epochs_done"], None)
             config = load_config(None, None, base=flatten(start["config"]))
+            cluster.dead_after = config.distributed.dead_after_seconds
             return _train_rank(cluster, data, run_dir, config, start, log if cluster.rank == 0 else _quiet,
                                show_progress)
     except BaseException as exc:
@@ -269,11 +308,14 @@ def _quiet(message: str) -> None:
     """Ranks other than 0 keep quiet: rank 0 speaks for the job, errors speak for themselves."""
 
 
-def _wants_cuda(config_file: Path | None, overrides: dict[str, Any]) -> bool:
+def _local_settings(run_dir: Path, config_file: Path | None, overrides: dict[str, Any]) -> Config:
+    """This rank's reading of the config before the job has formed (rank 0 decides the run's
+    config after): the timeouts to join with. Defaults when it does not load."""
     try:
-        return training_device(load_config(config_file, overrides).training).type == "cuda"
+        base = flatten(read_run_config(run_dir)["config"]) if is_run(run_dir) else None
+        return load_config(config_file, overrides, base=base)
     except (BigembedError, ValueError):
-        return False  # rank 0 reports a bad config; the others hear of it through the store
+        return load_config(None, None)  # rank 0 reports a bad config; the others hear of it through the store
 
 
 def _lead_start(cluster: Cluster, data: DataManifest, run_dir: Path, config_file: Path | None,
@@ -324,7 +366,8 @@ def _train_rank(cluster: Cluster, data: DataManifest, run_dir: Path, config: Con
     session.hash_evictions = True
     trainer = BucketTrainer(session.model, config.training, config.model.reciprocal, kernels)
     lock = StoreLock(cluster.store, cluster.rank)
-    rank = _Rank(cluster, session, trainer, lock, _SharedParams(session.relations), log, show_progress)
+    rank = _Rank(cluster, session, trainer, lock, _SharedParams(session.relations, cluster.store, cluster.rank), log,
+                 show_progress)
     P, t = data.num_partitions, config.training
     if rank.lead:
         log(f"{cluster.world} ranks, {trainer.workers} worker thread(s) each on rank 0; bucket lock and commits on "
@@ -339,6 +382,7 @@ def _train_rank(cluster: Cluster, data: DataManifest, run_dir: Path, config: Con
             partial[pos.bucket] = pos.slab
         lock.reset(LockState.for_epoch(pos.epoch, visits, [*range(pos.bucket), *done], partial,
                                        fresh=resumed is None))
+        rank.shared.publish()
     append_stats(run_dir, {"start": {"version": base.version, "device": str(device), "workers": trainer.workers,
                                      "rank": cluster.rank, "ranks": cluster.world, "pid": os.getpid(),
                                      **trainer.kernels.record()}})
@@ -421,6 +465,7 @@ def _work(rank: _Rank, epoch: int, visits: list[Any], counts: list[int], parts: 
         _record(rank, "claim", grant.seq, grant.time, parts[grant.index], grant.index)
         waited += time.perf_counter() - asked
         _train_visit(rank, epoch, grant, visits, counts, waited)
+        rank.shared.exchange()
         waited = 0.0
         if rank.lead and tr._commit_due(session):  # after a visit: each round follows some training
             lock.pause("commit")
@@ -515,8 +560,9 @@ def _commit_round(rank: _Rank, epoch: int, visits: int, final: bool) -> tuple[bo
     (a round asked for mid-epoch may find every visit trained)."""
     cluster, session, lock = rank.cluster, rank.session, rank.lock
     round_ = cluster.next_round()
+    rank.shared.exchange()
     cluster.barrier(f"commit/{round_}")
-    rank.shared.sum_changes()
+    rank.shared.pull()  # every rank added its change before the barrier: all now hold the same values
     if rank.lead:
         state = lock.state()
         final = final or not state.todo

@@ -137,7 +137,7 @@ def test_commit_rounds_mid_epoch_and_resume_with_other_numbers_of_ranks(graph, t
 def test_a_killed_rank_stops_the_other_and_the_same_command_resumes(graph, tmp_path):
     data, run_dir = graph[4], tmp_path / "run"
     cmd = [*torchrun(2), "train", str(data), "-o", str(run_dir), "--no-progress", *SMALL, "--epochs", "12",
-           "--set", "checkpoint.interval_seconds=0"]
+           "--set", "checkpoint.interval_seconds=0", "--set", "distributed.dead_after_seconds=5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     try:
         pid, deadline = None, time.monotonic() + 120
@@ -211,3 +211,23 @@ def test_one_process_resumes_a_version_with_visits_done_out_of_order(graph, tmp_
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"v\d+/manifest.json: impossible visits_done"):
         epoch_progress(run_dir, read_manifest(run_dir, current + 3), 16)
+
+
+def test_a_rank_that_cannot_reach_the_job_gives_up_in_bounded_time(tmp_path, graph):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    started = time.monotonic()
+    done = subprocess.run([*BIGEMBED, "train", str(graph[4]), "-o", str(tmp_path / "run"), "--no-progress",
+                           "--set", "distributed.connect_timeout_seconds=3"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 60
+    last = done.stderr.strip().splitlines()[-1]  # after torch's own log lines of the failed connection
+    assert last.startswith(f"error: rank 1: could not join the job at 127.0.0.1:{port} within 3 s"), last
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing was written

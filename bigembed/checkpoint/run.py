@@ -36,6 +36,8 @@ FREE_TO_CHANGE = {
     "checkpoint.interval_seconds",
     "checkpoint.keep_versions",
     "checkpoint.max_commit_share",
+    "distributed.dead_after_seconds",
+    "distributed.connect_timeout_seconds",
 }
 # Keys no run may change, because the stored shards depend on them.
 NEVER_CHANGE = {"model.dim", "model.operator", "model.reciprocal", "model.global_emb", "training.optimizer",

@@ -162,22 +162,41 @@ class LockState:
 class KeyValueStore(Protocol):
     """What :class:`StoreLock` needs of a store (torch.distributed.Store has it)."""
 
-    def set(self, key: str, value: str) -> None: ...
+    def set(self, key: str, value: str | bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def compare_set(self, key: str, expected: str, desired: str) -> bytes: ...
     def check(self, keys: list[str]) -> bool: ...
     def delete_key(self, key: str) -> bool: ...
 
 
+class StoreMutex:
+    """A mutex on a key of ``store``, taken with its atomic compare-and-set (``with mutex:``)."""
+
+    def __init__(self, store: KeyValueStore, key: str, rank: int) -> None:
+        self.store, self.key, self.me = store, key, f"r{rank}"
+        self.takes = 0
+        self.waited = 0.0  # seconds spent waiting for it
+
+    def __enter__(self) -> None:
+        delay, started = 0.0002, time.perf_counter()
+        while self.store.compare_set(self.key, "", self.me) != self.me.encode():
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+        self.waited += time.perf_counter() - started
+        self.takes += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.store.compare_set(self.key, self.me, "")
+
+
 class StoreLock:
     """The :class:`LockState` of the job, kept in ``store`` and changed by one rank at a time."""
 
-    MUTEX, STATE, PAUSE = "lock/mutex", "lock/state", "lock/pause"
+    STATE, PAUSE = "lock/state", "lock/pause"
 
     def __init__(self, store: KeyValueStore, rank: int) -> None:
         self.store, self.rank = store, rank
-        self.round_trips = 0  # mutex takes, for the benchmark's latency figure
-        self.mutex_wait = 0.0
+        self.mutex = StoreMutex(store, "lock/mutex", rank)
 
     def reset(self, state: LockState) -> None:
         """Start a new sharing-out (rank 0, while the others wait at a barrier)."""
@@ -185,19 +204,10 @@ class StoreLock:
         self.store.delete_key(self.PAUSE)
 
     def _change(self, change: Callable[[LockState], Any]) -> Any:
-        me = f"r{self.rank}"
-        delay, started = 0.0002, time.perf_counter()
-        while self.store.compare_set(self.MUTEX, "", me) != me.encode():
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
-        self.mutex_wait += time.perf_counter() - started
-        self.round_trips += 1
-        try:
+        with self.mutex:
             state = LockState.from_json(self.store.get(self.STATE))
             out = change(state)
             self.store.set(self.STATE, state.to_json())
-        finally:
-            self.store.compare_set(self.MUTEX, me, "")
         return out
 
     def state(self) -> LockState:
