@@ -100,18 +100,22 @@ class LockState:
         if not self.todo and not self.running:
             return Grant("epoch_done", release=tuple(sorted(mine)), seq=self.seq, time=time.time())
         touched = None if self.touched is None or not self.touched else set(self.touched)
-        best, best_score = -1, -len(parts) - 3  # below any visit's (at most two loads)
+        left: dict[int, int] = {}  # partition -> visits still to train that need it
+        for i in self.todo:
+            for p in set(parts[i]):
+                left[p] = left.get(p, 0) + 1
+        best, best_score = -1, (-3, 0)  # below any visit's (at most two loads)
         for position, i in enumerate(self.todo):
             need = set(parts[i])
             if any(self.held.get(p, rank) != rank for p in need):
                 continue
             if touched is not None and need and not need & touched:
                 continue
-            score = len(need & mine) - len(need)  # minus the loads it needs
+            # the fewest loads; then the partitions with the most work left, so that the end of
+            # the epoch is not left to one partition's visits, which only one rank can train
+            score = (len(need & mine) - len(need), sum(left[p] for p in need))
             if score > best_score:
                 best, best_score = position, score
-                if score == 0:
-                    break
         if best < 0:
             return Grant("wait", release=tuple(sorted(mine)), seq=self.seq, time=time.time())
         index = self.todo.pop(best)
