@@ -292,11 +292,12 @@ def train(data_dir: Path, run_dir: Path, config_file: Path | None = None, overri
                 start = cluster.wait_for("start")
             if "done" in start:
                 cluster.barrier("end")
-                return tr.TrainResult(start["version"], start["epochs_done"], None)
+                return tr.TrainResult(start["version"], start["epochs_done"], None, quiet=cluster.rank > 0)
             config = load_config(None, None, base=flatten(start["config"]))
             cluster.dead_after = config.distributed.dead_after_seconds
-            return _train_rank(cluster, data, run_dir, config, start, log if cluster.rank == 0 else _quiet,
-                               show_progress)
+            result = _train_rank(cluster, data, run_dir, config, start, log if cluster.rank == 0 else _quiet,
+                                 show_progress)
+            return replace(result, quiet=cluster.rank > 0)
     except BaseException as exc:
         cluster.fail(str(exc) or type(exc).__name__)
         raise
@@ -370,10 +371,10 @@ def _train_rank(cluster: Cluster, data: DataManifest, run_dir: Path, config: Con
                  show_progress)
     P, t = data.num_partitions, config.training
     if rank.lead:
-        log(f"{cluster.world} ranks, {trainer.workers} worker thread(s) each on rank 0; bucket lock and commits on "
-            f"rank 0 ({cluster.where})" + (f"; each rank holds 2 partitions (training.buffer_partitions = "
-                                           f"{t.buffer_partitions} applies to one process)" if t.buffer_partitions > 2
-                                           else ""))
+        log(f"{cluster.world} ranks ({trainer.workers} worker thread(s) on rank 0); the bucket lock is in the job's "
+            f"store at {cluster.where}; rank 0 commits" + (
+                f"; each rank holds 2 partitions (training.buffer_partitions = {t.buffer_partitions} applies to "
+                "one process)" if t.buffer_partitions > 2 else ""))
         log(trainer.kernels.why)
         pos = base.position
         visits = len(epoch_visits(t, P, pos.epoch))
@@ -436,11 +437,16 @@ def _epoch_bar(rank: _Rank, epoch: int, counts: list[int]) -> Iterator[None]:
         def refresh() -> None:
             bar.update(initial + rank.cluster.store.add(key, 0) - bar.n)
 
+        log = rank.log
+        if not bar.disable:  # lines printed while the bar shows go above it, not through it
+            rank.log = lambda message: bar.write(message, file=sys.stderr)
         rank.cluster.on_beat = refresh
         try:
             yield
         finally:
             rank.cluster.on_beat = None
+            rank.log = log
+            refresh()  # the last visits' edges, before the bar closes
 
 
 def _work(rank: _Rank, epoch: int, visits: list[Any], counts: list[int], parts: list[tuple[int, ...]]) -> str:

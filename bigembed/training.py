@@ -74,6 +74,7 @@ class TrainResult:
     epochs_done: int
     resumed_from: Position | None
     stopped: bool = False
+    quiet: bool = False  # a rank other than 0 of several: rank 0 reports for the job
 
 
 def _init_seed(seed: int, partition: int) -> int:

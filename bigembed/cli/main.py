@@ -236,7 +236,8 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
                           memory=budget)
     if result.stopped:
         raise SystemExit(130)
-    _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")
+    if not result.quiet:
+        _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")
 
 
 @cli.command("eval")
