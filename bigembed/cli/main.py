@@ -292,7 +292,7 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, m
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5"]), default="tsv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet"]), default="tsv", show_default=True)
 @click.option("--data", "data", type=click.Path(path_type=Path),
               help="DATA directory, if it moved since training (default: the one RUN was trained on).")
 @click.option("--version", "which", default="last", show_default=True,

@@ -6,8 +6,13 @@ ever in memory) into a temp folder that is renamed to OUT when complete.
 - ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``.
 - ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order.
 
-With several entity types, tsv and npy write one set of files per type
-(``embeddings_<type>.tsv``, ``embeddings_<type>.npy`` + ``names_<type>.txt``).
+- ``parquet``: ``OUT/embeddings.parquet``, columns ``name`` (string) and ``embedding`` (a
+  fixed-size list of D float32), one row group per 65,536 rows: pandas, polars and DuckDB
+  each load it in one line, and the column's type does not depend on D.
+
+With several entity types, tsv, npy and parquet write one set of files per type
+(``embeddings_<type>.tsv``, ``embeddings_<type>.npy`` + ``names_<type>.txt``,
+``embeddings_<type>.parquet``).
 - ``h5``: PBG layout: ``embeddings_<entity>_<part>.v<N>.h5`` (dataset ``embeddings``,
   attr ``format_version``), ``entity_names_<entity>_<part>.json``,
   ``entity_count_<entity>_<part>.txt``, ``model.v<N>.h5`` and ``checkpoint_version.txt``.
@@ -34,7 +39,7 @@ from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.dtypes import to_float32
 from bigembed.storage.names import iter_names, names_dir
 
-FORMATS = ("tsv", "npy", "h5")
+FORMATS = ("tsv", "npy", "h5", "parquet")
 ROWS = 65536
 Progress = Callable[[int], None]
 
@@ -106,6 +111,29 @@ def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
     _write_relations(run, manifest, data, out)
 
 
+def _write_parquet(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
+                   progress: Progress | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    globals_ = read_globals(run, manifest)
+    schema = pa.schema([("name", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+    for t in range(len(data.entity_types)):
+        with pq.ParquetWriter(out / f"embeddings{_suffix(data, t)}.parquet", schema) as writer:
+            for p in range(data.num_partitions):
+                emb = np.ascontiguousarray(_type_rows(run, manifest, data, t, p, globals_), dtype=np.float32)
+                start = 0
+                for names in partition_names(data, p, t):
+                    block = emb[start : start + len(names)]
+                    vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1), pa.float32()), dim)
+                    writer.write_table(pa.Table.from_arrays([pa.array(names, pa.string()), vectors], schema=schema))
+                    start += len(names)
+                    if progress:
+                        progress(len(names))
+                del emb
+    _write_relations(run, manifest, data, out)
+
+
 def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, out: Path) -> None:
     (out / "relations.txt").write_text("".join(r + "\n" for r in data.relations))
     if RELATION_PARAMS_KEY in manifest.shards:
@@ -168,11 +196,13 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
             _write_tsv(run, manifest, data, tmp, progress)
         elif fmt == "npy":
             _write_npy(run, manifest, data, tmp, dim, progress)
+        elif fmt == "parquet":
+            _write_parquet(run, manifest, data, tmp, dim, progress)
         else:
             _write_h5(run, manifest, data, tmp, progress)
         if relation_layout is not None:
             atomic_write_json(tmp / "relations.json", {
-                "about": "relation_params.npy (npy) or model/relations/params (h5) is one flat float32 "
+                "about": "relation_params.npy (npy, parquet) or model/relations/params (h5) is one flat float32 "
                          "vector; relation i's parameters are [offset, offset + prod(shape)) reshaped "
                          "to shape; score = comparator(operator(lhs, params), rhs)",
                 "relations": relation_layout,

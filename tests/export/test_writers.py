@@ -34,7 +34,7 @@ def _full_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
 
 
-@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5"])
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5", "parquet"])
 def test_export_on_a_full_disk_is_a_one_line_error_and_leaves_nothing(run_dir, tmp_path, fmt):
     """HDF5 writing to the disk itself crashed the interpreter at exit (139) after the error."""
     out = tmp_path / "out"
@@ -64,3 +64,25 @@ def test_h5_export_without_a_limit_still_writes_readable_files(run_dir, tmp_path
             assert np.array_equal(f["embeddings"][...], read_shard_of(run_dir, manifest, emb_key("node", p)))
     with h5py.File(out / f"model.v{manifest.version}.h5", "r") as f:
         assert f.attrs["format_version"] == 1 and "r0" in f.attrs["relations"]
+
+
+def test_parquet_export_has_the_npy_export_rows_and_loads_in_one_line(run_dir, tmp_path):
+    """Names and vectors equal the npy export, row for row; DuckDB reads the file as is."""
+    import duckdb
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    for fmt in ("parquet", "npy"):
+        done = CliRunner().invoke(cli, ["export", str(run_dir), "-o", str(tmp_path / fmt), "--format", fmt,
+                                        "--no-progress"])
+        assert done.exit_code == 0, done.output
+    table = pq.read_table(tmp_path / "parquet" / "embeddings.parquet")
+    assert table.schema.names == ["name", "embedding"]
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(table.num_rows, -1)
+    assert np.array_equal(vectors, np.load(tmp_path / "npy" / "embeddings.npy"))
+    assert table.column("name").to_pylist() == (tmp_path / "npy" / "names.txt").read_text().splitlines()
+    path = tmp_path / "parquet" / "embeddings.parquet"
+    first = duckdb.sql(f"SELECT name, embedding FROM '{path}' LIMIT 1").fetchall()[0]
+    assert first[0] == table.column("name")[0].as_py()
+    assert np.allclose(first[1], vectors[0])
+    assert (tmp_path / "parquet" / "relation_params.npy").exists()
