@@ -510,15 +510,15 @@ def _train_visit(rank: _Rank, epoch: int, grant: Grant, visits: list[Any], count
         **({} if grant.slab == 0 else {"from_slab": grant.slab}),
         **({} if stopped_at is None else {"stopped_at_slab": stopped_at}),
     })
-    cluster.store.add(f"edges/{epoch}", trained)
 
 
-def _slab_hook(rank: _Rank, epoch: int, k: int, visits: int, bucket: Any) -> Callable[[int, int, float], bool]:
+def _slab_hook(rank: _Rank, epoch: int, k: int, visits: int, bucket: Any) -> Callable[[int, int, float, int], bool]:
     """After each slab: stop on a non-finite loss; stop the visit when the lock is paused (a
     commit round or a stop; the rest of the visit goes back to the lock)."""
     session = rank.session
 
-    def after_slab(slabs_done: int, slabs: int, loss: float) -> bool:
+    def after_slab(slabs_done: int, slabs: int, loss: float, edges: int) -> bool:
+        rank.cluster.store.add(f"edges/{epoch}", edges)  # rank 0's bar moves slab by slab
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise TrainingDivergedError(
                 f"rank {rank.cluster.rank}, epoch {epoch + 1}, bucket {k + 1}/{visits} (partitions {bucket.lhs}, "

@@ -285,6 +285,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
     partial[start.bucket] = start.slab
     done += sum(counts[i] for i in skip)
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
+    began = time.monotonic()
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
         for k in range(start.bucket, len(visits)):
@@ -312,7 +313,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                                              session.relations, bucket_seed(config.training.seed, epoch, k), extras,
                                              partial.pop(k, 0),
                                              _slab_hook(session, epoch, k, len(visits), bucket, in_use, log,
-                                                        _later(skip, partial, k)))
+                                                        _later(skip, partial, k), bar.update))
                 loss_sum += stats.loss
                 append_stats(session.run_dir, {
                     "epoch": epoch, "bucket_index": k, "lhs": bucket.lhs, "rhs": bucket.rhs, "edge_chunk": chunk,
@@ -321,7 +322,6 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                     "edges_per_s": round(stats.edges / max(stats.seconds, 1e-9), 1),
                     **({} if stats.stopped_at is None else {"stopped_at_slab": stats.stopped_at}),
                 })
-                bar.update(stats.edges)
                 bar.set_postfix(bucket=f"{k + 1}/{len(visits)}", loss=f"{stats.loss / max(1, stats.edges):.4f}")
                 if stats.stopped_at is not None:  # stopped by a signal, committed inside the bucket
                     return False
@@ -338,8 +338,10 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
     if data.num_partitions > 1:
         loads, prefetched = session.buffer.loads - loads0, session.buffer.prefetched - prefetched0
         io = f" ({loads} partition loads, {prefetched} in the background; {io_wait:.1f} s waiting for them)"
-    log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges, "
-        f"mean loss {loss_sum / max(1, total - done):.4f}, committed v{session.base.version}{io}")
+    seconds = time.monotonic() - began
+    log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges in {seconds:.1f} s "
+        f"({(total - done) / max(seconds, 1e-9):,.0f} edges/s), mean loss {loss_sum / max(1, total - done):.4f}, "
+        f"committed v{session.base.version}{io}")
     return True
 
 
@@ -372,17 +374,21 @@ def _later(done: set[int], partial: dict[int, int], k: int) -> dict[str, Any]:
 
 
 def _slab_hook(session: _Session, epoch: int, k: int, visits: int, bucket: Bucket, in_use: tuple[int, ...],
-               log: Log, later: dict[str, Any] | None = None) -> Callable[[int, int, float], bool]:
+               log: Log, later: dict[str, Any] | None = None,
+               moved: Callable[[int], None] | None = None) -> Callable[[int, int, float, int], bool]:
     """What runs after each slab of visit ``k``: stop on a non-finite loss (before anything of
-    it is committed), and inside a bucket of several slabs commit when due or asked to stop,
-    so one huge bucket (P = 1) still commits every ``interval_seconds`` and stops promptly."""
+    it is committed), move the progress bar by the slab's edges (``moved``), and inside a
+    bucket of several slabs commit when due or asked to stop, so one huge bucket (P = 1) still
+    shows its progress, commits every ``interval_seconds`` and stops promptly."""
 
-    def after_slab(slabs_done: int, slabs: int, loss: float) -> bool:
+    def after_slab(slabs_done: int, slabs: int, loss: float, edges: int) -> bool:
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"epoch {epoch + 1}, bucket {k + 1}/{visits} (partitions {bucket.lhs}, {bucket.rhs}), slab "
                 f"{slabs_done}/{slabs}: the loss is {loss} (training diverged); nothing of it was committed, "
                 f"v{session.base.version} stays CURRENT: lower training.lr (now {session.config.training.lr})")
+        if moved is not None:  # the bar moves within a bucket (P = 1 is one bucket an epoch)
+            moved(edges)
         if slabs_done == slabs or not _commit_due(session):
             return False  # the end of the bucket: the epoch loop commits there
         manifest = session.commit(Position(epoch, k, slabs_done), later, in_use=in_use)

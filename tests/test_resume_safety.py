@@ -340,3 +340,32 @@ def test_slow_commits_are_spaced_out_to_their_share_of_the_time(tmp_path, data, 
     slab_commits = [m for m in messages if m.startswith("committed v") and "slab" in m]
     assert len(slab_commits) == inside
     assert all(m.endswith(" s)") for m in slab_commits)
+
+
+def test_the_epoch_bar_moves_within_a_bucket(tmp_path, data, monkeypatch):
+    """At P = 1 an epoch is one bucket: the bar moves slab by slab, and its updates add up to
+    the epoch's edges exactly (not one jump when the bucket ends)."""
+    import contextlib
+
+    import bigembed.training as training_module
+
+    monkeypatch.setattr(bucket_module, "SLAB_EDGES", 64)
+    one = import_files(tmp_path / "d1", {"train": tmp_path / "edges.tsv"}, 1)
+    updates: list[int] = []
+
+    class Bar:
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+        def set_postfix(self, **_: object) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def recording_bar(total, *_args, **_kwargs):
+        yield Bar()
+
+    monkeypatch.setattr(training_module, "progress_bar", recording_bar)
+    train(one, tmp_path / "run", None, {**BASE, "training.epochs": 1}, log=quiet)
+    edges = sum(1 for _ in (tmp_path / "edges.tsv").open())
+    assert sum(updates) == edges
+    assert len(updates) == -(-edges // 64) and max(updates) <= 64  # one update per slab

@@ -177,9 +177,11 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
 
         _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
                                        edge_progress=edge_progress, log=log)
+    from bigembed.progress import plural
+
     if budget is not None:
         _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
-             f"{stats.num_partitions} partitions")
+             f"{plural(stats.num_partitions, 'partition')}")
     _log(f"imported: {stats.summary(ids, spec.type_names)}")
     if stats.spilled_bytes:
         how = "kept the edges in a database file" if stats.on_disk else "spilled"
@@ -211,18 +213,23 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
 @click.option("--override", is_flag=True, help="Resume even though settings differ from the saved run's.")
 @click.option("--memory", metavar="SIZE",
               help="Memory budget, e.g. 8G: sets training.buffer_partitions (and the beta order) to fit it.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
+@click.option("--progress/--no-progress", default=True,
+              help="Show progress: a bar on a terminal, else a plain line every --log-every seconds.")
+@click.option("--log-every", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              help="Off a terminal (nohup, a batch job): seconds between progress lines (0: none).")
 def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
           batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
           deterministic: bool | None, device: str | None, sets: tuple[str, ...], override: bool,
-          memory: str | None, progress: bool) -> None:
+          memory: str | None, progress: bool, log_every: float) -> None:
     """Train embeddings for DATA into RUN (or resume RUN where it stopped).
 
     See `bigembed config-help` for every config key.
     """
+    from bigembed import progress as progress_module
     from bigembed.training import train as run_training
 
     _imports_done()
+    progress_module.PLAIN_EVERY = log_every
 
     overrides: dict[str, Any] = _parse_sets(sets)
     flags = {"model.dim": dim, "training.epochs": epochs, "training.lr": lr, "training.batch_size": batch_size,
@@ -237,7 +244,9 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
     if result.stopped:
         raise SystemExit(130)
     if not result.quiet:
-        _log(f"done: v{result.version}, {result.epochs_done} epoch(s) trained")
+        from bigembed.progress import plural
+
+        _log(f"done: v{result.version}, {plural(result.epochs_done, 'epoch')} trained")
 
 
 @cli.command("eval")

@@ -58,6 +58,7 @@ from bigembed.partitioner.plan import (
 )
 from bigembed.partitioner.reader import EdgeChunk, SkippedLines
 from bigembed.partitioner.writer import parse_weights
+from bigembed.progress import plural
 from bigembed.scheduler.memory import available_memory, human
 from bigembed.storage.atomic import atomic_output_dir, atomic_write_json
 from bigembed.storage.data_manifest import DATA_FORMAT
@@ -116,8 +117,9 @@ class ImportStats:
         if len(type_names) > 1:
             types = " of types " + ", ".join(f"{n}={sum(c)}" for n, c in zip(type_names, self.type_counts))
         skipped = self.skipped.describe()
-        return (f"{self.num_nodes} nodes ({ids} ids){types} in {self.num_partitions} partitions [{shown}], "
-                f"{len(self.relations)} relations, edges: {splits}" + (f"; {skipped}" if skipped else ""))
+        return (f"{plural(self.num_nodes, 'node')} ({ids} ids){types} in {plural(self.num_partitions, 'partition')} "
+                f"[{shown}], {plural(len(self.relations), 'relation')}, edges: {splits}"
+                + (f"; {skipped}" if skipped else ""))
 
 
 def import_budget(spec: ImportSpec) -> int:

@@ -32,8 +32,9 @@ class BucketStats:
     stopped_at: int | None = None  # slabs done when ``after_slab`` asked to stop; None: ran to the end
 
 
-# after_slab(slabs_done, slabs, slab_loss) -> True to stop here (every worker has finished the slab)
-AfterSlab = Callable[[int, int, float], bool]
+# after_slab(slabs_done, slabs, slab_loss, slab_edges) -> True to stop here (every worker has
+# finished the slab)
+AfterSlab = Callable[[int, int, float, int], bool]
 
 
 def bucket_seed(seed: int, epoch: int, index: int) -> int:
@@ -195,7 +196,7 @@ class BucketTrainer:
                                     torch.Generator().manual_seed(slab_seed(seed, position)), extras)
             total += loss
             trained += e - s
-            if after_slab is not None and after_slab(position + 1, len(slabs), loss):
+            if after_slab is not None and after_slab(position + 1, len(slabs), loss, e - s):
                 return BucketStats(trained, total, time.perf_counter() - start, position + 1)
         return BucketStats(trained, total, time.perf_counter() - start)
 

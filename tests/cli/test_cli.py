@@ -275,7 +275,7 @@ def test_commands_that_end_the_process_at_once_still_flush_everything_and_keep_t
     done = run("train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "8", "--epochs", "2",
                "--no-progress")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.rstrip().endswith("done: v2, 2 epoch(s) trained")
+    assert done.stderr.rstrip().endswith("done: v2, 2 epochs trained")
     assert (tmp_path / "run" / "CURRENT").read_text().strip() == "v2"
     assert sum('"bucket_index"' in line for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()) == 2
     ev = run("eval", str(tmp_path / "run"), str(tmp_path / "d"), "--split", "test", "--no-progress", "--json", "-")
@@ -295,3 +295,26 @@ def test_the_command_line_makes_openmp_threads_sleep_not_spin_unless_told_otherw
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_off_a_terminal_train_logs_plain_progress_lines(tmp_path):
+    """stderr is a pipe here, as under nohup or a batch scheduler: no bar, but a line every
+    --log-every seconds with the share done, the rate, the ETA, the bucket and the loss;
+    --log-every 0 prints none; each epoch's line gives its duration and rate."""
+    write_tiny_graph(tmp_path / "e.tsv", edges=3000)
+    bigembed = [sys.executable, "-m", "bigembed"]
+    assert subprocess.run([*bigembed, "import", str(tmp_path / "e.tsv"), "-o", str(tmp_path / "d"), "-p", "2",
+                           "--no-progress"], capture_output=True, timeout=300).returncode == 0
+    lines = {}
+    for every in ("0.000001", "0"):
+        done = subprocess.run([*bigembed, "train", str(tmp_path / "d"), "-o", str(tmp_path / f"run{every}"),
+                               "--dim", "8", "--epochs", "1", "--log-every", every],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines[every] = [line for line in done.stderr.splitlines() if line.startswith("epoch 1/1")]
+    plain = [line for line in lines["0.000001"] if "ETA" in line]
+    assert plain, lines
+    assert all("%" in line and "edges/s" in line and "bucket" in line and "loss" in line for line in plain[1:])
+    assert not [line for line in lines["0"] if "ETA" in line]
+    epoch_line = [line for line in lines["0"] if "committed" in line]
+    assert len(epoch_line) == 1 and " s (" in epoch_line[0] and "edges/s)" in epoch_line[0]
