@@ -96,7 +96,7 @@ def test_cli_import_and_train_with_a_memory_budget(tmp_path):
                             "--dim", "20000", "--storage-dtype", "bfloat16", "--no-progress"])
     assert r.exit_code == 0, r.output
     P16 = json.loads((tmp_path / "d16" / "manifest.json").read_text())["entities"]["node"]["num_partitions"]
-    assert P16 < P and f"at dim 20000 (bfloat16): {P16} partitions" in r.output
+    assert P16 < P and f"at dim 20000 (bfloat16): {P16} partition{'s' if P16 > 1 else ''}" in r.output
     r = runner.invoke(cli, ["train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--dim", "8", "--epochs", "1",
                             "--memory", budget, "--no-progress"])
     assert r.exit_code == 0, r.output
