@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import secrets
 import sys
@@ -57,7 +58,6 @@ from bigembed.progress import progress_bar
 from bigembed.scheduler.epoch import chunk_size, epoch_visits
 from bigembed.scheduler.lock import Grant, LockState, StoreLock, StoreMutex
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
-from bigembed.storage.edges import EdgeArrays, read_edges
 from bigembed.trainer import BucketTrainer, bucket_seed, native
 from bigembed.trainer.allocator import keep_freed_buffers
 from bigembed.trainer.device import training_device
@@ -473,8 +473,7 @@ def _work(rank: _Rank, epoch: int, visits: list[Any], counts: list[int], parts: 
         _train_visit(rank, epoch, grant, visits, counts, waited)
         rank.shared.exchange()
         waited = 0.0
-        if rank.lead and tr._commit_due(session):  # after a visit: each round follows some training
-            lock.pause("commit")
+        _ask_for_a_round(rank)  # after a visit: each round follows some training
 
 
 def _train_visit(rank: _Rank, epoch: int, grant: Grant, visits: list[Any], counts: list[int],
@@ -491,12 +490,7 @@ def _train_visit(rank: _Rank, epoch: int, grant: Grant, visits: list[Any], count
         started = time.perf_counter()
         session.buffer.acquire([bucket.lhs, bucket.rhs])
         io = time.perf_counter() - started
-        edges = read_edges(session.data.path.parent, "train", bucket, session.data.edge_count("train", bucket),
-                           session.data.weighted, session.data.edge_dtypes)
-        if t.edge_chunks > 1:
-            n = t.edge_chunks
-            edges = EdgeArrays(edges.lhs[chunk::n], edges.rhs[chunk::n], edges.rel[chunk::n],
-                               None if edges.weight is None else edges.weight[chunk::n])
+        edges = tr.visit_edges(session.data, bucket, chunk, t.edge_chunks)
         stats = rank.trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                           session.relations, bucket_seed(t.seed, epoch, k), None, grant.slab,
                                           _slab_hook(rank, epoch, k, len(visits), bucket))
@@ -512,6 +506,15 @@ def _train_visit(rank: _Rank, epoch: int, grant: Grant, visits: list[Any], count
     })
 
 
+def _ask_for_a_round(rank: _Rank) -> None:
+    """Pause the lock for a commit round when this rank was asked to stop, or (rank 0) when a
+    commit is due."""
+    if rank.session.stop_requested:
+        rank.lock.pause(f"stop:{rank.session.stop_requested}")
+    elif rank.lead and tr._commit_due(rank.session):
+        rank.lock.pause("commit")
+
+
 def _slab_hook(rank: _Rank, epoch: int, k: int, visits: int, bucket: Any) -> Callable[[int, int, float, int], bool]:
     """After each slab: stop on a non-finite loss; stop the visit when the lock is paused (a
     commit round or a stop; the rest of the visit goes back to the lock)."""
@@ -519,7 +522,7 @@ def _slab_hook(rank: _Rank, epoch: int, k: int, visits: int, bucket: Any) -> Cal
 
     def after_slab(slabs_done: int, slabs: int, loss: float, edges: int) -> bool:
         rank.cluster.store.add(f"edges/{epoch}", edges)  # rank 0's bar moves slab by slab
-        if loss != loss or loss in (float("inf"), float("-inf")):
+        if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"rank {rank.cluster.rank}, epoch {epoch + 1}, bucket {k + 1}/{visits} (partitions {bucket.lhs}, "
                 f"{bucket.rhs}), slab {slabs_done}/{slabs}: the loss is {loss} (training diverged); nothing of it "
@@ -527,10 +530,7 @@ def _slab_hook(rank: _Rank, epoch: int, k: int, visits: int, bucket: Any) -> Cal
                 f"(now {session.config.training.lr})")
         if slabs_done == slabs:
             return False
-        if session.stop_requested:
-            rank.lock.pause(f"stop:{session.stop_requested}")
-        elif rank.lead and tr._commit_due(session):
-            rank.lock.pause("commit")
+        _ask_for_a_round(rank)
         return rank.lock.paused() is not None
 
     return after_slab

@@ -303,11 +303,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                     others = [p for p in range(data.num_partitions) if p not in (bucket.lhs, bucket.rhs)]
                     session.buffer.acquire(others)
                     extras = [session.buffer[p] for p in others]
-                edges = read_edges(data.path.parent, "train", bucket, data.edge_count("train", bucket),
-                                   data.weighted, data.edge_dtypes)
-                if chunks > 1:
-                    edges = EdgeArrays(edges.lhs[chunk::chunks], edges.rhs[chunk::chunks], edges.rel[chunk::chunks],
-                                       None if edges.weight is None else edges.weight[chunk::chunks])
+                edges = visit_edges(data, bucket, chunk, chunks)
                 in_use = tuple(session.buffer.resident()) if everywhere else (bucket.lhs, bucket.rhs)
                 stats = trainer.train_bucket(edges, session.buffer[bucket.lhs], session.buffer[bucket.rhs],
                                              session.relations, bucket_seed(config.training.seed, epoch, k), extras,
@@ -343,6 +339,16 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
         f"({(total - done) / max(seconds, 1e-9):,.0f} edges/s), mean loss {loss_sum / max(1, total - done):.4f}, "
         f"committed v{session.base.version}{io}")
     return True
+
+
+def visit_edges(data: DataManifest, bucket: Bucket, chunk: int, chunks: int) -> EdgeArrays:
+    """The training edges of a visit: chunk ``chunk`` of ``chunks`` of ``bucket`` (memory-mapped)."""
+    edges = read_edges(data.path.parent, "train", bucket, data.edge_count("train", bucket), data.weighted,
+                       data.edge_dtypes)
+    if chunks == 1:
+        return edges
+    return EdgeArrays(edges.lhs[chunk::chunks], edges.rhs[chunk::chunks], edges.rel[chunk::chunks],
+                      None if edges.weight is None else edges.weight[chunk::chunks])
 
 
 def _commit_due(session: _Session) -> bool:
