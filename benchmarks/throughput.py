@@ -124,6 +124,8 @@ def main() -> None:
                     help="also time bigembed with these storage dtypes")
     ap.add_argument("--device", default="cpu",
                     help="bigembed's training device (cpu, cuda, cuda:N); PBG always trains on the CPU")
+    ap.add_argument("--workers", type=int, default=SETTINGS["workers"],
+                    help="training threads for both systems (2, the development machine's cores, by default)")
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs per run (at least 2: edges/s is measured over epochs 2..N)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "throughput")
@@ -131,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2: the first epoch is not timed")
-    settings = {**SETTINGS, "epochs": args.epochs}
+    settings = {**SETTINGS, "epochs": args.epochs, "workers": args.workers}
     args.work.mkdir(parents=True, exist_ok=True)
     dataset = generate(args.work, args.nodes, args.edges, args.seed, args.relations, args.communities)
     train_edges = sum(1 for _ in open(dataset / "train.txt"))

@@ -67,9 +67,11 @@ def data2(tmp_path_factory):
     return import_files(root / "data", graph, 2)
 
 
-def _mrr(run, data):
+def _mrr(run, data, overrides):
+    """Sampled test MRR, scored with the model the run was trained with (not the default one)."""
     manifest = read_manifest(run, read_current(run))
-    return evaluate_sampled(run, manifest, read_data_manifest(data), load_config(), "test", 100)["mrr"]
+    return evaluate_sampled(run, manifest, read_data_manifest(data), load_config(overrides=overrides), "test",
+                            100)["mrr"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -77,12 +79,18 @@ def test_training_on_the_gpu_learns_as_on_the_cpu_and_resumes_on_either(tmp_path
     over = {"model.dim": 16, "training.epochs": 4, "training.storage_dtype": dtype}
     random_run = tmp_path / "random"
     train(data2, random_run, None, {**over, "training.epochs": 0}, log=lambda _m: None)
-    train(data2, tmp_path / "cpu", None, {**over, "training.device": "cpu"}, log=lambda _m: None)
+    cpu_runs = [tmp_path / f"cpu{seed}" for seed in range(3)]
+    for seed, run in enumerate(cpu_runs):
+        train(data2, run, None, {**over, "training.device": "cpu", "training.seed": seed}, log=lambda _m: None)
     gpu = tmp_path / "gpu"
     train(data2, gpu, None, {**over, "training.epochs": 2, "training.device": "cuda"}, log=lambda _m: None)
     train(data2, gpu, None, {**over, "training.epochs": 3, "training.device": "cpu"}, log=lambda _m: None)
     result = train(data2, gpu, None, {**over, "training.device": "cuda"}, log=lambda _m: None)
     assert result.epochs_done == 4
-    base, cpu_mrr, gpu_mrr = _mrr(random_run, data2), _mrr(tmp_path / "cpu", data2), _mrr(gpu, data2)
+    base, gpu_mrr = _mrr(random_run, data2, over), _mrr(gpu, data2, over)
+    cpu_mrrs = [_mrr(run, data2, over) for run in cpu_runs]
     assert gpu_mrr > 2 * base
-    assert abs(gpu_mrr - cpu_mrr) < 0.05
+    # The devices draw different negatives, so the runs differ as seeds do: on this graph the CPU's
+    # sampled MRR spreads over about 0.1 across seeds (0.42 to 0.53 for seeds 0-4). The GPU's must
+    # fall within the CPU seeds' range, give or take a little.
+    assert min(cpu_mrrs) - 0.03 < gpu_mrr < max(cpu_mrrs) + 0.03, (gpu_mrr, cpu_mrrs)
