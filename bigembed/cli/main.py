@@ -328,6 +328,108 @@ def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwr
     _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
 
 
+def _query_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by the query commands (neighbors, predict)."""
+    for option in reversed([
+        click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Answers per query."),
+        click.option("--from-file", "from_file", type=click.File("r"),
+                     help="Also read query names from this file, one per line ('-': standard input)."),
+        click.option("--format", "fmt", type=click.Choice(["tsv", "json"]), default="tsv", show_default=True,
+                     help="tsv: a header, then a line per answer; json: a list of queries with their answers."),
+        click.option("--data", type=click.Path(path_type=Path),
+                     help="DATA directory, if it moved since training (default: the one RUN was trained on)."),
+        click.option("--version", "which", default="last", show_default=True,
+                     help="Checkpoint: last, best or a version such as v3."),
+        click.option("--memory", metavar="SIZE",
+                     help="Memory for partitions kept between queries and the score blocks, e.g. 4G "
+                          "(default: half of what is available); a larger table is streamed."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _query_names(names: tuple[str, ...], from_file: Any) -> list[str]:
+    out = list(names)
+    if from_file is not None:
+        out += [line.rstrip("\r\n") for line in from_file if line.strip()]
+    if not out:
+        raise click.UsageError("no query: give NAME arguments or --from-file")
+    return out
+
+
+def _print_answers(queries: list[dict[str, Any]], answers: list[Any], fmt: str) -> None:
+    """One TSV line per answer under a header (the query's fields, rank, name, score, type), or JSON."""
+    if fmt == "json":
+        click.echo(json.dumps([{**q, "answers": [{"rank": i + 1, "name": m.name, "score": m.score, "type": m.type}
+                                                  for i, m in enumerate(a)]}
+                               for q, a in zip(queries, answers, strict=True)], indent=2))
+        return
+    keys = list(queries[0])
+    lines = ["\t".join([*keys, "rank", "name", "score", "type"])]
+    for q, a in zip(queries, answers, strict=True):
+        lines += ["\t".join([*(str(q[key]) for key in keys), str(i + 1), m.name, f"{m.score:.6g}", m.type])
+                  for i, m in enumerate(a)]
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("names", nargs=-1)
+@click.option("--type", "entity_type", help="Entity type of the names (needed where a name has several).")
+@_query_options
+def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, k: int, from_file: Any, fmt: str,
+              data: Path | None, which: str, memory: str | None) -> None:
+    """The K nodes nearest to each NAME by the model's comparator, best first.
+
+    \b
+      bigembed neighbors RUN 02084071 -k 5
+      bigembed neighbors RUN --from-file queries.txt --format json
+    """
+    from bigembed.api import open_run
+
+    queries = _query_names(names, from_file)
+    _imports_done()
+    with open_run(run, data, which, memory) as opened:
+        answers = opened.neighbors(queries, k, entity_type)
+    _print_answers([{"query": q} for q in queries], answers, fmt)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("names", nargs=-1)
+@click.option("-r", "--relation", required=True, help="Relation name (or its index).")
+@click.option("--heads", "predict_heads", is_flag=True,
+              help="NAMES are tails: predict the heads of (?, RELATION, NAME) instead of the tails of (NAME, "
+                   "RELATION, ?).")
+@click.option("--unfiltered", is_flag=True, help="Keep answers the DATA already has (any split) in the list.")
+@_query_options
+def predict(run: Path, names: tuple[str, ...], relation: str, predict_heads: bool, unfiltered: bool, k: int,
+            from_file: Any, fmt: str, data: Path | None, which: str, memory: str | None) -> None:
+    """The K best tails of (NAME, RELATION, ?) for each NAME, or with --heads the K best heads
+    of (?, RELATION, NAME), best first. Answers the DATA already has are left out unless
+    --unfiltered.
+
+    \b
+      bigembed predict RUN 02084071 -r _hypernym -k 5
+      bigembed predict RUN 02084071 -r _hypernym --heads --format json
+    """
+    from bigembed.api import open_run
+
+    queries = _query_names(names, from_file)
+    _imports_done()
+    with open_run(run, data, which, memory) as opened:
+        rel: str | int = relation
+        if relation not in opened.relations and relation.isdigit():
+            rel = int(relation)
+        if predict_heads:
+            answers = opened.predict_heads(rel, queries, k, not unfiltered)
+            rows = [{"tail": q, "relation": relation} for q in queries]
+        else:
+            answers = opened.predict_tails(queries, rel, k, not unfiltered)
+            rows = [{"head": q, "relation": relation} for q in queries]
+    _print_answers(rows, answers, fmt)
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
