@@ -89,6 +89,7 @@ class Run:
         self._cache: dict[int, np.ndarray] = {}
         self._cached_bytes = 0
         self._names_open: dict[tuple[int, int], Any] = {}
+        self._faiss: dict[tuple[str, int], Any] = {}
         self.partition_reads = 0  # partitions read from disk so far (tests and benchmarks look)
 
     # -- what the run holds ---------------------------------------------------------------
@@ -117,6 +118,7 @@ class Run:
     def close(self) -> None:
         self._cache.clear()
         self._names_open.clear()
+        self._faiss.clear()
         self._stack.close()
 
     def __enter__(self) -> Run:
@@ -221,15 +223,17 @@ class Run:
 
     @overload
     def neighbors(self, name: str, k: int = ...,  # type: ignore[overload-overlap]
-                  entity_type: str | None = ...) -> list[Match]: ...
+                  entity_type: str | None = ..., index: str | os.PathLike[str] | None = ...) -> list[Match]: ...
     @overload
-    def neighbors(self, name: Sequence[str], k: int = ..., entity_type: str | None = ...) -> list[list[Match]]: ...
+    def neighbors(self, name: Sequence[str], k: int = ..., entity_type: str | None = ...,
+                  index: str | os.PathLike[str] | None = ...) -> list[list[Match]]: ...
 
-    def neighbors(self, name: str | Sequence[str], k: int = 10,
-                  entity_type: str | None = None) -> list[Match] | list[list[Match]]:
+    def neighbors(self, name: str | Sequence[str], k: int = 10, entity_type: str | None = None,
+                  index: str | os.PathLike[str] | None = None) -> list[Match] | list[list[Match]]:
         """The ``k`` nodes of the same entity type nearest to ``name`` by the model's comparator
         (dot, cos, l2 or squared_l2 on the vectors; no relation applied), the node itself left
-        out, best first. A list of names gives a list of answers."""
+        out, best first. A list of names gives a list of answers. ``index``: a folder written
+        by ``bigembed export --format faiss`` from this version, searched instead of the table."""
         one = isinstance(name, str)
         names = [name] if isinstance(name, str) else list(name)
         _check_k(k)
@@ -237,12 +241,49 @@ class Run:
         results: list[list[Match]] = [[] for _ in names]
         for t in sorted({n.type for n in nodes}):
             idx = [i for i, n in enumerate(nodes) if n.type == t]
-            Q = torch.from_numpy(self._rows([nodes[i] for i in idx]))
-            d = Direction(Q, _same, Q[:, :1])
-            exclude = [np.array([self._global(nodes[i])]) for i in idx]
-            for i, answer in zip(idx, self._top_k(d, t, k, exclude), strict=True):
+            rows = self._rows([nodes[i] for i in idx])
+            selves = [self._global(nodes[i]) for i in idx]
+            if index is not None:
+                answers = self._faiss_top_k(Path(index), t, rows, k, selves)
+            else:
+                Q = torch.from_numpy(rows)
+                answers = self._top_k(Direction(Q, _same, Q[:, :1]), t, k, [np.array([g]) for g in selves])
+            for i, answer in zip(idx, answers, strict=True):
                 results[i] = answer
         return results[0] if one else results
+
+    def _faiss_top_k(self, folder: Path, t: int, rows: np.ndarray, k: int, selves: list[int]) -> list[list[Match]]:
+        from bigembed.export.faiss_index import import_faiss, prepare, read_faiss_meta, to_scores
+
+        faiss = import_faiss()
+        meta = read_faiss_meta(folder)
+        etype = self.data.entity_types[t]
+        comparator = self.config.model.comparator
+        info = meta.get("types", {}).get(etype.name)
+        if meta.get("version") != self.version or meta.get("comparator") != comparator or not info \
+                or info.get("rows") != etype.total:
+            raise BigembedError(f"{folder}: a FAISS index of v{meta.get('version')} ({meta.get('comparator')}), "
+                                f"not of this run's v{self.version} ({comparator}) and its {etype.total} "
+                                f"{etype.name} rows; export it again")
+        key = (str(folder.resolve()), t)
+        if key not in self._faiss:
+            self._faiss[key] = faiss.read_index(str(folder / info["index"]))
+        distances, found = self._faiss[key].search(prepare(rows, comparator), k + 1)
+        scores = to_scores(distances, comparator)
+        # FAISS rows are the type's rows partition by partition: row -> (partition, offset)
+        starts = np.concatenate([[0], np.cumsum(etype.counts)])
+        out = []
+        for q, self_id in enumerate(selves):
+            matches = []
+            for row, score in zip(found[q].tolist(), scores[q].tolist(), strict=True):
+                if row < 0:  # fewer rows than asked for
+                    continue
+                p = int(np.searchsorted(starts, row, "right") - 1)
+                g = int(self._offsets[p]) + self.data.type_ranges(p)[t][0] + row - int(starts[p])
+                if g != self_id:
+                    matches.append(Match(self._name_of(g), float(score), etype.name))
+            out.append(matches[:k])
+        return out
 
     # -- internals -------------------------------------------------------------------------
     def _predict(self, anchor: str | Sequence[str], relation: str | int, k: int, filtered: bool,

@@ -271,3 +271,61 @@ def test_neighbors_and_predict_commands(trained):
     assert out.exit_code == 2 and "no query" in out.output
     out = runner.invoke(cli, ["neighbors", str(trained["run"]), "--from-file", "-"], input=f"{q}\n\n")
     assert out.exit_code == 0 and len(out.output.strip().split("\n")) == 11
+
+
+@pytest.mark.parametrize("comparator", ["dot", "cos", "l2", "squared_l2"])
+def test_a_faiss_index_answers_as_the_streamed_brute_force(tmp_path, comparator):
+    pytest.importorskip("faiss")  # the [faiss] extra; CI installs it with [test]
+    files = write_graph(GraphSpec(nodes=250, edges=3000, relations=2, communities=5, seed=1), tmp_path / "g")
+    data = import_files(tmp_path / "data", files, 3)
+    run = tmp_path / "run"
+    train(data, run, None, {"model.dim": 8, "training.epochs": 1, "model.comparator": comparator},
+          log=lambda _m: None)
+    out = CliRunner().invoke(cli, ["export", str(run), "-o", str(tmp_path / "idx"), "--format", "faiss"])
+    assert out.exit_code == 0, out.output
+    with bigembed.open_run(run, memory="1K") as opened:
+        queries = list(opened.names())[:6]
+        streamed = opened.neighbors(queries, k=5)
+        indexed = opened.neighbors(queries, k=5, index=tmp_path / "idx")
+        names = (tmp_path / "idx" / "names.txt").read_text().splitlines()
+    assert names[:6] == queries and len(names) == opened.num_nodes()
+    for s, f in zip(streamed, indexed, strict=True):
+        assert [m.score for m in f] == pytest.approx([m.score for m in s], rel=1e-4, abs=1e-4)
+        assert len(f) == 5 and f[0].name == s[0].name
+    out = CliRunner().invoke(cli, ["neighbors", str(run), queries[0], "-k", "2", "--index", str(tmp_path / "idx")])
+    assert out.exit_code == 0 and out.output.split("\n")[1].split("\t")[2] == streamed[0][0].name
+
+
+def test_faiss_index_kinds_and_mistakes(trained, tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    runner = CliRunner()
+    ivf = tmp_path / "ivf"
+    out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(ivf), "--format", "faiss",
+                              "--faiss-index", "IVF4,Flat"])
+    assert out.exit_code == 0, out.output
+    assert json.loads((ivf / "faiss.json").read_text())["factory"] == "IVF4,Flat"
+    with bigembed.open_run(trained["run"]) as run:
+        approx = run.neighbors(trained["names"][0], k=5, index=ivf)
+        assert 1 <= len(approx) <= 5 and trained["names"][0] not in {m.name for m in approx}
+        meta = json.loads((ivf / "faiss.json").read_text())
+        (ivf / "faiss.json").write_text(json.dumps({**meta, "version": meta["version"] + 7}))
+        with pytest.raises(BigembedError, match="export it again"):
+            run.neighbors(trained["names"][0], index=ivf)
+        with pytest.raises(BigembedError, match="faiss.json: missing"):
+            run.neighbors(trained["names"][0], index=tmp_path)
+    out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "bad"), "--format", "faiss",
+                              "--faiss-index", "NoSuchIndex"])
+    assert out.exit_code == 1 and "FAISS cannot build it" in out.output and not (tmp_path / "bad").exists()
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kw):
+        if name == "faiss":
+            raise ImportError("no faiss")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "none"), "--format", "faiss"])
+    assert out.exit_code == 1 and "pip install 'bigembed[faiss]'" in out.output
+    assert not (tmp_path / "none").exists()

@@ -301,14 +301,19 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, m
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet"]), default="tsv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet", "faiss"]), default="tsv",
+              show_default=True,
+              help="faiss: an index for `bigembed neighbors --index` (pip install 'bigembed[faiss]').")
+@click.option("--faiss-index", "faiss_factory", default="Flat", show_default=True, metavar="FACTORY",
+              help="With --format faiss: FAISS's index factory string; Flat is exact, e.g. IVF4096,PQ32 is smaller.")
 @click.option("--data", "data", type=click.Path(path_type=Path),
               help="DATA directory, if it moved since training (default: the one RUN was trained on).")
 @click.option("--version", "which", default="last", show_default=True,
               help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
-def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwrite: bool, progress: bool) -> None:
+def export(run: Path, out: Path, fmt: str, faiss_factory: str, data: Path | None, which: str, overwrite: bool,
+           progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
     from bigembed.evaluation.report import opened_checkpoint
     from bigembed.export import export_run
@@ -324,7 +329,8 @@ def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwr
             for i, s in enumerate(Model.for_data(config, dm).specs)
         ]
         with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
-            export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)
+            export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout,
+                       config.model.comparator, faiss_factory)
     _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
 
 
@@ -376,21 +382,24 @@ def _print_answers(queries: list[dict[str, Any]], answers: list[Any], fmt: str) 
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("names", nargs=-1)
 @click.option("--type", "entity_type", help="Entity type of the names (needed where a name has several).")
+@click.option("--index", "index", type=click.Path(path_type=Path),
+              help="Search this `bigembed export --format faiss` folder instead of streaming the table.")
 @_query_options
-def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, k: int, from_file: Any, fmt: str,
-              data: Path | None, which: str, memory: str | None) -> None:
+def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, index: Path | None, k: int,
+              from_file: Any, fmt: str, data: Path | None, which: str, memory: str | None) -> None:
     """The K nodes nearest to each NAME by the model's comparator, best first.
 
     \b
       bigembed neighbors RUN 02084071 -k 5
       bigembed neighbors RUN --from-file queries.txt --format json
+      bigembed export RUN -o IDX --format faiss && bigembed neighbors RUN 02084071 --index IDX
     """
     from bigembed.api import open_run
 
     queries = _query_names(names, from_file)
     _imports_done()
     with open_run(run, data, which, memory) as opened:
-        answers = opened.neighbors(queries, k, entity_type)
+        answers = opened.neighbors(queries, k, entity_type, index)
     _print_answers([{"query": q} for q in queries], answers, fmt)
 
 

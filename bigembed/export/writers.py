@@ -39,7 +39,7 @@ from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.dtypes import to_float32
 from bigembed.storage.names import iter_names, names_dir
 
-FORMATS = ("tsv", "npy", "h5", "parquet")
+FORMATS = ("tsv", "npy", "h5", "parquet", "faiss")
 ROWS = 65536
 Progress = Callable[[int], None]
 
@@ -134,6 +134,19 @@ def _write_parquet(run: Path, manifest: VersionManifest, data: DataManifest, out
     _write_relations(run, manifest, data, out)
 
 
+def _write_faiss(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
+                 progress: Progress | None, comparator: str, factory: str) -> None:
+    from bigembed.export.faiss_index import import_faiss, write_faiss
+
+    import_faiss()  # before any work: one line if it is missing
+    globals_ = read_globals(run, manifest)
+    write_faiss(lambda t, p: _type_rows(run, manifest, data, t, p, globals_),
+                lambda t, p: [n for chunk in partition_names(data, p, t) for n in chunk],
+                data.type_names, [t.counts for t in data.entity_types], data.typed, dim, comparator, factory,
+                manifest.version, out, progress)
+    _write_relations(run, manifest, data, out)
+
+
 def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, out: Path) -> None:
     (out / "relations.txt").write_text("".join(r + "\n" for r in data.relations))
     if RELATION_PARAMS_KEY in manifest.shards:
@@ -187,8 +200,10 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
 
 def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, fmt: str, dim: int,
                overwrite: bool = False, progress: Progress | None = None,
-               relation_layout: list[dict[str, object]] | None = None) -> None:
-    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``."""
+               relation_layout: list[dict[str, object]] | None = None, comparator: str = "dot",
+               faiss_factory: str = "Flat") -> None:
+    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt`` (``comparator``
+    and ``faiss_factory``: the FAISS index's metric and kind, for ``faiss``)."""
     if fmt not in FORMATS:
         raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     with atomic_output_dir(out, "export", overwrite) as tmp:
@@ -198,6 +213,8 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
             _write_npy(run, manifest, data, tmp, dim, progress)
         elif fmt == "parquet":
             _write_parquet(run, manifest, data, tmp, dim, progress)
+        elif fmt == "faiss":
+            _write_faiss(run, manifest, data, tmp, dim, progress, comparator, faiss_factory)
         else:
             _write_h5(run, manifest, data, tmp, progress)
         if relation_layout is not None:
