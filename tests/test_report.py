@@ -157,7 +157,14 @@ def test_every_number_in_the_epoch_table_and_summary_is_stats_jsonls(trained, pa
     assert summary["peak RSS"] == human(max(end["max_rss_bytes"] for end in ends.values()))
     assert summary["report"] == str(trained / "run" / "report.html")
     embedded = json.loads(html.split('id="bigembed-report">')[1].split("</script>")[0])
-    assert [row["edges"] for row in embedded["epochs"]] == [400] * EPOCHS
+    for row in embedded["epochs"]:  # the unrounded figures (the table's tiny timings round to 0.00)
+        mine, end = [b for b in buckets if b["epoch"] == row["epoch"] - 1], ends[row["epoch"] - 1]
+        assert row["edges"] == sum(b["edges"] for b in mine) == 400
+        assert row["mean_loss"] == pytest.approx(sum(b["loss"] * b["edges"] for b in mine) / 400, rel=1e-12)
+        assert row["train_s"] == pytest.approx(sum(b["seconds"] for b in mine), rel=1e-12)
+        assert row["io_wait_s"] == pytest.approx(sum(b["io_wait_s"] for b in mine), rel=1e-12)
+        assert (row["wall_s"], row["commit_s"], row["loads"], row["max_rss_bytes"]) == (
+            end["seconds"], end["commit_s"], end["loads"], end["max_rss_bytes"])
 
 
 def test_validation_by_epoch_is_what_the_run_recorded(trained, page):
