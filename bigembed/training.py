@@ -56,7 +56,7 @@ from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError,
 from bigembed.progress import progress_bar
 from bigembed.scheduler import PartitionBuffer
 from bigembed.scheduler.epoch import chunk_size, epoch_visits, negatives_from_every_partition, prefetches
-from bigembed.scheduler.memory import MemoryModel, choose_buffer, resolve_workers
+from bigembed.scheduler.memory import MemoryModel, choose_buffer, peak_rss_bytes, resolve_workers
 from bigembed.storage.atomic import atomic_write_bytes
 from bigembed.storage.data_manifest import DataManifest, read_data_manifest
 from bigembed.storage.dtypes import all_finite, dtype_name, from_numpy, itemsize, storage_dtype, to_numpy
@@ -167,6 +167,7 @@ class _Session:
         self.relations = self._load_relations()
         self.last_commit = time.monotonic()
         self.last_commit_seconds = 0.0  # how long the last commit took (checkpoint.max_commit_share)
+        self.commit_seconds = 0.0  # all commits of this session together (each epoch's record takes its part)
         self._spare: np.ndarray | None = None  # an evicted partition's rows, for the next load to reuse
         self.stop_requested: str | None = None  # set by SIGINT/SIGTERM: commit, then stop
         self.evals = read_evals(run_dir)
@@ -239,6 +240,7 @@ class _Session:
         self.advance(manifest, self.writer.successor(manifest))
         self.last_commit = time.monotonic()
         self.last_commit_seconds = self.last_commit - started
+        self.commit_seconds += self.last_commit_seconds
         return manifest
 
     def advance(self, manifest: VersionManifest, writer: VersionWriter | None = None) -> None:
@@ -285,6 +287,7 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
     partial[start.bucket] = start.slab
     done += sum(counts[i] for i in skip)
     loads0, prefetched0, io_wait = session.buffer.loads, session.buffer.prefetched, 0.0
+    commits0 = session.commit_seconds
     began = time.monotonic()
     with progress_bar(total, f"epoch {epoch + 1}/{config.training.epochs}", "edge", show_progress,
                       initial=done) as bar:
@@ -330,11 +333,15 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                         f"({session.last_commit_seconds:.1f} s)")
             if session.stop_requested:
                 return False
+    seconds = time.monotonic() - began
+    loads, prefetched = session.buffer.loads - loads0, session.buffer.prefetched - prefetched0
+    append_stats(session.run_dir, {"epoch_end": {
+        "epoch": epoch, "edges": total - done, "seconds": round(seconds, 4), "io_wait_s": round(io_wait, 4),
+        "commit_s": round(session.commit_seconds - commits0, 4), "loads": loads, "prefetched": prefetched,
+        "max_rss_bytes": peak_rss_bytes()}})
     io = ""
     if data.num_partitions > 1:
-        loads, prefetched = session.buffer.loads - loads0, session.buffer.prefetched - prefetched0
         io = f" ({loads} partition loads, {prefetched} in the background; {io_wait:.1f} s waiting for them)"
-    seconds = time.monotonic() - began
     log(f"epoch {epoch + 1}/{config.training.epochs}: {total} edges in {seconds:.1f} s "
         f"({(total - done) / max(seconds, 1e-9):,.0f} edges/s), mean loss {loss_sum / max(1, total - done):.4f}, "
         f"committed v{session.base.version}{io}")

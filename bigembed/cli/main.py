@@ -440,6 +440,34 @@ def predict(run: Path, names: tuple[str, ...], relation: str, predict_heads: boo
 
 
 @cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(path_type=Path),
+              help="DATA directory, if it moved since training (default: the one RUN was trained on).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="HTML file to write (default: RUN/report.html).")
+def report(run: Path, data: Path | None, out: Path | None) -> None:
+    """Write a training report of RUN: one self-contained HTML page, and a summary on standard output.
+
+    The page shows loss, speed and time split by epoch and bucket, validation by epoch,
+    partition loads, peak memory, the config, and the DATA's nodes, relations and degree
+    distribution (without DATA, the rest still renders). Plots need matplotlib:
+    pip install 'bigembed[report]'.
+    """
+    from bigembed.report import build_report, summary_lines, write_report
+
+    built = build_report(run, data)
+    for damaged in built.stats.damaged[:5]:
+        _log(f"warning: skipped damaged line {damaged}")
+    if len(built.stats.damaged) > 5:
+        _log(f"warning: ... and {len(built.stats.damaged) - 5} more damaged lines in {built.stats.path}")
+    html = out if out is not None else run / "report.html"
+    lines = summary_lines(built, html)
+    write_report(built, html, lines)
+    for line in lines:
+        click.echo(line)
+
+
+@cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(path: Path, as_json: bool) -> None:

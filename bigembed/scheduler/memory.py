@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from bigembed.config import TrainingConfig
@@ -87,6 +88,17 @@ def batch_bytes(dim: int, batch_size: int, chunk_size: int, negatives: int, all_
     rows = 2 * chunks * negatives * dim * 4 * 2  # both sides; rows and their gradients
     scores = 2 * chunks * min(chunk_size, batch_size) * (min(chunk_size, batch_size) + negatives) * 4 * 3
     return rows + scores + 3 * batch_size * all_negatives_rows * 4
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far, in bytes (``ru_maxrss``: KiB on Linux, bytes
+    on macOS); None where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def available_memory() -> int | None:
