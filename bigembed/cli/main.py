@@ -2,7 +2,8 @@
 
 Heavy modules (torch, zarr) are imported inside the commands so ``--help`` is
 instant. A :class:`~bigembed.errors.BigembedError` becomes ``error: <message>`` on
-stderr and exit code 1; click's usage errors exit with 2.
+stderr and exit code 1; a usage error (click's) becomes one line too,
+``error: <message> (see `bigembed CMD --help`)``, with exit code 2.
 """
 
 from __future__ import annotations
@@ -30,10 +31,34 @@ from bigembed.config import STORAGE_DTYPES
 from bigembed.errors import BigembedError
 
 
+def _usage_error(ctx: click.Context, exc: click.UsageError, command: str) -> None:
+    """Print a usage error as one line, ``error: <message> (see `bigembed CMD --help`)``, and exit 2."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    where = f"bigembed {command} --help" if command else "bigembed --help"
+    click.echo(f"error: {message} (see `{where}`)", err=True)
+    ctx.exit(exc.exit_code)
+
+
 class BigembedGroup(click.Group):
+    """The command group: usage errors and :class:`BigembedError` as one line (exit 2 and 1)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `bigembed` alone prints the help
+        except click.UsageError as exc:  # an option of the group itself, e.g. `bigembed --bogus`
+            _usage_error(ctx, exc, "")
+            raise  # pragma: no cover - ctx.exit raised
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            command = ctx.invoked_subcommand or ""
+            _usage_error(ctx, exc, command if command in self.commands else "")
         except BigembedError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
@@ -49,6 +74,19 @@ INTERRUPTED = {
     "import": "interrupted: nothing was written (an existing DATA is unchanged)",
     "export": "interrupted: nothing was written (an existing output is unchanged)",
 }
+
+
+# Names for --delimiter's characters, and what a shell passes for a typed \t.
+DELIMITERS = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " ", "semicolon": ";", "pipe": "|"}
+
+
+def _delimiter(value: str) -> str:
+    """--delimiter's character: one character as given, or a name from :data:`DELIMITERS`."""
+    char = DELIMITERS.get(value.lower(), value)
+    if len(char) != 1:
+        raise click.BadParameter(f"expected one character or one of {', '.join(DELIMITERS)}, got {value!r}",
+                                 param_hint="--delimiter")
+    return char
 
 
 def _log(message: str) -> None:
@@ -90,7 +128,8 @@ def cli() -> None:
 @click.option("-p", "--partitions", type=click.IntRange(min=1), help="Node partitions P (default 1).")
 @click.option("--split", "splits", multiple=True, metavar="NAME=FILE",
               help="Another split sharing the dictionary, e.g. --split test=test.tsv (repeatable).")
-@click.option("--delimiter", default="\t", show_default="TAB", help="Field separator (use ',' for CSV).")
+@click.option("--delimiter", default="\t", show_default="tab", callback=lambda _c, _p, v: _delimiter(v),
+              help="Field separator: one character or tab, comma, space, semicolon, pipe (use ',' for CSV).")
 @click.option("--columns", default="lhs,rel,rhs", show_default=True,
               help="Column roles in order: lhs, rel, rhs, weight (float per edge), _ to skip; 'lhs,rhs': one relation.")
 @click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
@@ -141,8 +180,6 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
         sources.append(Source(name, Path(file)))
     if not sources:
         raise click.UsageError("give at least one edge file (EDGES or --split NAME=FILE)")
-    if delimiter == "\\t":
-        delimiter = "\t"
     from bigembed.scheduler.memory import human, parse_bytes
 
     if memory is not None and partitions is not None:
