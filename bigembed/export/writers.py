@@ -3,8 +3,10 @@
 Every format is written one partition at a time (only one partition's rows are
 ever in memory) into a temp folder that is renamed to OUT when complete.
 
-- ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``.
-- ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order.
+- ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``; the relation files as for npy.
+- ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order;
+  ``relations.txt`` and ``relation_params.npy`` (when relations have parameters), which
+  ``relations.json`` names (``names_file``, ``params_file``).
 
 - ``parquet``: ``OUT/embeddings.parquet``, columns ``name`` (string) and ``embedding`` (a
   fixed-size list of D float32), one row group per 65,536 rows: pandas, polars and DuckDB
@@ -87,6 +89,7 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
                     start += len(names)
                     if progress:
                         progress(len(names))
+    _write_relations(run, manifest, data, out)
 
 
 def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
@@ -135,9 +138,20 @@ def _write_parquet(run: Path, manifest: VersionManifest, data: DataManifest, out
 
 
 def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, out: Path) -> None:
+    """``relations.txt`` (names in index order) and ``relation_params.npy`` (tsv, npy, parquet)."""
     (out / "relations.txt").write_text("".join(r + "\n" for r in data.relations))
     if RELATION_PARAMS_KEY in manifest.shards:
         np.save(out / "relation_params.npy", read_shard_of(run, manifest, RELATION_PARAMS_KEY))
+
+
+def _relation_files(manifest: VersionManifest, fmt: str) -> dict[str, str | None]:
+    """Where ``relations.json`` says the relation names and parameters of format ``fmt`` are."""
+    has_params = RELATION_PARAMS_KEY in manifest.shards
+    if fmt == "h5":
+        model = f"model.v{manifest.version}.h5"
+        return {"names_file": model, "names_attr": "relations", "params_file": model if has_params else None,
+                "params_dataset": "model/relations/params" if has_params else None}
+    return {"names_file": "relations.txt", "params_file": "relation_params.npy" if has_params else None}
 
 
 def _write_h5_file(path: Path, fill: Callable[[h5py.File], None]) -> None:
@@ -202,8 +216,9 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
             _write_h5(run, manifest, data, tmp, progress)
         if relation_layout is not None:
             atomic_write_json(tmp / "relations.json", {
-                "about": "relation_params.npy (npy, parquet) or model/relations/params (h5) is one flat float32 "
-                         "vector; relation i's parameters are [offset, offset + prod(shape)) reshaped "
-                         "to shape; score = comparator(operator(lhs, params), rhs)",
+                "about": "params_file (params_dataset in it, for h5) is one flat float32 vector; relation i's "
+                         "parameters are [offset, offset + prod(shape)) reshaped to shape; "
+                         "score = comparator(operator(lhs, params), rhs)",
+                **_relation_files(manifest, fmt),
                 "relations": relation_layout,
             })

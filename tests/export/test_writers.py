@@ -86,3 +86,38 @@ def test_parquet_export_has_the_npy_export_rows_and_loads_in_one_line(run_dir, t
     assert first[0] == table.column("name")[0].as_py()
     assert np.allclose(first[1], vectors[0])
     assert (tmp_path / "parquet" / "relation_params.npy").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "parquet", "h5"])
+def test_every_file_relations_json_names_exists_and_holds_the_relations(run_dir, tmp_path, fmt):
+    """tsv wrote a relations.json pointing at a relation_params.npy that it did not write."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from bigembed.checkpoint import RELATION_PARAMS_KEY, read_current, read_manifest, read_shard_of
+
+    done = CliRunner().invoke(cli, ["export", str(run_dir), "-o", str(tmp_path / fmt), "--format", fmt,
+                                    "--no-progress"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / fmt
+    about = json.loads((out / "relations.json").read_text())
+    named = {key: value for key, value in about.items() if key.endswith("_file")}
+    assert named["params_file"] is not None  # the default model's relations have parameters
+    for file in named.values():
+        assert (out / file).is_file(), f"relations.json names {file}, which {fmt} did not write"
+    manifest = read_manifest(run_dir, read_current(run_dir))
+    expected = read_shard_of(run_dir, manifest, RELATION_PARAMS_KEY)
+    if fmt == "h5":
+        with h5py.File(out / about["params_file"], "r") as f:
+            params = f[about["params_dataset"]][...]
+            names = json.loads(f.attrs[about["names_attr"]])
+    else:
+        params = np.load(out / about["params_file"])
+        names = (out / about["names_file"]).read_text().splitlines()
+    assert params.dtype == np.float32 and np.array_equal(params, expected)
+    assert names == [r["name"] for r in about["relations"] if not r["name"].endswith(" (inverse)")] == ["r0", "r1",
+                                                                                                      "r2"]
+    last = about["relations"][-1]
+    assert last["offset"] + int(np.prod(last["shape"])) == params.size  # the layout covers the vector
