@@ -338,15 +338,22 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, m
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet"]), default="tsv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet", "projector"]), default="tsv",
+              show_default=True, help="projector: a sample for TensorBoard's Embedding Projector.")
+@click.option("--sample", type=click.IntRange(min=1), metavar="N",
+              help="--format projector: a uniform random sample of N nodes (default 10,000; all if fewer).")
+@click.option("--seed", type=int, help="--format projector: seed of the sample (default 0).")
 @click.option("--data", "data", type=click.Path(path_type=Path),
               help="DATA directory, if it moved since training (default: the one RUN was trained on).")
 @click.option("--version", "which", default="last", show_default=True,
               help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
-def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwrite: bool, progress: bool) -> None:
+def export(run: Path, out: Path, fmt: str, sample: int | None, seed: int | None, data: Path | None, which: str,
+           overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
+    if fmt != "projector" and (sample is not None or seed is not None):
+        raise click.UsageError("--sample and --seed go with --format projector")
     from bigembed.evaluation.report import opened_checkpoint
     from bigembed.export import export_run
     from bigembed.trainer import Model
@@ -361,8 +368,10 @@ def export(run: Path, out: Path, fmt: str, data: Path | None, which: str, overwr
             for i, s in enumerate(Model.for_data(config, dm).specs)
         ]
         with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
-            export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout)
-    _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
+            rows = export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout,
+                              sample=10_000 if sample is None else sample, seed=seed or 0)
+    of = f" of {dm.num_entities}" if rows < dm.num_entities else ""
+    _log(f"wrote {out} ({rows}{of} rows, v{manifest.version})")
 
 
 @cli.command()

@@ -41,7 +41,7 @@ from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.dtypes import to_float32
 from bigembed.storage.names import iter_names, names_dir
 
-FORMATS = ("tsv", "npy", "h5", "parquet")
+FORMATS = ("tsv", "npy", "h5", "parquet", "projector")  # projector: bigembed.export.projector
 ROWS = 65536
 Progress = Callable[[int], None]
 
@@ -59,7 +59,7 @@ def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[
         yield from iter_names(names_dir(data.path.parent, etype.name, partition), count, ROWS)
 
 
-def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
+def type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
                partition: int, globals_: np.ndarray | None) -> np.ndarray:
     """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened), with the
     type's global vector added (``model.global_emb``; ``globals_`` read once per export by
@@ -78,7 +78,7 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
     for t in range(len(data.entity_types)):
         with open(out / f"embeddings{_suffix(data, t)}.tsv", "w") as handle:
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p, globals_)
+                emb = type_rows(run, manifest, data, t, p, globals_)
                 start = 0
                 for names in partition_names(data, p, t):
                     block = emb[start : start + len(names)]
@@ -104,7 +104,7 @@ def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
         with open(out / f"embeddings{suffix}.npy", "wb") as matrix, open(out / f"names{suffix}.txt", "w") as names_out:
             np.lib.format.write_array_header_1_0(matrix, header)
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p, globals_)
+                emb = type_rows(run, manifest, data, t, p, globals_)
                 matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
                 del emb
                 for names in partition_names(data, p, t):
@@ -124,7 +124,7 @@ def _write_parquet(run: Path, manifest: VersionManifest, data: DataManifest, out
     for t in range(len(data.entity_types)):
         with pq.ParquetWriter(out / f"embeddings{_suffix(data, t)}.parquet", schema) as writer:
             for p in range(data.num_partitions):
-                emb = np.ascontiguousarray(_type_rows(run, manifest, data, t, p, globals_), dtype=np.float32)
+                emb = np.ascontiguousarray(type_rows(run, manifest, data, t, p, globals_), dtype=np.float32)
                 start = 0
                 for names in partition_names(data, p, t):
                     block = emb[start : start + len(names)]
@@ -173,7 +173,7 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
     v = manifest.version
     for t, etype in enumerate(data.entity_types):
         for p in range(data.num_partitions):
-            emb = _type_rows(run, manifest, data, t, p, globals_)
+            emb = type_rows(run, manifest, data, t, p, globals_)
 
             def fill_embeddings(f: h5py.File, emb: np.ndarray = emb) -> None:
                 f.attrs["format_version"] = 1
@@ -201,11 +201,16 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
 
 def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, fmt: str, dim: int,
                overwrite: bool = False, progress: Progress | None = None,
-               relation_layout: list[dict[str, object]] | None = None) -> None:
-    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``."""
+               relation_layout: list[dict[str, object]] | None = None, sample: int = 10_000, seed: int = 0) -> int:
+    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``; returns the rows
+    written (all of them, or for ``projector`` a sample of ``sample`` drawn with ``seed``)."""
     if fmt not in FORMATS:
         raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     with atomic_output_dir(out, "export", overwrite) as tmp:
+        if fmt == "projector":  # a sample to look at, without the relations
+            from bigembed.export.projector import write_projector
+
+            return write_projector(run, manifest, data, tmp, sample, seed, progress)
         if fmt == "tsv":
             _write_tsv(run, manifest, data, tmp, progress)
         elif fmt == "npy":
@@ -222,3 +227,4 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
                 **_relation_files(manifest, fmt),
                 "relations": relation_layout,
             })
+    return data.num_entities

@@ -173,7 +173,7 @@ def test_usage_errors_exit_2(args):
     (["--bogus"], "error: No such option '--bogus' (see `bigembed --help`)"),
     (["train"], "error: Missing argument 'DATA' (see `bigembed train --help`)"),
     (["export", "r", "-o", "o", "--format", "xml"],
-     "error: Invalid value for '--format': 'xml' is not one of 'tsv', 'npy', 'h5', 'parquet' "
+     "error: Invalid value for '--format': 'xml' is not one of 'tsv', 'npy', 'h5', 'parquet', 'projector' "
      "(see `bigembed export --help`)"),
     (["import", "-o", "d"], "error: give at least one edge file (EDGES or --split NAME=FILE) "
                             "(see `bigembed import --help`)"),

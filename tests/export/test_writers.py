@@ -6,26 +6,13 @@ import resource
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from bigembed.cli.main import cli
-from tests.conftest import write_tiny_graph
 
 FILE_LIMIT = 1000  # bytes: smaller than any format's first file of the tiny run
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    write_tiny_graph(root / "train.tsv", seed=3, edges=300)
-    for args in (["import", root / "train.tsv", "-o", root / "data", "-p", "2", "--no-progress"],
-                 ["train", root / "data", "-o", root / "run", "--dim", "8", "--epochs", "1", "--no-progress"]):
-        r = CliRunner().invoke(cli, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-    return root / "run"
 
 
 def _full_disk() -> None:
@@ -34,7 +21,7 @@ def _full_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
 
 
-@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5", "parquet"])
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5", "parquet", "projector"])
 def test_export_on_a_full_disk_is_a_one_line_error_and_leaves_nothing(run_dir, tmp_path, fmt):
     """HDF5 writing to the disk itself crashed the interpreter at exit (139) after the error."""
     out = tmp_path / "out"
