@@ -8,12 +8,13 @@ stderr and exit code 1; a usage error (click's) becomes one line too,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -90,7 +91,39 @@ def _delimiter(value: str) -> str:
 
 
 def _log(message: str) -> None:
+    """An info line on stderr; ``-q`` hides it."""
+    from bigembed import progress
+
+    if progress.VERBOSITY >= 0:
+        click.echo(message, err=True)
+
+
+def _result(message: str) -> None:
+    """A command's result line on stderr (what it wrote, what it did): printed even with ``-q``."""
     click.echo(message, err=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def verbosity_options(command: F) -> F:
+    """``-q/--quiet`` (errors and result lines only, no progress) and ``-v/--verbose`` (detail lines
+    too, e.g. train's per-bucket lines): sets :data:`bigembed.progress.VERBOSITY` for the command."""
+
+    @click.option("-v", "--verbose", is_flag=True, help="Also print detail lines (train: one per bucket).")
+    @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result; no progress or info lines.")
+    @functools.wraps(command)
+    def run(*args: Any, quiet: bool, verbose: bool, **kwargs: Any) -> Any:
+        from bigembed import progress
+
+        if quiet and verbose:
+            raise click.UsageError("give -q/--quiet or -v/--verbose, not both")
+        progress.VERBOSITY = -1 if quiet else 1 if verbose else 0
+        if quiet and "progress" in kwargs:
+            kwargs["progress"] = False
+        return command(*args, **kwargs)
+
+    return cast(F, run)
 
 
 _FREEZE_IMPORTS = False  # set by the console entry point, not when tests call the commands in-process
@@ -153,6 +186,7 @@ def cli() -> None:
               help="training.storage_dtype --memory plans for (half precision: about twice the rows).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
+@verbosity_options
 def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, splits: tuple[str, ...],
                delimiter: str, columns: str, ids: str, header: bool | None, comment: str, seed: int,
                config_file: Path | None, memory: str | None, memory_dim: int, memory_dtype: str, overwrite: bool,
@@ -210,20 +244,23 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
 
             from tqdm import tqdm as bars
 
-            bars.write(message, file=sys.stderr)
+            from bigembed import progress as progress_module
+
+            if progress_module.VERBOSITY >= 0:
+                bars.write(message, file=sys.stderr)
 
         _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
                                        edge_progress=edge_progress, log=log)
     from bigembed.progress import plural
 
     if budget is not None:
-        _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
+        _result(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
              f"{plural(stats.num_partitions, 'partition')}")
-    _log(f"imported: {stats.summary(ids, spec.type_names)}")
+    _result(f"imported: {stats.summary(ids, spec.type_names)}")
     if stats.spilled_bytes:
         how = "kept the edges in a database file" if stats.on_disk else "spilled"
         _log(f"the dictionary {how} ({human(stats.spilled_bytes)} on disk) to stay within {human(stats.memory_limit)}")
-    _log(f"wrote {out}")
+    _result(f"wrote {out}")
 
 
 def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
@@ -254,6 +291,7 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
               help="Show progress: a bar on a terminal, else a plain line every --log-every seconds.")
 @click.option("--log-every", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
               help="Off a terminal (nohup, a batch job): seconds between progress lines (0: none).")
+@verbosity_options
 def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
           batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
           deterministic: bool | None, device: str | None, sets: tuple[str, ...], override: bool,
@@ -283,7 +321,7 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
     if not result.quiet:
         from bigembed.progress import plural
 
-        _log(f"done: v{result.version}, {plural(result.epochs_done, 'epoch')} trained")
+        _result(f"done: v{result.version}, {plural(result.epochs_done, 'epoch')} trained")
 
 
 @cli.command("eval")
@@ -305,6 +343,7 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Also write the metrics here as JSON ('-' prints JSON instead of text).")
 @click.option("--progress/--no-progress", default=True)
+@verbosity_options
 def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, max_edges: int | None,
              per_relation: bool, which: str, seed: int, json_out: Path | None, progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
@@ -349,6 +388,7 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, m
               help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
+@verbosity_options
 def export(run: Path, out: Path, fmt: str, sample: int | None, seed: int | None, data: Path | None, which: str,
            overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
@@ -371,7 +411,7 @@ def export(run: Path, out: Path, fmt: str, sample: int | None, seed: int | None,
             rows = export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout,
                               sample=10_000 if sample is None else sample, seed=seed or 0)
     of = f" of {dm.num_entities}" if rows < dm.num_entities else ""
-    _log(f"wrote {out} ({rows}{of} rows, v{manifest.version})")
+    _result(f"wrote {out} ({rows}{of} rows, v{manifest.version})")
 
 
 @cli.command()
@@ -406,6 +446,7 @@ def info(path: Path, as_json: bool) -> None:
               help="'string': lines n<id> TAB r<rel> TAB n<id>; 'int': <id> TAB <rel> TAB <id>, ids 0..N-1.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed and options, same bytes.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on standard error (on a terminal).")
+@verbosity_options
 def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations: int, communities: int,
              exponent: float, noise: float, ids: str, seed: int, progress: bool) -> None:
     """Generate a synthetic graph with planted communities and power-law degrees.
@@ -435,7 +476,7 @@ def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations:
     if not to_stdout:
         with _counter("generating", "edge", edges, progress) as bar:
             paths = write_graph(spec, out, progress=bar.update)
-        _log("wrote " + ", ".join(str(p) for p in paths.values()))
+        _result("wrote " + ", ".join(str(p) for p in paths.values()))
         return
     stdout = sys.stdout.buffer
     try:  # a 1 MiB pipe buffer (Linux): the default 64 KiB costs a context switch each
@@ -463,7 +504,7 @@ def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations:
     finally:
         for handle in held.values():
             handle.close()
-    _log("wrote the train edges to standard output, " + (f"{holdout / 'valid.tsv'} and {holdout / 'test.tsv'}"
+    _result("wrote the train edges to standard output, " + (f"{holdout / 'valid.tsv'} and {holdout / 'test.tsv'}"
                                                          if holdout else "no valid/test (no --holdout)"))
 
 
@@ -479,6 +520,7 @@ def config_help() -> None:
 @click.option("-o", "--output", "out", default=Path("bigembed-demo"), show_default=True,
               type=click.Path(path_type=Path), help="Folder for the demo's graph, DATA, RUN and export.")
 @click.option("--progress/--no-progress", default=True)
+@verbosity_options
 def demo(out: Path, progress: bool) -> None:
     """Run the whole path on a small built-in synthetic graph: generate, import, train, eval, export."""
     from bigembed.demo import run_demo
