@@ -167,8 +167,8 @@ def test_usage_errors_exit_2(args):
 
 
 @pytest.mark.parametrize("args, line", [
-    (["import", "--bogus"],
-     "error: No such option '--bogus'. Did you mean '--columns'? (see `bigembed import --help`)"),
+    (["import", "--overwrit"],
+     "error: No such option '--overwrit'. Did you mean '--overwrite'? (see `bigembed import --help`)"),
     (["nosuchverb"], "error: No such command 'nosuchverb' (see `bigembed --help`)"),
     (["--bogus"], "error: No such option '--bogus' (see `bigembed --help`)"),
     (["train"], "error: Missing argument 'DATA' (see `bigembed train --help`)"),
