@@ -12,6 +12,14 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 PLAIN_EVERY = 60.0  # seconds between plain progress lines off a terminal (0: none); `train --log-every`
+# -1: `-q` (errors and result lines only), 0: the default, 1: `-v` (detail lines too); set by the CLI.
+VERBOSITY = 0
+
+
+def detail(message: str) -> None:
+    """A ``-v`` line (per-bucket numbers), above any progress bar; nothing unless :data:`VERBOSITY` > 0."""
+    if VERBOSITY > 0:
+        tqdm.write(message, file=sys.stderr)
 
 
 class PlainProgress:

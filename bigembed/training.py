@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bigembed import progress
 from bigembed.checkpoint import (
     GLOBAL_ADAGRAD_KEY,
     GLOBAL_EMB_KEY,
@@ -322,6 +323,9 @@ def _train_epoch(session: _Session, trainer: BucketTrainer, epoch: int, start: P
                     **({} if stats.stopped_at is None else {"stopped_at_slab": stats.stopped_at}),
                 })
                 bar.set_postfix(bucket=f"{k + 1}/{len(visits)}", loss=f"{stats.loss / max(1, stats.edges):.4f}")
+                progress.detail(f"epoch {epoch + 1}, bucket {k + 1}/{len(visits)} ({bucket.lhs}, {bucket.rhs}): "
+                                f"{stats.edges} edges, loss {stats.loss / max(1, stats.edges):.4f}, "
+                                f"{stats.seconds:.2f} s")
                 if stats.stopped_at is not None:  # stopped by a signal, committed inside the bucket
                     return False
             last = k + 1 == len(visits)

@@ -272,6 +272,18 @@ def test_typed_training_learns_resumes_and_exports_per_type(tmp_path):
     assert [(x["name"], x["lhs"], x["rhs"]) for x in layout] == [  # reciprocal by default: the inverses after
         ("friend", "user", "user"), ("likes", "user", "item"),
         ("friend (inverse)", "user", "user"), ("likes (inverse)", "item", "user")]
+    # projector: one metadata file for both types, with a header and a type column
+    r = runner.invoke(cli, ["export", str(run), "-o", str(tmp_path / "proj"), "--format", "projector",
+                            "--sample", "50", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    meta = (tmp_path / "proj" / "metadata.tsv").read_text().splitlines()
+    vectors = np.loadtxt(tmp_path / "proj" / "vectors.tsv", delimiter="\t", dtype=np.float32)
+    assert meta[0] == "name\ttype" and len(meta) == 51 and vectors.shape == (50, 16)
+    by_type = {t: dict(zip((tmp_path / "npy" / f"names_{t}.txt").read_text().split(), m, strict=True))
+               for t, m in (("item", items), ("user", users))}
+    pairs = [line.split("\t") for line in meta[1:]]
+    assert {t for _, t in pairs} == {"item", "user"} and len(set(map(tuple, pairs))) == 50
+    assert np.allclose(vectors, np.stack([by_type[t][n] for n, t in pairs]), rtol=1e-6, atol=0)
     # one more epoch resumes on the same typed DATA
     train(data, run, None, {**overrides, "training.epochs": 5}, log=lambda _: None, show_progress=False)
     assert read_manifest(run, read_current(run)).position.epoch == 5

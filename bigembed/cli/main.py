@@ -2,17 +2,19 @@
 
 Heavy modules (torch, zarr) are imported inside the commands so ``--help`` is
 instant. A :class:`~bigembed.errors.BigembedError` becomes ``error: <message>`` on
-stderr and exit code 1; click's usage errors exit with 2.
+stderr and exit code 1; a usage error (click's) becomes one line too,
+``error: <message> (see `bigembed CMD --help`)``, with exit code 2.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -30,10 +32,34 @@ from bigembed.config import STORAGE_DTYPES
 from bigembed.errors import BigembedError
 
 
+def _usage_error(ctx: click.Context, exc: click.UsageError, command: str) -> None:
+    """Print a usage error as one line, ``error: <message> (see `bigembed CMD --help`)``, and exit 2."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    where = f"bigembed {command} --help" if command else "bigembed --help"
+    click.echo(f"error: {message} (see `{where}`)", err=True)
+    ctx.exit(exc.exit_code)
+
+
 class BigembedGroup(click.Group):
+    """The command group: usage errors and :class:`BigembedError` as one line (exit 2 and 1)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `bigembed` alone prints the help
+        except click.UsageError as exc:  # an option of the group itself, e.g. `bigembed --bogus`
+            _usage_error(ctx, exc, "")
+            raise  # pragma: no cover - ctx.exit raised
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            command = ctx.invoked_subcommand or ""
+            _usage_error(ctx, exc, command if command in self.commands else "")
         except BigembedError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
@@ -51,8 +77,53 @@ INTERRUPTED = {
 }
 
 
+# Names for --delimiter's characters, and what a shell passes for a typed \t.
+DELIMITERS = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " ", "semicolon": ";", "pipe": "|"}
+
+
+def _delimiter(value: str) -> str:
+    """--delimiter's character: one character as given, or a name from :data:`DELIMITERS`."""
+    char = DELIMITERS.get(value.lower(), value)
+    if len(char) != 1:
+        raise click.BadParameter(f"expected one character or one of {', '.join(DELIMITERS)}, got {value!r}",
+                                 param_hint="--delimiter")
+    return char
+
+
 def _log(message: str) -> None:
+    """An info line on stderr; ``-q`` hides it."""
+    from bigembed import progress
+
+    if progress.VERBOSITY >= 0:
+        click.echo(message, err=True)
+
+
+def _result(message: str) -> None:
+    """A command's result line on stderr (what it wrote, what it did): printed even with ``-q``."""
     click.echo(message, err=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def verbosity_options(command: F) -> F:
+    """``-q/--quiet`` (errors and result lines only, no progress) and ``-v/--verbose`` (detail lines
+    too, e.g. train's per-bucket lines): sets :data:`bigembed.progress.VERBOSITY` for the command."""
+
+    @click.option("-v", "--verbose", is_flag=True, help="Also print detail lines (train: one per bucket).")
+    @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result; no progress or info lines.")
+    @functools.wraps(command)
+    def run(*args: Any, quiet: bool, verbose: bool, **kwargs: Any) -> Any:
+        from bigembed import progress
+
+        if quiet and verbose:
+            raise click.UsageError("give -q/--quiet or -v/--verbose, not both")
+        progress.VERBOSITY = -1 if quiet else 1 if verbose else 0
+        if quiet and "progress" in kwargs:
+            kwargs["progress"] = False
+        return command(*args, **kwargs)
+
+    return cast(F, run)
 
 
 _FREEZE_IMPORTS = False  # set by the console entry point, not when tests call the commands in-process
@@ -90,7 +161,8 @@ def cli() -> None:
 @click.option("-p", "--partitions", type=click.IntRange(min=1), help="Node partitions P (default 1).")
 @click.option("--split", "splits", multiple=True, metavar="NAME=FILE",
               help="Another split sharing the dictionary, e.g. --split test=test.tsv (repeatable).")
-@click.option("--delimiter", default="\t", show_default="TAB", help="Field separator (use ',' for CSV).")
+@click.option("--delimiter", default="\t", show_default="tab", callback=lambda _c, _p, v: _delimiter(v),
+              help="Field separator: one character or tab, comma, space, semicolon, pipe (use ',' for CSV).")
 @click.option("--columns", default="lhs,rel,rhs", show_default=True,
               help="Column roles in order: lhs, rel, rhs, weight (float per edge), _ to skip; 'lhs,rhs': one relation.")
 @click.option("--ids", type=click.Choice(["string", "int"]), default="string", show_default=True,
@@ -114,6 +186,7 @@ def cli() -> None:
               help="training.storage_dtype --memory plans for (half precision: about twice the rows).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on a terminal).")
+@verbosity_options
 def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, splits: tuple[str, ...],
                delimiter: str, columns: str, ids: str, header: bool | None, comment: str, seed: int,
                config_file: Path | None, memory: str | None, memory_dim: int, memory_dtype: str, overwrite: bool,
@@ -141,8 +214,6 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
         sources.append(Source(name, Path(file)))
     if not sources:
         raise click.UsageError("give at least one edge file (EDGES or --split NAME=FILE)")
-    if delimiter == "\\t":
-        delimiter = "\t"
     from bigembed.scheduler.memory import human, parse_bytes
 
     if memory is not None and partitions is not None:
@@ -173,20 +244,23 @@ def import_cmd(edges: tuple[Path, ...], out: Path, partitions: int | None, split
 
             from tqdm import tqdm as bars
 
-            bars.write(message, file=sys.stderr)
+            from bigembed import progress as progress_module
+
+            if progress_module.VERBOSITY >= 0:
+                bars.write(message, file=sys.stderr)
 
         _manifest, stats = import_data(spec, out, overwrite=overwrite, progress=reading.update,
                                        edge_progress=edge_progress, log=log)
     from bigembed.progress import plural
 
     if budget is not None:
-        _log(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
+        _result(f"memory budget {human(budget)} at dim {memory_dim} ({memory_dtype}): "
              f"{plural(stats.num_partitions, 'partition')}")
-    _log(f"imported: {stats.summary(ids, spec.type_names)}")
+    _result(f"imported: {stats.summary(ids, spec.type_names)}")
     if stats.spilled_bytes:
         how = "kept the edges in a database file" if stats.on_disk else "spilled"
         _log(f"the dictionary {how} ({human(stats.spilled_bytes)} on disk) to stay within {human(stats.memory_limit)}")
-    _log(f"wrote {out}")
+    _result(f"wrote {out}")
 
 
 def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
@@ -217,6 +291,7 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
               help="Show progress: a bar on a terminal, else a plain line every --log-every seconds.")
 @click.option("--log-every", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
               help="Off a terminal (nohup, a batch job): seconds between progress lines (0: none).")
+@verbosity_options
 def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epochs: int | None, lr: float | None,
           batch_size: int | None, negatives: int | None, workers: int | None, seed: int | None,
           deterministic: bool | None, device: str | None, sets: tuple[str, ...], override: bool,
@@ -246,7 +321,7 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
     if not result.quiet:
         from bigembed.progress import plural
 
-        _log(f"done: v{result.version}, {plural(result.epochs_done, 'epoch')} trained")
+        _result(f"done: v{result.version}, {plural(result.epochs_done, 'epoch')} trained")
 
 
 @cli.command("eval")
@@ -268,6 +343,7 @@ def train(data: Path, run: Path, config_file: Path | None, dim: int | None, epoc
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Also write the metrics here as JSON ('-' prints JSON instead of text).")
 @click.option("--progress/--no-progress", default=True)
+@verbosity_options
 def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, max_edges: int | None,
              per_relation: bool, which: str, seed: int, json_out: Path | None, progress: bool) -> None:
     """Link-prediction metrics (MRR, Hits@1/3/10, mean rank) of RUN's last checkpoint on a split of DATA."""
@@ -301,20 +377,29 @@ def eval_cmd(run: Path, data: Path, split: str, protocol: str, negatives: int, m
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet", "faiss"]), default="tsv",
-              show_default=True,
-              help="faiss: an index for `bigembed neighbors --index` (pip install 'bigembed[faiss]').")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "npy", "h5", "parquet", "faiss", "projector"]),
+              default="tsv", show_default=True,
+              help="faiss: an index for `bigembed neighbors --index` (pip install 'bigembed[faiss]'); "
+                   "projector: a sample for TensorBoard's Embedding Projector.")
 @click.option("--faiss-index", "faiss_factory", default="Flat", show_default=True, metavar="FACTORY",
-              help="With --format faiss: FAISS's index factory string; Flat is exact, e.g. IVF4096,PQ32 is smaller.")
+              help="--format faiss: FAISS's index factory string; Flat is exact, e.g. IVF4096,PQ32 is smaller.")
+@click.option("--sample", type=click.IntRange(min=1), metavar="N",
+              help="--format projector: a uniform random sample of N nodes (default 10,000; all if fewer).")
+@click.option("--seed", type=int, help="--format projector: seed of the sample (default 0).")
 @click.option("--data", "data", type=click.Path(path_type=Path),
               help="DATA directory, if it moved since training (default: the one RUN was trained on).")
 @click.option("--version", "which", default="last", show_default=True,
               help="Checkpoint: last, best (best on the validation split) or a version such as v3.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True)
-def export(run: Path, out: Path, fmt: str, faiss_factory: str, data: Path | None, which: str, overwrite: bool,
-           progress: bool) -> None:
+@verbosity_options
+def export(run: Path, out: Path, fmt: str, faiss_factory: str, sample: int | None, seed: int | None,
+           data: Path | None, which: str, overwrite: bool, progress: bool) -> None:
     """Export RUN's embeddings (last checkpoint by default), streaming one partition at a time."""
+    if fmt != "faiss" and faiss_factory != "Flat":
+        raise click.UsageError("--faiss-index goes with --format faiss")
+    if fmt != "projector" and (sample is not None or seed is not None):
+        raise click.UsageError("--sample and --seed go with --format projector")
     from bigembed.evaluation.report import opened_checkpoint
     from bigembed.export import export_run
     from bigembed.trainer import Model
@@ -329,9 +414,11 @@ def export(run: Path, out: Path, fmt: str, faiss_factory: str, data: Path | None
             for i, s in enumerate(Model.for_data(config, dm).specs)
         ]
         with _counter(f"export {fmt}", "row", dm.num_entities, progress) as bar:
-            export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout,
-                       config.model.comparator, faiss_factory)
-    _log(f"wrote {out} ({dm.num_entities} rows, v{manifest.version})")
+            rows = export_run(run, manifest, dm, out, fmt, config.model.dim, overwrite, bar.update, layout,
+                              sample=10_000 if sample is None else sample, seed=seed or 0,
+                              comparator=config.model.comparator, faiss_factory=faiss_factory)
+    of = f" of {dm.num_entities}" if rows < dm.num_entities else ""
+    _result(f"wrote {out} ({rows}{of} rows, v{manifest.version})")
 
 
 def _query_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -499,6 +586,7 @@ def info(path: Path, as_json: bool) -> None:
               help="'string': lines n<id> TAB r<rel> TAB n<id>; 'int': <id> TAB <rel> TAB <id>, ids 0..N-1.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed and options, same bytes.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on standard error (on a terminal).")
+@verbosity_options
 def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations: int, communities: int,
              exponent: float, noise: float, ids: str, seed: int, progress: bool) -> None:
     """Generate a synthetic graph with planted communities and power-law degrees.
@@ -528,7 +616,7 @@ def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations:
     if not to_stdout:
         with _counter("generating", "edge", edges, progress) as bar:
             paths = write_graph(spec, out, progress=bar.update)
-        _log("wrote " + ", ".join(str(p) for p in paths.values()))
+        _result("wrote " + ", ".join(str(p) for p in paths.values()))
         return
     stdout = sys.stdout.buffer
     try:  # a 1 MiB pipe buffer (Linux): the default 64 KiB costs a context switch each
@@ -556,7 +644,7 @@ def generate(out: Path, holdout: Path | None, nodes: int, edges: int, relations:
     finally:
         for handle in held.values():
             handle.close()
-    _log("wrote the train edges to standard output, " + (f"{holdout / 'valid.tsv'} and {holdout / 'test.tsv'}"
+    _result("wrote the train edges to standard output, " + (f"{holdout / 'valid.tsv'} and {holdout / 'test.tsv'}"
                                                          if holdout else "no valid/test (no --holdout)"))
 
 
@@ -572,6 +660,7 @@ def config_help() -> None:
 @click.option("-o", "--output", "out", default=Path("bigembed-demo"), show_default=True,
               type=click.Path(path_type=Path), help="Folder for the demo's graph, DATA, RUN and export.")
 @click.option("--progress/--no-progress", default=True)
+@verbosity_options
 def demo(out: Path, progress: bool) -> None:
     """Run the whole path on a small built-in synthetic graph: generate, import, train, eval, export."""
     from bigembed.demo import run_demo

@@ -3,8 +3,10 @@
 Every format is written one partition at a time (only one partition's rows are
 ever in memory) into a temp folder that is renamed to OUT when complete.
 
-- ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``.
-- ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order.
+- ``tsv``: ``OUT/embeddings.tsv``, lines ``name<TAB>v1<TAB>...<TAB>vD``; the relation files as for npy.
+- ``npy``: ``OUT/embeddings.npy`` (N, D) float32 and ``OUT/names.txt`` in the same row order;
+  ``relations.txt`` and ``relation_params.npy`` (when relations have parameters), which
+  ``relations.json`` names (``names_file``, ``params_file``).
 
 - ``parquet``: ``OUT/embeddings.parquet``, columns ``name`` (string) and ``embedding`` (a
   fixed-size list of D float32), one row group per 65,536 rows: pandas, polars and DuckDB
@@ -39,7 +41,7 @@ from bigembed.storage.data_manifest import DataManifest
 from bigembed.storage.dtypes import to_float32
 from bigembed.storage.names import iter_names, names_dir
 
-FORMATS = ("tsv", "npy", "h5", "parquet", "faiss")
+FORMATS = ("tsv", "npy", "h5", "parquet", "faiss", "projector")  # projector: bigembed.export.projector
 ROWS = 65536
 Progress = Callable[[int], None]
 
@@ -57,7 +59,7 @@ def partition_names(data: DataManifest, partition: int, t: int = 0) -> Iterator[
         yield from iter_names(names_dir(data.path.parent, etype.name, partition), count, ROWS)
 
 
-def _type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
+def type_rows(run: Path, manifest: VersionManifest, data: DataManifest, t: int,
                partition: int, globals_: np.ndarray | None) -> np.ndarray:
     """Type ``t``'s rows of ``partition`` as float32 (half-precision storage widened), with the
     type's global vector added (``model.global_emb``; ``globals_`` read once per export by
@@ -76,7 +78,7 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
     for t in range(len(data.entity_types)):
         with open(out / f"embeddings{_suffix(data, t)}.tsv", "w") as handle:
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p, globals_)
+                emb = type_rows(run, manifest, data, t, p, globals_)
                 start = 0
                 for names in partition_names(data, p, t):
                     block = emb[start : start + len(names)]
@@ -87,6 +89,7 @@ def _write_tsv(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
                     start += len(names)
                     if progress:
                         progress(len(names))
+    _write_relations(run, manifest, data, out)
 
 
 def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, dim: int,
@@ -101,7 +104,7 @@ def _write_npy(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
         with open(out / f"embeddings{suffix}.npy", "wb") as matrix, open(out / f"names{suffix}.txt", "w") as names_out:
             np.lib.format.write_array_header_1_0(matrix, header)
             for p in range(data.num_partitions):
-                emb = _type_rows(run, manifest, data, t, p, globals_)
+                emb = type_rows(run, manifest, data, t, p, globals_)
                 matrix.write(np.ascontiguousarray(emb, dtype=np.float32).data)
                 del emb
                 for names in partition_names(data, p, t):
@@ -121,7 +124,7 @@ def _write_parquet(run: Path, manifest: VersionManifest, data: DataManifest, out
     for t in range(len(data.entity_types)):
         with pq.ParquetWriter(out / f"embeddings{_suffix(data, t)}.parquet", schema) as writer:
             for p in range(data.num_partitions):
-                emb = np.ascontiguousarray(_type_rows(run, manifest, data, t, p, globals_), dtype=np.float32)
+                emb = np.ascontiguousarray(type_rows(run, manifest, data, t, p, globals_), dtype=np.float32)
                 start = 0
                 for names in partition_names(data, p, t):
                     block = emb[start : start + len(names)]
@@ -140,7 +143,7 @@ def _write_faiss(run: Path, manifest: VersionManifest, data: DataManifest, out: 
 
     import_faiss()  # before any work: one line if it is missing
     globals_ = read_globals(run, manifest)
-    write_faiss(lambda t, p: _type_rows(run, manifest, data, t, p, globals_),
+    write_faiss(lambda t, p: type_rows(run, manifest, data, t, p, globals_),
                 lambda t, p: [n for chunk in partition_names(data, p, t) for n in chunk],
                 data.type_names, [t.counts for t in data.entity_types], data.typed, dim, comparator, factory,
                 manifest.version, out, progress)
@@ -148,9 +151,20 @@ def _write_faiss(run: Path, manifest: VersionManifest, data: DataManifest, out: 
 
 
 def _write_relations(run: Path, manifest: VersionManifest, data: DataManifest, out: Path) -> None:
+    """``relations.txt`` (names in index order) and ``relation_params.npy`` (tsv, npy, parquet)."""
     (out / "relations.txt").write_text("".join(r + "\n" for r in data.relations))
     if RELATION_PARAMS_KEY in manifest.shards:
         np.save(out / "relation_params.npy", read_shard_of(run, manifest, RELATION_PARAMS_KEY))
+
+
+def _relation_files(manifest: VersionManifest, fmt: str) -> dict[str, str | None]:
+    """Where ``relations.json`` says the relation names and parameters of format ``fmt`` are."""
+    has_params = RELATION_PARAMS_KEY in manifest.shards
+    if fmt == "h5":
+        model = f"model.v{manifest.version}.h5"
+        return {"names_file": model, "names_attr": "relations", "params_file": model if has_params else None,
+                "params_dataset": "model/relations/params" if has_params else None}
+    return {"names_file": "relations.txt", "params_file": "relation_params.npy" if has_params else None}
 
 
 def _write_h5_file(path: Path, fill: Callable[[h5py.File], None]) -> None:
@@ -172,7 +186,7 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
     v = manifest.version
     for t, etype in enumerate(data.entity_types):
         for p in range(data.num_partitions):
-            emb = _type_rows(run, manifest, data, t, p, globals_)
+            emb = type_rows(run, manifest, data, t, p, globals_)
 
             def fill_embeddings(f: h5py.File, emb: np.ndarray = emb) -> None:
                 f.attrs["format_version"] = 1
@@ -200,13 +214,18 @@ def _write_h5(run: Path, manifest: VersionManifest, data: DataManifest, out: Pat
 
 def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Path, fmt: str, dim: int,
                overwrite: bool = False, progress: Progress | None = None,
-               relation_layout: list[dict[str, object]] | None = None, comparator: str = "dot",
-               faiss_factory: str = "Flat") -> None:
-    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt`` (``comparator``
-    and ``faiss_factory``: the FAISS index's metric and kind, for ``faiss``)."""
+               relation_layout: list[dict[str, object]] | None = None, sample: int = 10_000, seed: int = 0,
+               comparator: str = "dot", faiss_factory: str = "Flat") -> int:
+    """Export ``manifest``'s embeddings to the folder ``out`` in format ``fmt``; returns the rows
+    written (all of them, or for ``projector`` a sample of ``sample`` drawn with ``seed``).
+    ``comparator`` and ``faiss_factory``: the FAISS index's metric and kind, for ``faiss``."""
     if fmt not in FORMATS:
         raise BigembedError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     with atomic_output_dir(out, "export", overwrite) as tmp:
+        if fmt == "projector":  # a sample to look at, without the relations
+            from bigembed.export.projector import write_projector
+
+            return write_projector(run, manifest, data, tmp, sample, seed, progress)
         if fmt == "tsv":
             _write_tsv(run, manifest, data, tmp, progress)
         elif fmt == "npy":
@@ -219,8 +238,10 @@ def export_run(run: Path, manifest: VersionManifest, data: DataManifest, out: Pa
             _write_h5(run, manifest, data, tmp, progress)
         if relation_layout is not None:
             atomic_write_json(tmp / "relations.json", {
-                "about": "relation_params.npy (npy, parquet) or model/relations/params (h5) is one flat float32 "
-                         "vector; relation i's parameters are [offset, offset + prod(shape)) reshaped "
-                         "to shape; score = comparator(operator(lhs, params), rhs)",
+                "about": "params_file (params_dataset in it, for h5) is one flat float32 vector; relation i's "
+                         "parameters are [offset, offset + prod(shape)) reshaped to shape; "
+                         "score = comparator(operator(lhs, params), rhs)",
+                **_relation_files(manifest, fmt),
                 "relations": relation_layout,
             })
+    return data.num_entities

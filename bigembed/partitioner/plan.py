@@ -15,7 +15,7 @@ import numpy as np
 
 from bigembed.config import Config
 from bigembed.errors import ConfigError, InputFormatError
-from bigembed.partitioner.reader import ColumnSpec, EdgeChunk, SkippedLines, read_chunks
+from bigembed.partitioner.reader import DEFAULT_COLUMNS, ColumnSpec, EdgeChunk, SkippedLines, read_chunks
 from bigembed.scheduler.memory import available_memory
 
 DEFAULT_RELATION = "edge"
@@ -74,7 +74,7 @@ class ImportSpec:
 
     sources: list[Source]
     num_partitions: int = 1
-    columns: ColumnSpec = field(default_factory=lambda: ColumnSpec.parse("lhs,rel,rhs"))
+    columns: ColumnSpec = field(default_factory=lambda: ColumnSpec.parse(DEFAULT_COLUMNS))
     delimiter: str = "\t"
     ids: str = "string"
     seed: int = 0

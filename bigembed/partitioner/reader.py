@@ -189,6 +189,25 @@ def _fast_block(raw: list[str], columns: ColumnSpec, delimiter: str, first: int,
     return EdgeChunk(lhs, rhs, rel, first, weight=weight)
 
 
+DEFAULT_COLUMNS = "lhs,rel,rhs"
+
+
+def _too_few_fields_hint(line: str, columns: ColumnSpec, delimiter: str) -> str:
+    """The likely fix for a line with too few fields: a CSV read with the default tab, or an
+    edge list without relations read with the default lhs,rel,rhs columns ("" when neither)."""
+    hints = []
+    fields = len(line.split(delimiter))
+    if delimiter == "\t" and "," in line:
+        hints.append("use --delimiter ,")
+        fields = len(line.split(","))
+    elif delimiter == "\t" and " " in line.strip():
+        hints.append("use --delimiter space")
+        fields = len(line.split())
+    if columns == ColumnSpec.parse(DEFAULT_COLUMNS) and fields == 2:
+        hints.append("for an edge list without relations use --columns lhs,rhs")
+    return "; " + " and ".join(hints) if hints else ""
+
+
 def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, delimiter: str, comment: str,
                  skipped: SkippedLines) -> EdgeChunk:
     """Line by line: skips (and counts) blank and comment lines, reports the exact line of a bad one."""
@@ -209,7 +228,7 @@ def _exact_block(path: Path, raw: list[str], first: int, columns: ColumnSpec, de
         if len(fields) < columns.width:
             raise InputFormatError(
                 f"{path}:{line_no}: expected at least {columns.width} fields separated by "
-                f"{delimiter!r}, got {len(fields)}: {line[:80]!r}"
+                f"{delimiter!r}, got {len(fields)}: {line[:80]!r}{_too_few_fields_hint(line, columns, delimiter)}"
             )
         a, b = fields[columns.lhs].strip(), fields[columns.rhs].strip()
         if not a or not b:

@@ -166,6 +166,29 @@ def test_usage_errors_exit_2(args):
     assert r.exit_code == 2
 
 
+@pytest.mark.parametrize("args, line", [
+    (["import", "--overwrit"],
+     "error: No such option '--overwrit'. Did you mean '--overwrite'? (see `bigembed import --help`)"),
+    (["nosuchverb"], "error: No such command 'nosuchverb' (see `bigembed --help`)"),
+    (["--bogus"], "error: No such option '--bogus' (see `bigembed --help`)"),
+    (["train"], "error: Missing argument 'DATA' (see `bigembed train --help`)"),
+    (["export", "r", "-o", "o", "--format", "xml"],
+     "error: Invalid value for '--format': 'xml' is not one of 'tsv', 'npy', 'h5', 'parquet', 'faiss', 'projector' "
+     "(see `bigembed export --help`)"),
+    (["import", "-o", "d"], "error: give at least one edge file (EDGES or --split NAME=FILE) "
+                            "(see `bigembed import --help`)"),
+])
+def test_usage_errors_are_one_line_naming_the_help_to_read(args, line):
+    r = run(*args)
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [line]  # no "Usage:" or "Try" lines
+
+
+def test_the_bare_command_still_prints_its_help():
+    r = run()
+    assert "Usage:" in r.output and "Commands:" in r.output and "error:" not in r.output
+
+
 def test_train_on_missing_data_dir(tmp_path):
     r = run("train", tmp_path / "nothing", "-o", tmp_path / "run")
     assert r.exit_code == 1 and "nothing: no such DATA directory" in error_line(r)

@@ -6,26 +6,13 @@ import resource
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from bigembed.cli.main import cli
-from tests.conftest import write_tiny_graph
 
 FILE_LIMIT = 1000  # bytes: smaller than any format's first file of the tiny run
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    write_tiny_graph(root / "train.tsv", seed=3, edges=300)
-    for args in (["import", root / "train.tsv", "-o", root / "data", "-p", "2", "--no-progress"],
-                 ["train", root / "data", "-o", root / "run", "--dim", "8", "--epochs", "1", "--no-progress"]):
-        r = CliRunner().invoke(cli, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-    return root / "run"
 
 
 def _full_disk() -> None:
@@ -34,7 +21,7 @@ def _full_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
 
 
-@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5", "parquet"])
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "h5", "parquet", "projector"])
 def test_export_on_a_full_disk_is_a_one_line_error_and_leaves_nothing(run_dir, tmp_path, fmt):
     """HDF5 writing to the disk itself crashed the interpreter at exit (139) after the error."""
     out = tmp_path / "out"
@@ -86,3 +73,38 @@ def test_parquet_export_has_the_npy_export_rows_and_loads_in_one_line(run_dir, t
     assert first[0] == table.column("name")[0].as_py()
     assert np.allclose(first[1], vectors[0])
     assert (tmp_path / "parquet" / "relation_params.npy").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "npy", "parquet", "h5"])
+def test_every_file_relations_json_names_exists_and_holds_the_relations(run_dir, tmp_path, fmt):
+    """tsv wrote a relations.json pointing at a relation_params.npy that it did not write."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from bigembed.checkpoint import RELATION_PARAMS_KEY, read_current, read_manifest, read_shard_of
+
+    done = CliRunner().invoke(cli, ["export", str(run_dir), "-o", str(tmp_path / fmt), "--format", fmt,
+                                    "--no-progress"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / fmt
+    about = json.loads((out / "relations.json").read_text())
+    named = {key: value for key, value in about.items() if key.endswith("_file")}
+    assert named["params_file"] is not None  # the default model's relations have parameters
+    for file in named.values():
+        assert (out / file).is_file(), f"relations.json names {file}, which {fmt} did not write"
+    manifest = read_manifest(run_dir, read_current(run_dir))
+    expected = read_shard_of(run_dir, manifest, RELATION_PARAMS_KEY)
+    if fmt == "h5":
+        with h5py.File(out / about["params_file"], "r") as f:
+            params = f[about["params_dataset"]][...]
+            names = json.loads(f.attrs[about["names_attr"]])
+    else:
+        params = np.load(out / about["params_file"])
+        names = (out / about["names_file"]).read_text().splitlines()
+    assert params.dtype == np.float32 and np.array_equal(params, expected)
+    assert names == [r["name"] for r in about["relations"] if not r["name"].endswith(" (inverse)")] == ["r0", "r1",
+                                                                                                      "r2"]
+    last = about["relations"][-1]
+    assert last["offset"] + int(np.prod(last["shape"])) == params.size  # the layout covers the vector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lzma
 
+import pytest
 from click.testing import CliRunner
 
 from bigembed.cli.main import cli
@@ -65,3 +66,49 @@ def test_xz_file_imports(tmp_path):
     r = run("import", path, "-o", tmp_path / "data", "--no-progress")
     assert r.exit_code == 0, r.output
     assert read_data_manifest(tmp_path / "data").num_entities == 3
+
+
+@pytest.mark.parametrize("name, content", [("tab", "a\tr\tb\n"), ("\\t", "a\tr\tb\n"), ("comma", "a,r,b\n"),
+                                           ("space", "a r b\n"), ("TAB", "a\tr\tb\n"), (";", "a;r;b\n")])
+def test_delimiter_by_name_or_character(tmp_path, name, content):
+    path = tmp_path / "e.txt"
+    path.write_text(content + content.replace("a", "c"))
+    r = run("import", path, "-o", tmp_path / "data", "--delimiter", name, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert read_data_manifest(tmp_path / "data").num_entities == 3  # a, b, c: every line split in three
+
+
+def test_an_unknown_delimiter_name_is_a_usage_error(tmp_path):
+    (tmp_path / "e.tsv").write_text("a\tr\tb\n")
+    r = run("import", tmp_path / "e.tsv", "-o", tmp_path / "data", "--delimiter", "tabs")
+    assert r.exit_code == 2
+    assert error_line(r) == ("error: Invalid value for --delimiter: expected one character or one of tab, \\t, "
+                             "comma, space, semicolon, pipe, got 'tabs' (see `bigembed import --help`)")
+
+
+@pytest.mark.parametrize("content, args, hint", [
+    ("a\tr\tb\nb,r,c\n", [], "2: expected at least 3 fields separated by '\\t', got 1: 'b,r,c'; use --delimiter ,"),
+    ("a,b\nb,c\n", [], "1: expected at least 3 fields separated by '\\t', got 1: 'a,b'; use --delimiter , and "
+                      "for an edge list without relations use --columns lhs,rhs"),
+    ("a\tb\n", [], "1: expected at least 3 fields separated by '\\t', got 2: 'a\\tb'; for an edge list without "
+                  "relations use --columns lhs,rhs"),
+    ("a,b\n", ["--delimiter", ","], "1: expected at least 3 fields separated by ',', got 2: 'a,b'; for an edge "
+                                    "list without relations use --columns lhs,rhs"),
+    ("a r b\n", [], "1: expected at least 3 fields separated by '\\t', got 1: 'a r b'; use --delimiter space"),
+])
+def test_too_few_fields_names_the_line_and_hints_the_fix(tmp_path, content, args, hint):
+    path = tmp_path / "e.csv"
+    path.write_text(content)
+    r = run("import", path, "-o", tmp_path / "data", *args, "--no-progress")
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: {path}:{hint}"
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("content, columns", [("a,b\n", "lhs,rhs,rel"), ("a\n", "lhs,rel,rhs")])
+def test_no_hint_where_neither_fix_applies(tmp_path, content, columns):
+    path = tmp_path / "e.tsv"
+    path.write_text(content)
+    r = run("import", path, "-o", tmp_path / "data", "--delimiter", ",", "--columns", columns, "--no-progress")
+    assert r.exit_code == 1
+    assert error_line(r).endswith(f"got {len(content.split(','))}: {content.strip()!r}")
