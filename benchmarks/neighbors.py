@@ -29,12 +29,13 @@ from measure import BIGEMBED
 import bigembed
 
 
-def _qps(run: bigembed.Run, queries: list[str], batch: int, k: int, index: Path | None) -> tuple[float, list]:
-    run.neighbors(queries[:batch], k=k, index=index)  # warm-up
+def _qps(run: bigembed.Run, queries: list[str], batch: int, k: int, index: Path | None,
+         search: str | None) -> tuple[float, list]:
+    run.neighbors(queries[:batch], k=k, index=index, search=search)  # warm-up
     answers = []
     start = time.perf_counter()
     for i in range(0, len(queries), batch):
-        answers += run.neighbors(queries[i : i + batch], k=k, index=index)
+        answers += run.neighbors(queries[i : i + batch], k=k, index=index, search=search)
     return len(queries) / (time.perf_counter() - start), answers
 
 
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ivf", default="IVF1024,Flat", help="the approximate FAISS index to measure")
+    ap.add_argument("--ivf-search", nargs="+", default=["nprobe=1", "nprobe=16", "nprobe=64"],
+                    help="search parameters the approximate index is measured with, one side each")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigembed-neighbors-bench")
     ap.add_argument("--skip-faiss", action="store_true")
     args = ap.parse_args()
@@ -65,24 +68,26 @@ def main() -> None:
         table_mib = probe.num_nodes() * probe.dim * 4 / 2**20
     queries = random.Random(0).sample(names, args.queries)
     del names
-    sides: list[tuple[str, Any]] = [("streamed, in memory", None), ("streamed, budget below the table", "small"),
-                                    *((name, path) for name, path in indexes.items())]
+    sides: list[tuple[str, Any, str | None]] = [("streamed, in memory", None, None),
+                                                ("streamed, budget below the table", "small", None)]
+    if indexes:
+        sides.append(("faiss-flat", indexes["faiss-flat"], None))
+        sides += [(f"faiss-ivf {p}", indexes["faiss-ivf"], p) for p in args.ivf_search]
+    with bigembed.open_run(args.run) as run:  # the exact answers, for recall (untimed)
+        exact = run.neighbors(queries, k=args.k)
     for r in range(args.rounds):
-        exact: dict[int, list] = {}
-        for side, how in sides if r % 2 == 0 else sides[::-1]:
+        for side, how, search in sides if r % 2 == 0 else sides[::-1]:
             memory = int(table_mib * 2**20 / 4) if how == "small" else None  # caches nothing
             index = how if isinstance(how, Path) else None
             with bigembed.open_run(args.run, memory=memory) as run:
                 for batch in args.batch:
                     n = len(queries) if how != "small" else min(len(queries), 4 * batch)
-                    qps, answers = _qps(run, queries[:n], batch, args.k, index)
+                    qps, answers = _qps(run, queries[:n], batch, args.k, index, search)
                     row: dict[str, Any] = {"round": r, "side": side, "batch": batch, "queries": n,
                                            "qps": round(qps, 1), "table_mib": round(table_mib)}
-                    if how is None:
-                        exact[batch] = answers
-                    elif how != "small" and batch in exact:
+                    if index is not None:
                         hits = [len({m.name for m in a} & {m.name for m in e}) / args.k
-                                for a, e in zip(answers, exact[batch], strict=False)]
+                                for a, e in zip(answers, exact, strict=False)]
                         row["recall@k"] = round(sum(hits) / len(hits), 4)
                     print(json.dumps(row), flush=True)
     for name, index in [("streamed", None), *indexes.items()]:

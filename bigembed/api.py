@@ -223,17 +223,21 @@ class Run:
 
     @overload
     def neighbors(self, name: str, k: int = ...,  # type: ignore[overload-overlap]
-                  entity_type: str | None = ..., index: str | os.PathLike[str] | None = ...) -> list[Match]: ...
+                  entity_type: str | None = ..., index: str | os.PathLike[str] | None = ...,
+                  search: str | None = ...) -> list[Match]: ...
     @overload
     def neighbors(self, name: Sequence[str], k: int = ..., entity_type: str | None = ...,
-                  index: str | os.PathLike[str] | None = ...) -> list[list[Match]]: ...
+                  index: str | os.PathLike[str] | None = ..., search: str | None = ...) -> list[list[Match]]: ...
 
     def neighbors(self, name: str | Sequence[str], k: int = 10, entity_type: str | None = None,
-                  index: str | os.PathLike[str] | None = None) -> list[Match] | list[list[Match]]:
+                  index: str | os.PathLike[str] | None = None, search: str | None = None
+                  ) -> list[Match] | list[list[Match]]:
         """The ``k`` nodes of the same entity type nearest to ``name`` by the model's comparator
         (dot, cos, l2 or squared_l2 on the vectors; no relation applied), the node itself left
         out, best first. A list of names gives a list of answers. ``index``: a folder written
-        by ``bigembed export --format faiss`` from this version, searched instead of the table."""
+        by ``bigembed export --format faiss`` from this version, searched instead of the table;
+        ``search``: FAISS search parameters for it, e.g. ``"nprobe=32"`` for an IVF index (how
+        many of its lists a query visits: more is slower and nearer to exact)."""
         one = isinstance(name, str)
         names = [name] if isinstance(name, str) else list(name)
         _check_k(k)
@@ -244,7 +248,7 @@ class Run:
             rows = self._rows([nodes[i] for i in idx])
             selves = [self._global(nodes[i]) for i in idx]
             if index is not None:
-                answers = self._faiss_top_k(Path(index), t, rows, k, selves)
+                answers = self._faiss_top_k(Path(index), t, rows, k, selves, search)
             else:
                 Q = torch.from_numpy(rows)
                 answers = self._top_k(Direction(Q, _same, Q[:, :1]), t, k, [np.array([g]) for g in selves])
@@ -252,7 +256,8 @@ class Run:
                 results[i] = answer
         return results[0] if one else results
 
-    def _faiss_top_k(self, folder: Path, t: int, rows: np.ndarray, k: int, selves: list[int]) -> list[list[Match]]:
+    def _faiss_top_k(self, folder: Path, t: int, rows: np.ndarray, k: int, selves: list[int],
+                     search: str | None) -> list[list[Match]]:
         from bigembed.export.faiss_index import import_faiss, prepare, read_faiss_meta, to_scores
 
         faiss = import_faiss()
@@ -268,6 +273,12 @@ class Run:
         key = (str(folder.resolve()), t)
         if key not in self._faiss:
             self._faiss[key] = faiss.read_index(str(folder / info["index"]))
+        if search:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self._faiss[key], search)
+            except RuntimeError as exc:
+                raise BigembedError(f"--search {search!r}: FAISS refuses it for {folder / info['index']} "
+                                    f"({str(exc).strip().splitlines()[-1].rsplit(':', 1)[-1].strip()})") from None
         distances, found = self._faiss[key].search(prepare(rows, comparator), k + 1)
         scores = to_scores(distances, comparator)
         # FAISS rows are the type's rows partition by partition: row -> (partition, offset)

@@ -307,12 +307,22 @@ def test_faiss_index_kinds_and_mistakes(trained, tmp_path, monkeypatch):
     with bigembed.open_run(trained["run"]) as run:
         approx = run.neighbors(trained["names"][0], k=5, index=ivf)
         assert 1 <= len(approx) <= 5 and trained["names"][0] not in {m.name for m in approx}
+        # visiting all 4 lists is an exhaustive search: the exact answers
+        every = run.neighbors(trained["names"][0], k=5, index=ivf, search="nprobe=4")
+        exact = run.neighbors(trained["names"][0], k=5)
+        assert [m.name for m in every] == [m.name for m in exact]
+        with pytest.raises(BigembedError, match="FAISS refuses it"):
+            run.neighbors(trained["names"][0], index=ivf, search="nprob=4")
         meta = json.loads((ivf / "faiss.json").read_text())
         (ivf / "faiss.json").write_text(json.dumps({**meta, "version": meta["version"] + 7}))
         with pytest.raises(BigembedError, match="export it again"):
             run.neighbors(trained["names"][0], index=ivf)
         with pytest.raises(BigembedError, match="faiss.json: missing"):
             run.neighbors(trained["names"][0], index=tmp_path)
+    out = runner.invoke(cli, ["neighbors", str(trained["run"]), trained["names"][0], "--search", "nprobe=2"])
+    assert out.exit_code == 2 and "--search goes with --index" in out.output
+    out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "x"), "--faiss-index", "IVF4,Flat"])
+    assert out.exit_code == 2 and "--faiss-index goes with --format faiss" in out.output
     out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "bad"), "--format", "faiss",
                               "--faiss-index", "NoSuchIndex"])
     assert out.exit_code == 1 and "FAISS cannot build it" in out.output and not (tmp_path / "bad").exists()

@@ -471,9 +471,11 @@ def _print_answers(queries: list[dict[str, Any]], answers: list[Any], fmt: str) 
 @click.option("--type", "entity_type", help="Entity type of the names (needed where a name has several).")
 @click.option("--index", "index", type=click.Path(path_type=Path),
               help="Search this `bigembed export --format faiss` folder instead of streaming the table.")
+@click.option("--search", metavar="PARAMS",
+              help="With --index: FAISS search parameters, e.g. nprobe=32 for an IVF index (more: slower, nearer).")
 @_query_options
-def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, index: Path | None, k: int,
-              from_file: Any, fmt: str, data: Path | None, which: str, memory: str | None) -> None:
+def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, index: Path | None, search: str | None,
+              k: int, from_file: Any, fmt: str, data: Path | None, which: str, memory: str | None) -> None:
     """The K nodes nearest to each NAME by the model's comparator, best first.
 
     \b
@@ -486,7 +488,9 @@ def neighbors(run: Path, names: tuple[str, ...], entity_type: str | None, index:
     queries = _query_names(names, from_file)
     _imports_done()
     with open_run(run, data, which, memory) as opened:
-        answers = opened.neighbors(queries, k, entity_type, index)
+        if search and index is None:
+            raise click.UsageError("--search goes with --index")
+        answers = opened.neighbors(queries, k, entity_type, index, search)
     _print_answers([{"query": q} for q in queries], answers, fmt)
 
 
