@@ -54,7 +54,7 @@ from bigembed.checkpoint.run import (
 from bigembed.checkpoint.versions import check_position, committed_versions, next_version, version_dir
 from bigembed.config import Config, config_to_dict, flatten, load_config
 from bigembed.errors import BigembedError, CheckpointError, ConfigConflictError, ConfigError, TrainingDivergedError
-from bigembed.progress import progress_bar
+from bigembed.progress import plural, progress_bar
 from bigembed.scheduler import PartitionBuffer
 from bigembed.scheduler.epoch import chunk_size, epoch_visits, negatives_from_every_partition, prefetches
 from bigembed.scheduler.memory import MemoryModel, choose_buffer, peak_rss_bytes, resolve_workers
@@ -670,6 +670,6 @@ def _open_run(data: DataManifest, run_dir: Path, config: Config, exists: bool,
                 "starting over")
         remove_uncommitted(run_dir)
         base = _create_run(run_dir, config, data)
-        log(f"started {run_dir}: {data.num_entities} nodes in {data.num_partitions} partitions, "
+        log(f"started {run_dir}: {data.num_entities} nodes in {plural(data.num_partitions, 'partition')}, "
             f"{data.num_edges('train')} training edges, dim {config.model.dim}")
     return base, resumed

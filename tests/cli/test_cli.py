@@ -55,6 +55,14 @@ def test_train_says_started_then_resumes(trained, tmp_path):
     assert r.exit_code == 0 and "resuming" in r.output and "done: v2" in r.output
 
 
+def test_started_line_counts_partitions_as_people_write_them(trained, tmp_path):
+    write_tiny_graph(tmp_path / "g.tsv", seed=3, edges=100)
+    assert run("import", tmp_path / "g.tsv", "-o", tmp_path / "d1", "--no-progress").exit_code == 0
+    one = run("train", tmp_path / "d1", "-o", tmp_path / "r1", "--dim", "4", "--epochs", "1", "--no-progress")
+    three = run("train", trained / "data", "-o", tmp_path / "r3", "--dim", "4", "--epochs", "1", "--no-progress")
+    assert " in 1 partition, " in one.output and " in 3 partitions, " in three.output
+
+
 def test_info_on_run(trained):
     r = run("info", trained / "run")
     assert r.exit_code == 0
