@@ -272,7 +272,11 @@ class Run:
                                 f"{etype.name} rows; export it again")
         key = (str(folder.resolve()), t)
         if key not in self._faiss:
-            self._faiss[key] = faiss.read_index(str(folder / info["index"]))
+            try:
+                self._faiss[key] = faiss.read_index(str(folder / info["index"]))
+            except RuntimeError as exc:
+                raise BigembedError(f"{folder / info['index']}: FAISS cannot read it ({_first_line(exc)}); "
+                                    "export it again") from None
         if search:
             try:
                 faiss.ParameterSpace().set_index_parameters(self._faiss[key], search)
@@ -474,13 +478,19 @@ class Run:
             return out
         import duckdb
 
-        index = self._name_index(t)
-        con = duckdb.connect()
-        try:
-            rows = con.execute(f"SELECT name, partition, \"offset\" FROM read_parquet('{_sql_path(index)}') "
-                               "WHERE name IN (SELECT unnest(?))", [list(set(names))]).fetchall()
-        finally:
-            con.close()
+        for attempt in range(2):
+            index = self._name_index(t)
+            con = duckdb.connect()
+            try:
+                rows = con.execute(f"SELECT name, partition, \"offset\" FROM read_parquet('{_sql_path(index)}') "
+                                   "WHERE name IN (SELECT unnest(?))", [list(set(names))]).fetchall()
+                break
+            except duckdb.Error as exc:  # a damaged index (it is derived data): build it again, once
+                if attempt:
+                    raise BigembedError(f"{index}: the name index cannot be read ({_first_line(exc)})") from None
+                index.unlink(missing_ok=True)
+            finally:
+                con.close()
         return {name: (int(p), int(o)) for name, p, o in rows}
 
     def _name_index(self, t: int) -> Path:
@@ -503,7 +513,18 @@ class Run:
             path = folder / path.name
             if path.exists():
                 return path
-        build_name_index(self.data, t, path, self.memory)
+        try:
+            build_name_index(self.data, t, path, self.memory)
+        except OSError as exc:
+            raise BigembedError(f"{path}: cannot write the name index ({exc.strerror or exc}); nothing was kept") \
+                from None
+        except Exception as exc:
+            import duckdb
+
+            if isinstance(exc, duckdb.Error):
+                raise BigembedError(f"{path}: cannot build the name index ({_first_line(exc)}); nothing was kept") \
+                    from None
+            raise
         return path
 
 
@@ -546,6 +567,11 @@ def build_name_index(data: DataManifest, t: int, path: Path, memory: int) -> Non
         for leftover in (raw, tmp):
             leftover.unlink(missing_ok=True)
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _sql_path(path: Path) -> str:

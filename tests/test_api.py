@@ -339,3 +339,40 @@ def test_faiss_index_kinds_and_mistakes(trained, tmp_path, monkeypatch):
     out = runner.invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "none"), "--format", "faiss"])
     assert out.exit_code == 1 and "pip install 'bigembed[faiss]'" in out.output
     assert not (tmp_path / "none").exists()
+
+
+def test_a_damaged_name_index_is_built_again(trained):
+    with bigembed.open_run(trained["run"]) as run:
+        run.vector(trained["names"][0])
+    (index,) = (trained["data"] / "index").glob("names_node.*.parquet")
+    index.write_bytes(b"not parquet at all")
+    with bigembed.open_run(trained["run"]) as run:
+        np.testing.assert_array_equal(run.vector(trained["names"][7]), trained["table"][7])
+    assert index.read_bytes()[:4] == b"PAR1"
+
+
+def test_a_name_index_that_cannot_be_written_is_one_line(trained, monkeypatch):
+    from bigembed import api
+
+    def full_disk(data, t, path, memory):
+        path.with_name(".partial").write_bytes(b"x")
+        path.with_name(".partial").unlink()
+        raise OSError(28, "No space left on device")
+
+    for old in (trained["data"] / "index").glob("names_node.*.parquet"):
+        old.unlink()
+    monkeypatch.setattr(api, "build_name_index", full_disk)
+    with bigembed.open_run(trained["run"]) as run, \
+            pytest.raises(BigembedError, match=r"cannot write the name index \(No space left on device\)"):
+        run.vector(trained["names"][0])
+    assert not list((trained["data"] / "index").glob("*names_node*"))
+
+
+def test_a_damaged_faiss_index_is_one_line(trained, tmp_path):
+    pytest.importorskip("faiss")
+    out = CliRunner().invoke(cli, ["export", str(trained["run"]), "-o", str(tmp_path / "idx"), "--format", "faiss"])
+    assert out.exit_code == 0, out.output
+    (tmp_path / "idx" / "index.faiss").write_bytes(b"garbage")
+    out = CliRunner().invoke(cli, ["neighbors", str(trained["run"]), trained["names"][0], "--index",
+                                   str(tmp_path / "idx")])
+    assert out.exit_code == 1 and "index.faiss: FAISS cannot read it" in out.output and "Traceback" not in out.output
