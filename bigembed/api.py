@@ -433,8 +433,12 @@ class Run:
             return relation
         if relation in names:
             return names.index(str(relation))
+        import difflib
+
+        close = difflib.get_close_matches(str(relation), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        raise BigembedError(f"relation {relation!r}: not in this DATA (it has: {shown})")
+        raise BigembedError(f"relation {relation!r}: not in this DATA (it has: {shown}){hint}")
 
     def _locate(self, names: list[str], entity_type: str | None = None, type_index: int | None = None
                 ) -> list[_Node]:

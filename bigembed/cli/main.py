@@ -151,7 +151,8 @@ def _counter(desc: str, unit: str, total: int | None, show: bool) -> AbstractCon
 def cli() -> None:
     """Out-of-core graph embeddings, PyTorch-BigGraph style.
 
-    Typical use: bigembed import -> bigembed train -> bigembed eval / export.
+    Typical use: bigembed import -> bigembed train -> bigembed eval / export / report;
+    after training, bigembed neighbors / predict (or bigembed.open_run in Python).
     """
 
 
