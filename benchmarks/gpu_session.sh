@@ -4,21 +4,14 @@
 # same graph, and several ranks against one process on those cores. Each step has its own
 # time limit so that a hang in one leaves the others' figures.
 #
-# The machine has PyTorch but not zarr, numcodecs, donfig, google-crc32c, mmap-ninja or
-# DuckDB: carry them as Python 3.12 wheels in .whl/ (see the device tool's notes), then
+# benchmarks/gpu_env.sh sets up the machine's Python (PyTorch is there; the rest travels as
+# wheels in .whl/), then
 #     OUT=/some/dir bash benchmarks/gpu_session.sh
 # Logs and JSON land in $OUT.
 set -u
 OUT=${OUT:-/tmp/bigembed-gpu-session}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/gpu_env.sh"
 NODES=${NODES:-500000}
 EDGES=${EDGES:-10000000}
 WORK=${WORK:-/tmp/bigembed-gpu-work}

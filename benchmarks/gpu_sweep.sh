@@ -6,14 +6,7 @@
 set -u
 OUT=${OUT:-/tmp/bigembed-gpu-sweep}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/gpu_env.sh"
 BE="python3 -m bigembed.cli.main"
 W=${WORK:-/tmp/bigembed-gpu-sweep-work}
 timeout "${LIMIT_TESTS:-90}" python3 -m pytest tests/trainer/test_cuda.py -q -p no:cacheprovider 2>&1 | tail -n 3

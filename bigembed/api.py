@@ -318,7 +318,7 @@ class Run:
             else:
                 d = direction(self.model, self.relation_state, r, rows, torch.zeros_like(rows), False,
                               self.config.model.reciprocal)
-        exclude = [self._known_answers(n, r, predict_lhs) if filtered else np.empty(0, np.int64) for n in nodes]
+        exclude = self._known_answers(nodes, r, predict_lhs) if filtered else [np.empty(0, np.int64)] * len(nodes)
         answers = self._top_k(d, answer_type, k, exclude)
         return answers[0] if one else answers
 
@@ -399,20 +399,29 @@ class Run:
                 return str(self._names_open[key][offset])
         raise BigembedError(f"node {global_id}: past the table's {self.data.num_entities} rows")
 
-    def _known_answers(self, node: _Node, r: int, predict_lhs: bool) -> np.ndarray:
-        """Global ids of the answers the DATA has for the query (any split)."""
-        P, found = self.data.num_partitions, []
-        for split in self.data.splits():
-            for other in range(P):
-                bucket = Bucket(other, node.partition) if predict_lhs else Bucket(node.partition, other)
-                count = self.data.edge_count(split, bucket)
-                if not count:
-                    continue
-                e = read_edges(self.data.path.parent, split, bucket, count, dtypes=self.data.edge_dtypes)
-                anchor, answer = (e.rhs, e.lhs) if predict_lhs else (e.lhs, e.rhs)
-                mask = (np.asarray(anchor) == node.row) & (np.asarray(e.rel) == r)
-                found.append(np.asarray(answer)[mask].astype(np.int64) + self._offsets[other])
-        return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+    def _known_answers(self, nodes: list[_Node], r: int, predict_lhs: bool) -> list[np.ndarray]:
+        """Global ids of the answers the DATA has (any split) for each query: every bucket the
+        queries' partitions touch is read once for all of them."""
+        P = self.data.num_partitions
+        found: list[list[np.ndarray]] = [[] for _ in nodes]
+        for anchor_p in sorted({n.partition for n in nodes}):
+            queries = [i for i, n in enumerate(nodes) if n.partition == anchor_p]
+            rows = np.array([nodes[i].row for i in queries])
+            for split in self.data.splits():
+                for other in range(P):
+                    bucket = Bucket(other, anchor_p) if predict_lhs else Bucket(anchor_p, other)
+                    count = self.data.edge_count(split, bucket)
+                    if not count:
+                        continue
+                    e = read_edges(self.data.path.parent, split, bucket, count, dtypes=self.data.edge_dtypes)
+                    anchor, answer = (e.rhs, e.lhs) if predict_lhs else (e.lhs, e.rhs)
+                    anchor = np.asarray(anchor)
+                    hit = (np.asarray(e.rel) == r) & np.isin(anchor, rows)
+                    hit_anchor = anchor[hit]
+                    hit_answer = np.asarray(answer)[hit].astype(np.int64) + self._offsets[other]
+                    for i, row in zip(queries, rows, strict=True):
+                        found[i].append(hit_answer[hit_anchor == row])
+        return [np.unique(np.concatenate(f)) if f else np.empty(0, np.int64) for f in found]
 
     def _type_index(self, entity_type: str | None) -> int:
         names = self.data.type_names

@@ -659,8 +659,7 @@ def _rewrite_rel(root: Path, split: str, keys: Iterable[str], old: np.dtype,
                  change: Callable[[np.ndarray], np.ndarray]) -> None:
     """Rewrite the relation column of the buckets ``keys`` of ``split`` through ``change``."""
     for key in keys:
-        lhs, rhs = (int(x) for x in key.split("_"))
-        column = bucket_dir(root, split, Bucket(lhs, rhs)) / "rel"
+        column = bucket_dir(root, split, Bucket.from_key(key)) / "rel"
         values = change(np.fromfile(column / "data.ninja", dtype=old))
         shutil.rmtree(column)
         append_column(column, values)

@@ -50,15 +50,10 @@ def _relation_counts(data: DataManifest, split: str) -> list[int]:
     counts = np.zeros(len(data.relations), np.int64)
     for key, count in data.bucket_counts[split].items():
         if count:
-            edges = read_edges(data.path.parent, split, _bucket(key), count, False, data.edge_dtypes)
+            edges = read_edges(data.path.parent, split, Bucket.from_key(key), count, False, data.edge_dtypes)
             for part in _slices(edges.rel):
                 counts += np.bincount(np.asarray(part, np.int64), minlength=len(data.relations))[:len(counts)]
     return [int(c) for c in counts]
-
-
-def _bucket(key: str) -> Bucket:
-    lhs, rhs = key.split("_")
-    return Bucket(int(lhs), int(rhs))
 
 
 def degree_histogram(data: DataManifest, split: str = "train") -> np.ndarray:

@@ -55,6 +55,12 @@ class Bucket:
     def key(self) -> str:
         return f"{self.lhs}_{self.rhs}"
 
+    @classmethod
+    def from_key(cls, key: str) -> Bucket:
+        """The bucket of a manifest's ``bucket_counts`` key (``"l_r"``)."""
+        lhs, rhs = key.split("_")
+        return cls(int(lhs), int(rhs))
+
 
 @dataclass(frozen=True)
 class EdgeArrays:
